@@ -1,0 +1,5 @@
+import sys
+
+from vfpick.cli import main
+
+sys.exit(main())

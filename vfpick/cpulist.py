@@ -1,0 +1,28 @@
+"""Kernel / libvirt cpu-list syntax: ``0-3,8,10-11`` (libvirt adds ``^N`` exclusions)."""
+
+
+def parse(text):
+    """Set of ints in a cpulist/cpuset/nodeset, or None when *text* is malformed.
+
+    Bounded: a hostile ``0-999999999`` must not allocate a billion ints.
+    """
+    if text is None:
+        return None
+    include, exclude = set(), set()
+    text = text.strip()
+    if not text:
+        return frozenset()
+    for part in text.split(","):
+        part = part.strip()
+        target = include
+        if part.startswith("^"):
+            target, part = exclude, part[1:]
+        lo_text, sep, hi_text = part.partition("-")
+        if not lo_text.isdigit() or (sep and not hi_text.isdigit()):
+            return None
+        lo = int(lo_text)
+        hi = int(hi_text) if sep else lo
+        if hi < lo or hi > 65535:
+            return None
+        target.update(range(lo, hi + 1))
+    return frozenset(include - exclude)

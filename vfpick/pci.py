@@ -1,0 +1,62 @@
+"""PCI address parsing: one canonical text form, ``0000:3b:02.1``."""
+
+import re
+
+_PCI_RE = re.compile(
+    r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$"
+)
+
+
+def normalize(text):
+    """Canonical form of a PCI address, or None when *text* is not one."""
+    match = _PCI_RE.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        return None
+    domain, bus, slot, function = match.groups()
+    domain_n, bus_n, slot_n = int(domain or "0", 16), int(bus, 16), int(slot, 16)
+    if slot_n > 0x1F:
+        return None
+    return "%04x:%02x:%02x.%d" % (domain_n, bus_n, slot_n, int(function))
+
+
+def sort_key(addr):
+    """Numeric order, so 0000:0a:00.0 sorts before 0000:10:00.0 (hex, not text)."""
+    domain, bus, rest = addr.split(":")
+    slot, function = rest.split(".")
+    return (int(domain, 16), int(bus, 16), int(slot, 16), int(function))
+
+
+def card_of(addr):
+    """The card a function sits on: its address without the function."""
+    return addr.rsplit(".", 1)[0]
+
+
+def from_libvirt_attrs(domain, bus, slot, function):
+    """Canonical address from libvirt's ``<address domain='0x0000' bus=...>``.
+
+    Returns None for anything that is not a well-formed PCI address.
+    """
+    try:
+        values = [int(v, 0) if v is not None else None for v in (domain, bus, slot, function)]
+    except (TypeError, ValueError):
+        return None
+    domain_n, bus_n, slot_n, function_n = values
+    if domain_n is None:
+        domain_n = 0
+    if None in (bus_n, slot_n, function_n):
+        return None
+    if not (0 <= domain_n <= 0xFFFF and 0 <= bus_n <= 0xFF and 0 <= slot_n <= 0x1F and 0 <= function_n <= 7):
+        return None
+    return "%04x:%02x:%02x.%d" % (domain_n, bus_n, slot_n, function_n)
+
+
+def libvirt_attrs(addr):
+    """The four attributes libvirt's ``<address type='pci'>`` takes."""
+    domain, bus, rest = addr.split(":")
+    slot, function = rest.split(".")
+    return {
+        "domain": "0x" + domain,
+        "bus": "0x" + bus,
+        "slot": "0x" + slot,
+        "function": "0x" + function,
+    }

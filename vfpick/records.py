@@ -1,0 +1,56 @@
+"""Small immutable records shared by every module.
+
+collections.namedtuple rather than dataclasses or typing.NamedTuple: the qemu
+hook imports these on every VM start, and ``dataclasses`` (via ``inspect``) or
+``typing`` would cost it more than the rest of its work.
+"""
+
+from collections import namedtuple
+
+PF = namedtuple(
+    "PF",
+    "addr netdev driver vendor device numa_node total_vfs num_vfs vfs "
+    "carrier operstate speed phys_port_id phys_switch_id phys_port_name",
+)
+PF.__doc__ = """A physical function.
+
+addr: canonical PCI address. netdev: interface name or None (no ``net/``).
+numa_node: int, -1 when the kernel does not know. vfs: VF addresses ordered by
+VF index. carrier: True/False, None when unreadable. speed: Mb/s, None when -1
+or unreadable. phys_*: strings, None when absent or unreadable.
+"""
+
+VF = namedtuple("VF", "addr pf index numa_node driver netdev")
+VF.__doc__ = """A virtual function. index: N of the PF's ``virtfnN``.
+driver: bound driver name or None. netdev: None when bound to vfio-pci."""
+
+Link = namedtuple("Link", "name pfs up speed")
+Link.__doc__ = """One physical link (cable). pfs: PF addresses sharing it (NPAR
+partitions, or a ``[link]`` section). speed: Mb/s or None when unknown."""
+
+Topology = namedtuple("Topology", "pfs vfs links link_of card_of node_cpus")
+Topology.__doc__ = """What sysfs says about the host's SR-IOV devices.
+
+pfs: {addr: PF}; vfs: {addr: VF}; links: {name: Link}; link_of: {pf addr: link
+name}; card_of: {pf addr: card id}; node_cpus: {numa node: frozenset of cpus}.
+The mappings are read-only views.
+"""
+
+Claim = namedtuple("Claim", "vf pf link pool domain uuid mac active")
+Claim.__doc__ = """One VF held by one domain. Keyed by vf; the domain by uuid
+(names change, UUIDs do not). active: the domain is running on it."""
+
+Nic = namedtuple("Nic", "mac keep_vf")
+Nic.__doc__ = """One NIC to place. keep_vf: the VF it already holds when that VF
+is still valid, else None."""
+
+Request = namedtuple("Request", "uuid pool nics distinct strict numa policy numa_nodes")
+Request.__doc__ = """What one domain asks of one pool.
+
+nics: tuple of Nic. distinct: card|link|pf|none. strict: bool.
+numa: required|preferred|ignore. policy: spread|pack. numa_nodes: frozenset of
+the domain's nodes, or None when the domain is not placed.
+"""
+
+Pick = namedtuple("Pick", "mac vf pf link card")
+Pick.__doc__ = """The VF chosen for one NIC."""
