@@ -9,5 +9,4 @@ setup(
     install_requires=["lxml", "pyroute2", "pyudev", "libvirt-python"],
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={"console_scripts": ["vfpick = vfpick.cli:main"]},
-    data_files=[("share/vfpick/hooks", ["hooks/qemu"]), ("share/vfpick/etc", ["etc/vfpick.ini"])],
 )

@@ -44,12 +44,13 @@ Nic = namedtuple("Nic", "mac keep_vf")
 Nic.__doc__ = """One NIC to place. keep_vf: the VF it already holds when that VF
 is still valid, else None."""
 
-Request = namedtuple("Request", "uuid pool nics distinct strict numa policy numa_nodes")
+Request = namedtuple("Request", "uuid pool nics distinct strict numa policy numa_nodes held")
 Request.__doc__ = """What one domain asks of one pool.
 
 nics: tuple of Nic. distinct: card|link|pf|none. strict: bool.
 numa: required|preferred|ignore. policy: spread|pack. numa_nodes: frozenset of
-the domain's nodes, or None when the domain is not placed.
+the domain's nodes, or None when the domain is not placed. held: VF addresses
+the domain keeps from other pools (they count for distinctness and load).
 """
 
 Pick = namedtuple("Pick", "mac vf pf link card")

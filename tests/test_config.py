@@ -1,0 +1,102 @@
+import os
+
+import pytest
+
+from vfpick import config as configmod
+from vfpick.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults_and_name_resolution(host):
+    cfg = host.write_config()
+    pool = cfg.pools["fast"]
+    assert pool.pfs == ("0000:3b:00.0", "0000:3b:00.1", "0000:af:00.0", "0000:af:00.1")
+    assert (pool.distinct, pool.strict, pool.numa, pool.policy) == ("link", False, "preferred", "spread")
+    assert (pool.trust, pool.spoofchk) == (None, None)
+    assert cfg.state_dir == host.state_dir and cfg.connect == "qemu:///system"
+
+
+def test_pci_addresses_and_links(host):
+    cfg = host.write_config(
+        pools={"p": "pfs = 0000:3b:00.1, af:00.0  ; short form\ndistinct = card\nstrict = yes\n"
+                    "numa = required\npolicy = pack\ntrust = on\nspoofchk = off\n"},
+        extra="[link uplink-a]\npfs = ens1f0 ens2f0\n")
+    pool = cfg.pools["p"]
+    assert pool.pfs == ("0000:3b:00.1", "0000:af:00.0")
+    assert (pool.distinct, pool.strict, pool.numa, pool.policy, pool.trust, pool.spoofchk) == \
+        ("card", True, "required", "pack", True, False)
+    assert cfg.links == {"uplink-a": ("0000:3b:00.0", "0000:af:00.0")}
+
+
+BAD = [
+    # (pool body or extra text, section, key, words in the message)
+    ("pfs = ens1f0\ndistinct = rack\n", "[pool fast]", "distinct", "'rack' is not one of card, link, pf, none"),
+    ("pfs = ens1f0\nstrict = maybe\n", "[pool fast]", "strict", "'maybe'"),
+    ("pfs = ens1f0\nnuma = always\n", "[pool fast]", "numa", "required, preferred, ignore"),
+    ("pfs = ens1f0\npolicy = random\n", "[pool fast]", "policy", "spread, pack"),
+    ("pfs = ens1f0\ntrust = yes\n", "[pool fast]", "trust", "on, off, unset"),
+    ("pfs = ens1f0\ncolour = blue\n", "[pool fast]", "colour", "unknown key"),
+    ("pfs = ens9f0\n", "[pool fast]", "pfs", "'ens9f0' is not an SR-IOV PF"),
+    ("pfs = ens1f0v0\n", "[pool fast]", "pfs", "'ens1f0v0' is not an SR-IOV PF"),
+    ("pfs = 0000:3c:00.0\n", "[pool fast]", "pfs", "is not an SR-IOV PF"),
+    ("pfs = ../../etc\n", "[pool fast]", "pfs", "is not an SR-IOV PF"),
+    ("pfs =\n", "[pool fast]", "pfs", "empty"),
+    ("distinct = pf\n", "[pool fast]", "pfs", "missing"),
+    ("pfs = ens1f0 ens1f0\n", "[pool fast]", "pfs", "listed twice"),
+]
+
+
+@pytest.mark.parametrize("body,section,key,words", BAD)
+def test_bad_pool_values_name_file_section_key(host, body, section, key, words):
+    with pytest.raises(ConfigError) as err:
+        host.write_config(pools={"fast": body})
+    message = str(err.value)
+    assert message.startswith(host.config_path + ": " + section + " " + key + ": ")
+    assert words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[vfpick]\nstate_dir = relative/dir\n", "[vfpick] state_dir: 'relative/dir' is not an absolute path"),
+    ("[vfpick]\nstatedir = /x\n", "[vfpick] statedir: unknown key"),
+    ("[vfpick]\n[vfpick]\n", "[vfpick]: section appears twice"),
+    ("[vfpick]\nsysfs_root = /a\nsysfs_root = /b\n", "[vfpick] sysfs_root: key appears twice"),
+    ("state_dir = /x\n", "a key before any [section]"),
+    ("[pools fast]\npfs = x\n", "[pools fast]: unknown section"),
+    ("[DEFAULT]\nstrict = yes\n", "[DEFAULT]: unknown section"),
+    ("[pool]\npfs = x\n", "[pool]: unknown section"),
+    ("[pool a/b]\npfs = x\n", "pool name 'a/b'"),
+    ("[link up]\n", "[link up] pfs: missing"),
+    ("[link up]\npfs = ens1f0\nspeed = 10\n", "[link up] speed: unknown key"),
+])
+def test_bad_files(host, text, words):
+    text = text.replace("[vfpick]\n", "[vfpick]\nsysfs_root = %s\n" % host.sysfs, 1) \
+        if "sysfs_root = /a" not in text else text
+    with pytest.raises(ConfigError) as err:
+        configmod.parse(text, "/etc/vfpick.ini")
+    assert words in str(err.value)
+    assert str(err.value).startswith("/etc/vfpick.ini")
+
+
+def test_pf_in_two_links_is_refused(host):
+    with pytest.raises(ConfigError, match=r"\[link b\] pfs: 0000:3b:00.0 is already in \[link a\]"):
+        host.write_config(extra="[link a]\npfs = ens1f0 ens2f0\n[link b]\npfs = ens1f0\n")
+
+
+def test_missing_file_tells_how_to_choose_one(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config .*nope.ini: No such file.*--config FILE"):
+        configmod.load(str(tmp_path / "nope.ini"))
+
+
+def test_config_path_precedence():
+    assert configmod.config_path("/a", {"VFPICK_CONFIG": "/b"}) == "/a"
+    assert configmod.config_path(None, {"VFPICK_CONFIG": "/b"}) == "/b"
+    assert configmod.config_path(None, {}) == "/etc/vfpick.ini"
+
+
+def test_sample_config_is_valid_on_the_demo_host(host):
+    with open(os.path.join(REPO, "etc", "vfpick.ini")) as f:
+        text = f.read().replace("sysfs_root = /sys", "sysfs_root = %s" % host.sysfs)
+    cfg = configmod.parse(text, "etc/vfpick.ini")
+    assert set(cfg.pools) == {"fast"} and "uplink-a" in cfg.links

@@ -1,0 +1,166 @@
+"""The placement policy: a pure function of (topology, pool, claims, busy, request) → picks.
+
+No I/O here. ``spread`` places each NIC in turn by hard filters, then by preference:
+link up; not sharing the ``distinct`` level with the domain's other NICs; NUMA-local;
+lowest (claims+1)/speed on the link; least loaded PF; lowest VF address. ``pack`` is the
+legacy "first free VF in list order". Claimed VFs never move: a kept NIC stays where it is.
+All-or-nothing: a request that cannot be met raises and picks nothing.
+"""
+
+from vfpick import pci
+from vfpick.errors import DistinctImpossible, PoolExhausted
+from vfpick.records import Pick
+
+
+def unit_of(topology, distinct, pf_addr):
+    """The thing one domain's NICs must not share, at the *distinct* level."""
+    if distinct == "card":
+        return topology.card_of[pf_addr]
+    if distinct == "link":
+        return topology.link_of[pf_addr]
+    if distinct == "pf":
+        return pf_addr
+    return None
+
+
+def pool_vfs(topology, pool_pfs):
+    """Every VF of the pool's PFs, PFs in list order, VFs in index order."""
+    out = []
+    for pf_addr in pool_pfs:
+        pf = topology.pfs.get(pf_addr)
+        if pf is not None:
+            out.extend(vf for vf in pf.vfs if vf in topology.vfs)
+    return out
+
+
+def _numa_ok(topology, vf, nodes):
+    node = topology.vfs[vf].numa_node
+    if node is None or node < 0:
+        # An unknown node is local only where there is no other node to be on.
+        return len(topology.node_cpus) <= 1
+    return node in nodes
+
+
+def _speeds(topology, pool_pfs):
+    """Link speed for load weighting; an unknown speed counts as the slowest known one."""
+    links = {topology.link_of[a] for a in pool_pfs if a in topology.pfs}
+    known = [topology.links[n].speed for n in links if topology.links[n].speed]
+    floor = min(known) if known else 1
+    return {n: topology.links[n].speed or floor for n in links}
+
+
+def _load_key(claims_on_link, speed):
+    # Round so that equal ratios reached through different integers compare equal.
+    return float("%.12g" % ((claims_on_link + 1) / speed))
+
+
+class _Ledger:
+    """Claim counts per link and PF: other domains' claims, busy VFs, this request's picks."""
+
+    def __init__(self, topology, taken):
+        self.topology = topology
+        self.link, self.pf = {}, {}
+        for vf in taken:
+            self.add(vf)
+
+    def add(self, vf):
+        record = self.topology.vfs.get(vf)
+        if record is None or record.pf not in self.topology.link_of:
+            return
+        link = self.topology.link_of[record.pf]
+        self.link[link] = self.link.get(link, 0) + 1
+        self.pf[record.pf] = self.pf.get(record.pf, 0) + 1
+
+
+def pick(topology, pool_pfs, claims, busy, request):
+    """Picks one VF per NIC of *request*; returns a tuple of Pick in NIC order.
+
+    claims: {vf: Claim} of every domain. busy: {vf: uuid} of VFs running domains use.
+    Raises PoolExhausted or DistinctImpossible; then nothing is picked.
+    """
+    candidates_all = pool_vfs(topology, pool_pfs)
+    pool_set = set(candidates_all)
+    taken = {vf for vf, c in claims.items() if c.uuid != request.uuid}
+    taken.update(vf for vf, uuid in busy.items() if uuid != request.uuid)
+    held = [vf for vf in request.held if vf in topology.vfs]
+    ledger = _Ledger(topology, taken | set(held))
+    speeds = _speeds(topology, pool_pfs)
+    nodes = request.numa_nodes
+    numa_filter = request.numa == "required" and nodes is not None
+    numa_prefer = request.numa == "preferred" and nodes is not None
+
+    mine = list(held)  # VFs this domain holds so far: held ones, kept ones, new picks
+    chosen = [None] * len(request.nics)
+
+    def units_used(level):
+        return [unit_of(topology, level, topology.vfs[vf].pf) for vf in mine]
+
+    # Kept VFs first: they are fixed, and new picks must stay distinct from them.
+    for i, nic in enumerate(request.nics):
+        vf = nic.keep_vf
+        if vf and vf in pool_set and vf not in taken and vf not in mine:
+            chosen[i] = vf
+            mine.append(vf)
+            ledger.add(vf)
+
+    for i, nic in enumerate(request.nics):
+        if chosen[i] is not None:
+            continue
+        free = [vf for vf in candidates_all if vf not in taken and vf not in mine]
+        if not free:
+            raise PoolExhausted(
+                "pool '%s' is exhausted: no free VF for NIC %d of %d (%d VFs, all claimed or in use); "
+                "release a domain or add PFs to the pool"
+                % (request.pool, i + 1, len(request.nics), len(candidates_all)))
+        if numa_filter:
+            free = [vf for vf in free if _numa_ok(topology, vf, nodes)]
+            if not free:
+                raise PoolExhausted(
+                    "pool '%s' has no free VF on NUMA node(s) %s for NIC %d of %d (numa=required); "
+                    "free VFs elsewhere or set numa=preferred"
+                    % (request.pool, ",".join(map(str, sorted(nodes))), i + 1, len(request.nics)))
+        used = units_used(request.distinct) if request.distinct != "none" else []
+        if request.strict and used:
+            free = [vf for vf in free
+                    if unit_of(topology, request.distinct, topology.vfs[vf].pf) not in used]
+            if not free:
+                raise DistinctImpossible(
+                    "pool '%s' cannot give NIC %d of %d a %s of its own (distinct=%s, strict=yes); "
+                    "free VFs on another %s, or set strict=no"
+                    % (request.pool, i + 1, len(request.nics), request.distinct,
+                       request.distinct, request.distinct))
+
+        if request.policy == "pack":
+            vf = free[0]
+        else:
+            def key(vf):
+                pf_addr = topology.vfs[vf].pf
+                link = topology.link_of[pf_addr]
+                unit = unit_of(topology, request.distinct, pf_addr)
+                return (
+                    not topology.links[link].up,
+                    used.count(unit) if unit is not None else 0,
+                    numa_prefer and not _numa_ok(topology, vf, nodes),
+                    _load_key(ledger.link.get(link, 0), speeds[link]),
+                    ledger.pf.get(pf_addr, 0),
+                    pci.sort_key(vf),
+                )
+            vf = min(free, key=key)
+        chosen[i] = vf
+        mine.append(vf)
+        ledger.add(vf)
+
+    picks = []
+    for nic, vf in zip(request.nics, chosen):
+        pf_addr = topology.vfs[vf].pf
+        picks.append(Pick(mac=nic.mac, vf=vf, pf=pf_addr, link=topology.link_of[pf_addr],
+                          card=topology.card_of[pf_addr]))
+    return tuple(picks)
+
+
+def distinct_met(topology, picks, distinct):
+    """True when no two picks share the *distinct* level."""
+    if distinct == "none":
+        return True
+    units = [unit_of(topology, distinct, p.pf) for p in picks]
+    return len(units) == len(set(units))

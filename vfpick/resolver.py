@@ -1,0 +1,155 @@
+"""Resolve a domain's pool interfaces into concrete VFs and record the claims.
+
+The one place where config, topology, state, policy and the XML rewriter meet. Used by
+``vfpick resolve``/``define``/``repick``, the migrate/restore hook filters and the watcher.
+Everything that decides is done under the state lock, so parallel resolves never hand out
+one VF twice; the XML is rewritten inside the transaction so a failure claims nothing.
+"""
+
+import os
+import random
+from collections import namedtuple
+
+from vfpick import domscan, policy, topology
+from vfpick.errors import UnknownPool, XmlError
+from vfpick.records import Claim, Nic, Request
+from vfpick.state import StateStore
+
+Result = namedtuple("Result", "xml uuid name picks previous changed warnings")
+Result.__doc__ = """xml: the resolved domain (bytes). picks: {mac: Pick}. previous: the
+domain's claims before (for rollback). changed: the XML differs from the input."""
+
+
+def libvirt_network_exists(config, name):
+    """A libvirt network of this host, found without calling libvirt (the hook may not)."""
+    if "/" in name or name.startswith("."):
+        return False
+    networks_dir = os.path.join(config.libvirt_config_dir, "networks")
+    return os.path.exists(os.path.join(networks_dir, name + ".xml"))
+
+
+def _new_mac(taken, rng):
+    # 52:54:00 is the prefix libvirt and qemu use for generated MACs.
+    while True:
+        mac = "52:54:00:%02x:%02x:%02x" % (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        if mac not in taken:
+            taken.add(mac)
+            return mac
+
+
+def _effective(pool, overrides):
+    return (
+        overrides.distinct or pool.distinct,
+        pool.strict if overrides.strict is None else overrides.strict,
+        overrides.numa or pool.numa,
+    )
+
+
+def store_for(config):
+    return StateStore(config.state_dir)
+
+
+def running_vfs(config):
+    """{vf: uuid} of VFs that running domains use, from libvirt's status XML."""
+    used = domscan.scan_running(config.libvirt_run_dir)
+    if isinstance(used, tuple):
+        used = used[0]
+    return {vf: owner[0] for vf, owner in used.items()}
+
+
+def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
+    """Resolves pool interfaces of domain XML *data*; returns Result.
+
+    network_exists(name) -> bool tells whether a non-pool network is a libvirt network;
+    default: ``libvirt_config_dir/networks/NAME.xml``.
+    Raises a VfpickError (unknown pool, exhausted, strict, bad XML); then nothing is claimed.
+    """
+    from vfpick.hostdev import Assignment, DomainXml  # lxml: only the commands that rewrite
+
+    rng = rng or random.SystemRandom()
+    if network_exists is None:
+        def network_exists(name):
+            return libvirt_network_exists(config, name)
+    doc = DomainXml.parse(data)
+
+    pool_nics = []
+    for iface in doc.network_interfaces():
+        if iface.network in config.pools:
+            pool_nics.append(iface)
+        elif not iface.network or not network_exists(iface.network):
+            raise UnknownPool(
+                "network '%s' is neither a vfpick pool (pools: %s) nor a libvirt network of this host; "
+                "fix <source network=...> or add [pool %s] to %s"
+                % (iface.network or "", ", ".join(config.pools) or "none", iface.network or "NAME",
+                   config.path))
+    managed = doc.managed_interfaces()
+    for iface in managed:
+        if iface.pool not in config.pools:
+            raise UnknownPool(
+                "interface %s was resolved from pool '%s', which %s does not define (pools: %s)"
+                % (iface.mac, iface.pool, config.path, ", ".join(config.pools) or "none"))
+    if not pool_nics and not managed:
+        return Result(xml=data, uuid=doc.uuid, name=doc.name, picks={}, previous=[],
+                      changed=False, warnings=[])
+
+    uuid = doc.ensure_uuid()
+    name = doc.name
+    if not name:
+        raise XmlError("the domain has no <name>")
+    topo = topo or topology.for_config(config)
+    busy = running_vfs(config)
+
+    store = store or store_for(config)
+    with store.transaction() as claims:
+        macs_taken = set(doc.macs()) | {c.mac for c in claims.all() if c.mac}
+        by_pool = {}  # pool -> list of (iface index, Nic)
+        for iface in managed:
+            by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, iface.vf)))
+        for iface in pool_nics:
+            mac = iface.mac or _new_mac(macs_taken, rng)
+            by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, None)))
+
+        mapping = claims.mapping()
+        previous = claims.for_uuid(uuid)
+        assignments, picks, held, warnings = {}, {}, [], []
+        for pool_name in sorted(by_pool, key=list(config.pools).index):
+            pool = config.pools[pool_name]
+            entries = sorted(by_pool[pool_name])
+            distinct, strict, numa = _effective(pool, doc.overrides(pool_name))
+            request = Request(
+                uuid=uuid, pool=pool_name, nics=tuple(nic for _, nic in entries),
+                distinct=distinct, strict=strict, numa=numa, policy=pool.policy,
+                numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(held),
+            )
+            chosen = policy.pick(topo, pool.pfs, mapping, busy, request)
+            if len(chosen) > 1 and not policy.distinct_met(topo, chosen, distinct):
+                warnings.append("pool '%s': %d NICs of domain '%s' share a %s (distinct=%s is best "
+                                "effort: not enough free %ss)" % (pool_name, len(chosen), name,
+                                                                 distinct, distinct, distinct))
+            for (index, _), p in zip(entries, chosen):
+                assignments[index] = Assignment(mac=p.mac, pool=pool_name, vf=p.vf, pf=p.pf, link=p.link)
+                picks[p.mac] = p
+                held.append(p.vf)
+
+        doc.apply(assignments)
+        xml = doc.to_bytes()
+
+        was_active = {c.vf for c in previous if c.active}
+        kept = {a.vf for a in assignments.values()}
+        for old in previous:
+            if old.vf not in kept:
+                claims.drop(old.vf)
+        for a in assignments.values():
+            claims.put(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid,
+                             mac=a.mac, active=a.vf in was_active))
+    return Result(xml=xml, uuid=uuid, name=name, picks=picks, previous=previous,
+                  changed=xml != data, warnings=warnings)
+
+
+def restore_claims(store, uuid, previous):
+    """Rolls a domain's claims back to *previous* (libvirt refused the definition)."""
+    with store.transaction() as claims:
+        claims.drop_uuid(uuid)
+        for claim in previous:
+            if claims.get(claim.vf) is None:
+                claims.put(claim)

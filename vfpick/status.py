@@ -1,0 +1,125 @@
+"""`vfpick status` and `vfpick topology`: reports built from records, rendered as text or JSON."""
+
+import json
+
+from vfpick import pci
+
+
+def _counts(vfs, claims, busy):
+    claimed = sum(1 for vf in vfs if vf in claims)
+    in_use = sum(1 for vf in vfs if vf not in claims and vf in busy)
+    return {"total": len(vfs), "claimed": claimed, "unmanaged_in_use": in_use,
+            "free": len(vfs) - claimed - in_use}
+
+
+def status_report(config, topo, claims, busy):
+    """{"pools": [...], "claims": [...]}: per pool, link and PF the counts; per claim the holder."""
+    pools = []
+    for pool in config.pools.values():
+        links = {}
+        for pf_addr in pool.pfs:
+            pf = topo.pfs.get(pf_addr)
+            if pf is None:
+                continue
+            link = topo.links[topo.link_of[pf_addr]]
+            entry = links.setdefault(link.name, {
+                "name": link.name, "up": link.up, "speed": link.speed, "pfs": []})
+            vfs = [vf for vf in pf.vfs if vf in topo.vfs]
+            entry["pfs"].append(dict({"pf": pf_addr, "netdev": pf.netdev, "numa_node": pf.numa_node,
+                                      "card": topo.card_of[pf_addr]}, **_counts(vfs, claims, busy)))
+        pool_vfs = []
+        for entry in links.values():
+            for key in ("total", "claimed", "unmanaged_in_use", "free"):
+                entry[key] = sum(p[key] for p in entry["pfs"])
+            pool_vfs.extend(vf for p in entry["pfs"] for vf in topo.pfs[p["pf"]].vfs)
+        pools.append(dict({"name": pool.name, "distinct": pool.distinct, "strict": pool.strict,
+                           "numa": pool.numa, "policy": pool.policy, "links": list(links.values())},
+                          **_counts(pool_vfs, claims, busy)))
+    claim_rows = []
+    for claim in sorted(claims.values(), key=lambda c: (c.domain, pci.sort_key(c.vf))):
+        row = claim._asdict()
+        row["present"] = claim.vf in topo.vfs
+        link = topo.links.get(claim.link)
+        row["link_up"] = link.up if link else None
+        claim_rows.append(row)
+    return {"pools": pools, "claims": claim_rows}
+
+
+def _speed(speed):
+    if not speed:
+        return "?"
+    return "%dG" % (speed // 1000) if speed >= 1000 and speed % 1000 == 0 else "%dM" % speed
+
+
+def _table(rows, header):
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join("%%-%ds" % w for w in widths)
+    return [fmt % tuple(header)] + [(fmt % tuple(map(str, r))).rstrip() for r in rows]
+
+
+def render_status(report):
+    lines = []
+    for pool in report["pools"]:
+        lines.append("pool %s: %d VFs, %d claimed, %d free  (distinct=%s%s numa=%s policy=%s)" % (
+            pool["name"], pool["total"], pool["claimed"], pool["free"], pool["distinct"],
+            " strict" if pool["strict"] else "", pool["numa"], pool["policy"]))
+        rows = []
+        for link in pool["links"]:
+            for pf in link["pfs"]:
+                bar = "#" * pf["claimed"] + "." * pf["free"] if pf["total"] <= 40 else ""
+                rows.append(["  " + link["name"], "up" if link["up"] else "DOWN", _speed(link["speed"]),
+                             pf["pf"], pf["netdev"] or "-", pf["numa_node"], pf["claimed"],
+                             pf["free"], bar])
+        if rows:
+            lines += _table(rows, ["  link", "state", "speed", "pf", "netdev", "numa", "claimed",
+                                   "free", ""])
+        lines.append("")
+    if report["claims"]:
+        rows = []
+        for c in report["claims"]:
+            notes = []
+            if not c["present"]:
+                notes.append("VF GONE")
+            if c["link_up"] is False:
+                notes.append("LINK DOWN")
+            rows.append([c["domain"], c["uuid"], c["mac"], c["vf"], c["pf"], c["link"], c["pool"],
+                         "yes" if c["active"] else "no", " ".join(notes)])
+        lines += _table(rows, ["domain", "uuid", "mac", "vf", "pf", "link", "pool", "active", ""])
+    else:
+        lines.append("no claims")
+    return "\n".join(lines)
+
+
+def topology_report(topo, claims):
+    pfs = []
+    for addr, pf in topo.pfs.items():
+        d = pf._asdict()
+        d["link"] = topo.link_of[addr]
+        d["card"] = topo.card_of[addr]
+        d["vfs"] = [dict(topo.vfs[vf]._asdict(), holder=(claims[vf].domain if vf in claims else None))
+                    for vf in pf.vfs if vf in topo.vfs]
+        pfs.append(d)
+    links = [dict(link._asdict(), pfs=list(link.pfs)) for link in topo.links.values()]
+    nodes = {str(n): sorted(cpus) for n, cpus in sorted(topo.node_cpus.items())}
+    return {"pfs": pfs, "links": links, "numa_nodes": nodes}
+
+
+def render_topology(report):
+    lines = ["NUMA nodes: %s" % (", ".join(report["numa_nodes"]) or "none")]
+    for link in report["links"]:
+        lines.append("link %s: %s %s" % (link["name"], "up" if link["up"] else "DOWN", _speed(link["speed"])))
+        for pf in (p for p in report["pfs"] if p["link"] == link["name"]):
+            held = sum(1 for v in pf["vfs"] if v["holder"])
+            vfio = sum(1 for v in pf["vfs"] if v["driver"] == "vfio-pci")
+            lines.append("  pf %s %-10s card %s numa %s driver %s  VFs %s/%s (%d held, %d on vfio-pci)%s" % (
+                pf["addr"], pf["netdev"] or "-", pf["card"], pf["numa_node"], pf["driver"] or "-",
+                pf["num_vfs"], pf["total_vfs"], held, vfio,
+                "  port_id %s" % pf["phys_port_id"] if pf["phys_port_id"] else ""))
+            for vf in pf["vfs"]:
+                if vf["holder"]:
+                    lines.append("    vf %s #%s -> %s" % (vf["addr"], vf["index"], vf["holder"]))
+    return "\n".join(lines)
+
+
+def to_json(report):
+    return json.dumps(report, indent=2, sort_keys=False)

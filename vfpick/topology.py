@@ -1,0 +1,223 @@
+"""Topology discovery: sysfs (under ``sysfs_root``) → Topology.
+
+Attributes that are absent or unreadable are None: many drivers lack phys_port_id, and the
+kernel answers EINVAL for carrier/speed on a down interface. Failing to list a PF's own
+directory is an error naming its PCI address.
+"""
+
+import os
+from types import MappingProxyType
+
+from vfpick import cpulist, pci
+from vfpick.errors import TopologyError
+from vfpick.records import PF, VF, Link, Topology
+
+
+def _read(path):
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(4096).strip()
+    except OSError:
+        return None
+
+
+def _read_int(path):
+    text = _read(path)
+    try:
+        return int(text, 0) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _link_name(path):
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def _netdevs(dev_dir):
+    try:
+        return sorted(os.listdir(os.path.join(dev_dir, "net")))
+    except OSError:
+        return []
+
+
+def is_pf(sysfs_root, addr):
+    return os.path.exists(os.path.join(sysfs_root, "bus", "pci", "devices", addr, "sriov_totalvfs"))
+
+
+def physfn(sysfs_root, addr):
+    """PF address of VF *addr*, or None when *addr* is not a VF (or does not exist)."""
+    return pci.normalize(_link_name(os.path.join(sysfs_root, "bus", "pci", "devices", addr, "physfn")) or "")
+
+
+def vf_index(sysfs_root, pf_addr, vf_addr):
+    """N of the PF's ``virtfnN`` that points at *vf_addr*, or None."""
+    pf_dir = os.path.join(sysfs_root, "bus", "pci", "devices", pf_addr)
+    try:
+        entries = os.listdir(pf_dir)
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.startswith("virtfn") and _link_name(os.path.join(pf_dir, entry)) == vf_addr:
+            return int(entry[len("virtfn"):])
+    return None
+
+
+def read_vf(sysfs_root, addr, pf_addr=None, index=None, pf_numa=-1):
+    """VF record for *addr*, or None when it is not a VF."""
+    dev = os.path.join(sysfs_root, "bus", "pci", "devices", addr)
+    if pf_addr is None:
+        pf_addr = physfn(sysfs_root, addr)
+        if pf_addr is None:
+            return None
+    if index is None:
+        index = vf_index(sysfs_root, pf_addr, addr)
+    numa = _read_int(os.path.join(dev, "numa_node"))
+    netdevs = _netdevs(dev)
+    return VF(addr=addr, pf=pf_addr, index=index,
+              numa_node=pf_numa if numa is None else numa,
+              driver=_link_name(os.path.join(dev, "driver")),
+              netdev=netdevs[0] if netdevs else None)
+
+
+def read_pf(sysfs_root, addr, with_vfs=True):
+    """PF record for *addr* (and its VFs), or None when it is not an SR-IOV PF."""
+    dev = os.path.join(sysfs_root, "bus", "pci", "devices", addr)
+    if not os.path.exists(os.path.join(dev, "sriov_totalvfs")):
+        return None, ()
+    try:
+        entries = os.listdir(dev)
+    except OSError as e:
+        raise TopologyError("cannot read PF %s: %s" % (addr, e.strerror)) from None
+    virtfns = []
+    for entry in entries:
+        if entry.startswith("virtfn") and entry[6:].isdigit():
+            vf_addr = pci.normalize(_link_name(os.path.join(dev, entry)) or "")
+            if vf_addr:
+                virtfns.append((int(entry[6:]), vf_addr))
+    virtfns.sort()
+    netdevs = _netdevs(dev)
+    netdev = netdevs[0] if netdevs else None
+    net = os.path.join(dev, "net", netdev) if netdev else None
+
+    def net_attr(name):
+        return _read(os.path.join(net, name)) if net else None
+
+    numa = _read_int(os.path.join(dev, "numa_node"))
+    carrier = _read_int(os.path.join(net, "carrier")) if net else None
+    speed = _read_int(os.path.join(net, "speed")) if net else None
+    record = PF(
+        addr=addr, netdev=netdev,
+        driver=_link_name(os.path.join(dev, "driver")),
+        vendor=_read(os.path.join(dev, "vendor")), device=_read(os.path.join(dev, "device")),
+        numa_node=-1 if numa is None else numa,
+        total_vfs=_read_int(os.path.join(dev, "sriov_totalvfs")),
+        num_vfs=_read_int(os.path.join(dev, "sriov_numvfs")),
+        vfs=tuple(vf for _, vf in virtfns),
+        carrier=None if carrier is None else carrier == 1,
+        operstate=net_attr("operstate"),
+        speed=speed if speed is not None and speed > 0 else None,
+        phys_port_id=net_attr("phys_port_id") or None,
+        phys_switch_id=net_attr("phys_switch_id") or None,
+        phys_port_name=net_attr("phys_port_name") or None,
+    )
+    vfs = ()
+    if with_vfs:
+        vfs = tuple(read_vf(sysfs_root, vf, addr, index, record.numa_node) for index, vf in virtfns)
+    return record, vfs
+
+
+def all_pfs(sysfs_root):
+    """Every SR-IOV PF on the host, in PCI order."""
+    base = os.path.join(sysfs_root, "bus", "pci", "devices")
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return []
+    found = [a for a in (pci.normalize(e) for e in entries) if a and is_pf(sysfs_root, a)]
+    return sorted(found, key=pci.sort_key)
+
+
+def link_up(pf):
+    """Carrier when the kernel gives it; operstate otherwise (carrier reads EINVAL when down)."""
+    if pf.carrier is not None:
+        return pf.carrier
+    return pf.operstate == "up"
+
+
+def node_cpus(sysfs_root):
+    base = os.path.join(sysfs_root, "devices", "system", "node")
+    nodes = {}
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return nodes
+    for entry in entries:
+        if entry.startswith("node") and entry[4:].isdigit():
+            cpus = cpulist.parse(_read(os.path.join(base, entry, "cpulist")))
+            nodes[int(entry[4:])] = cpus or frozenset()
+    return nodes
+
+
+def _pf_label(pf):
+    return pf.netdev or pf.addr
+
+
+def discover(sysfs_root, pf_addrs=None, link_sections=None):
+    """Topology of *pf_addrs* (default: every SR-IOV PF on the host).
+
+    link_sections: {name: PF addrs} from ``[link]`` sections; they win over phys_port_id.
+    Link identity: phys_port_id when present (NPAR partitions of one port share it), else
+    the PF itself. Card: phys_switch_id when present, else the PCI address sans function.
+    """
+    link_sections = link_sections or {}
+    if pf_addrs is None:
+        pf_addrs = all_pfs(sysfs_root)
+    pfs, vfs = {}, {}
+    for addr in sorted(set(pf_addrs), key=pci.sort_key):
+        record, pf_vfs = read_pf(sysfs_root, addr)
+        if record is None:
+            continue
+        pfs[addr] = record
+        for vf in pf_vfs:
+            vfs[vf.addr] = vf
+
+    link_of, card_of = {}, {}
+    section_of = {addr: name for name, addrs in link_sections.items() for addr in addrs}
+    groups = {}
+    for addr, pf in pfs.items():
+        card_of[addr] = ("switch " + pf.phys_switch_id) if pf.phys_switch_id else pci.card_of(addr)
+        if addr in section_of:
+            key = ("section", section_of[addr])
+        elif pf.phys_port_id:
+            key = ("port", pf.phys_switch_id or pci.card_of(addr), pf.phys_port_id)
+        else:
+            key = ("pf", addr)
+        groups.setdefault(key, []).append(addr)
+
+    links = {}
+    for key, members in groups.items():
+        name = key[1] if key[0] == "section" else "+".join(_pf_label(pfs[a]) for a in members)
+        speeds = [pfs[a].speed for a in members if pfs[a].speed]
+        links[name] = Link(name=name, pfs=tuple(members),
+                           up=any(link_up(pfs[a]) for a in members),
+                           speed=max(speeds) if speeds else None)
+        for addr in members:
+            link_of[addr] = name
+
+    return Topology(
+        pfs=MappingProxyType(pfs), vfs=MappingProxyType(vfs),
+        links=MappingProxyType(dict(sorted(links.items()))),
+        link_of=MappingProxyType(link_of), card_of=MappingProxyType(card_of),
+        node_cpus=MappingProxyType(node_cpus(sysfs_root)),
+    )
+
+
+def for_config(config, extra_pfs=()):
+    """Topology of every PF the config names (pools and links)."""
+    addrs = {a for pool in config.pools.values() for a in pool.pfs}
+    addrs.update(a for pfs in config.links.values() for a in pfs)
+    addrs.update(extra_pfs)
+    return discover(config.sysfs_root, addrs, config.links)
