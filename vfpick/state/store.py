@@ -1,0 +1,327 @@
+"""The claims store: one JSON file, an flock'd lock file beside it, atomic replace.
+
+Imported by the qemu hook on every VM start, so only cheap modules (no typing,
+dataclasses, tempfile, contextlib). ``stat`` is free: ``os`` has already loaded it.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import stat
+import types
+
+from vfpick import pci
+from vfpick.errors import StateCorrupt, StateError
+from vfpick.records import Claim
+
+STATE = "claims.json"
+LOCK = "claims.lock"
+# One fixed temp name is safe: it is only written under the exclusive lock, and a
+# crash leftover is simply replaced on the next write instead of piling up.
+TEMP = STATE + ".tmp"
+VERSION = 1
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# flock on this process's own lock blocks forever (each open() is a new lock owner),
+# so a nested transaction/snapshot must fail loudly instead of hanging a VM start.
+_held = set()
+
+
+def _why(exc):
+    return exc.strerror or str(exc)
+
+
+class ClaimSet:
+    """The claims, keyed by VF address. Writable only inside its transaction."""
+
+    def __init__(self, claims, writable):
+        self._claims = claims
+        self._writable = writable
+
+    def get(self, vf):
+        return self._claims.get(vf)
+
+    def for_uuid(self, uuid):
+        return [c for c in self.all() if c.uuid == uuid]
+
+    def all(self):
+        return [self._claims[vf] for vf in sorted(self._claims, key=pci.sort_key)]
+
+    def mapping(self):
+        # A live view, not a copy: the policy reads it and cannot write through it.
+        return types.MappingProxyType(self._claims)
+
+    def put(self, claim):
+        self._check_writable()
+        # Refuse here what load() would call corrupt, rather than write a file we cannot read.
+        problem = _claim_problem(claim)
+        if problem:
+            raise ValueError("bad claim %r: %s" % (claim, problem))
+        self._claims[claim.vf] = claim
+
+    def drop(self, vf):
+        self._check_writable()
+        return self._claims.pop(vf, None)
+
+    def drop_uuid(self, uuid):
+        self._check_writable()
+        dropped = self.for_uuid(uuid)
+        for claim in dropped:
+            del self._claims[claim.vf]
+        return dropped
+
+    def _check_writable(self):
+        if not self._writable:
+            # A change after the transaction (or to a snapshot) would be silently lost.
+            raise RuntimeError("claims are read-only outside their transaction")
+
+
+def _claim_problem(claim):
+    if not isinstance(claim, Claim):
+        return "not a Claim"
+    for field, value in zip(Claim._fields, claim):
+        if field == "active":
+            if not isinstance(value, bool):
+                return "'active' is not a boolean"
+        elif not isinstance(value, str):
+            return "'%s' is not a string" % field
+    if pci.normalize(claim.vf) != claim.vf:
+        return "'vf' %r is not a canonical PCI address" % claim.vf
+    return None
+
+
+def _no_duplicate_keys(pairs):
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError("duplicate key %r" % key)
+        obj[key] = value
+    return obj
+
+
+def _parse(raw):
+    """{vf: Claim} from the file's bytes; ValueError saying why it is not a state file."""
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply")
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if set(doc) != {"version", "claims"}:
+        raise ValueError("top-level keys are %s, not claims, version" % ", ".join(sorted(doc)))
+    version = doc["version"]
+    if type(version) is not int or version != VERSION:  # bool is an int: True == 1
+        raise ValueError("unsupported version %r" % (version,))
+    if not isinstance(doc["claims"], list):
+        raise ValueError("'claims' is not a list")
+    claims = {}
+    for n, entry in enumerate(doc["claims"]):
+        if not isinstance(entry, dict):
+            raise ValueError("claim %d is not an object" % n)
+        if set(entry) != set(Claim._fields):
+            raise ValueError("claim %d: missing keys %s; unknown keys %s" % (
+                n, ", ".join(sorted(set(Claim._fields) - set(entry))) or "none",
+                ", ".join(sorted(set(entry) - set(Claim._fields))) or "none"))
+        claim = Claim(**entry)
+        problem = _claim_problem(claim)
+        if problem:
+            raise ValueError("claim %d: %s" % (n, problem))
+        if claim.vf in claims:
+            raise ValueError("VF %s is claimed twice" % claim.vf)
+        claims[claim.vf] = claim
+    return claims
+
+
+def _serialize(claimset):
+    doc = {"version": VERSION, "claims": [dict(zip(Claim._fields, c)) for c in claimset.all()]}
+    return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+
+
+class StateStore:
+    """Claims in state_dir/claims.json, serialized by flock on state_dir/claims.lock.
+
+    _fault: test seam called while writing with "after-temp-open", "after-temp-write" or
+    "after-rename"; what it raises is handled as a failure at that point."""
+
+    def __init__(self, state_dir, _fault=None):
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, STATE)
+        self._fault = _fault or (lambda stage: None)
+
+    def transaction(self):
+        """Context manager yielding a writable ClaimSet under the exclusive lock."""
+        return _Transaction(self)
+
+    def snapshot(self):
+        """A read-only ClaimSet, read under the shared lock (released on return)."""
+        dfd = self._open_dir(create=False)
+        if dfd is None:
+            return ClaimSet({}, writable=False)  # never ran: reading must not create anything
+        lfd = None
+        try:
+            lfd = self._lock(dfd, fcntl.LOCK_SH)
+            return ClaimSet(self._load(dfd), writable=False)
+        finally:
+            self._release(dfd, lfd)
+
+    def quarantine(self):
+        """Moves the state file aside (for a rebuild); its new path, or None if there was none."""
+        dfd = self._open_dir(create=True)
+        lfd = None
+        try:
+            lfd = self._lock(dfd, fcntl.LOCK_EX)
+            n = 1
+            while os.path.lexists(os.path.join(self.state_dir, "%s.corrupt-%d" % (STATE, n))):
+                n += 1
+            name = "%s.corrupt-%d" % (STATE, n)
+            try:
+                os.rename(STATE, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+            os.fsync(dfd)
+            return os.path.join(self.state_dir, name)
+        except OSError as exc:
+            raise StateError("cannot move state file %s aside: %s" % (self.path, _why(exc)))
+        finally:
+            self._release(dfd, lfd)
+
+    # Every path below is opened relative to one O_NOFOLLOW directory fd, so
+    # swapping the directory for a symlink midway cannot redirect a write.
+
+    def _open_dir(self, create):
+        try:
+            return os.open(self.state_dir, _DIR_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                return None
+        except OSError as exc:
+            raise self._dir_error(exc)
+        try:
+            os.makedirs(self.state_dir, 0o700, exist_ok=True)  # exist_ok: a racing first run
+            dfd = os.open(self.state_dir, _DIR_FLAGS)
+        except OSError as exc:
+            raise self._dir_error(exc)
+        os.fchmod(dfd, 0o700)  # makedirs' mode went through the umask
+        return dfd
+
+    def _dir_error(self, exc):
+        if exc.errno == errno.ELOOP or os.path.islink(self.state_dir):
+            return StateError("state directory %s is a symlink; refusing to use it" % self.state_dir)
+        return StateError("cannot use state directory %s: %s" % (self.state_dir, _why(exc)))
+
+    def _lock(self, dfd, how):
+        key = os.fstat(dfd)[1:3]  # (st_ino, st_dev)
+        if key in _held:
+            raise RuntimeError("nested claims transaction on %s would deadlock" % self.state_dir)
+        lfd = self._open_at(dfd, LOCK, os.O_RDWR | os.O_CREAT, "lock file")
+        try:
+            fcntl.flock(lfd, how)
+        except OSError as exc:
+            os.close(lfd)
+            raise StateError("cannot lock %s: %s" % (os.path.join(self.state_dir, LOCK), _why(exc)))
+        _held.add(key)
+        return lfd
+
+    def _release(self, dfd, lfd):
+        if lfd is not None:
+            _held.discard(os.fstat(dfd)[1:3])
+            os.close(lfd)  # closing drops the flock
+        os.close(dfd)
+
+    def _open_at(self, dfd, name, flags, what):
+        """fd of state_dir/name never through a symlink; None when it does not exist."""
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            path = os.path.join(self.state_dir, name)
+            if exc.errno == errno.ELOOP:
+                raise StateError("%s %s is a symlink; refusing to follow it" % (what, path))
+            raise StateError("cannot open %s %s: %s" % (what, path, _why(exc)))
+
+    def _load(self, dfd):
+        # O_NONBLOCK: a FIFO planted as the state file must not hang the hook.
+        fd = self._open_at(dfd, STATE, os.O_RDONLY | os.O_NONBLOCK, "state file")
+        if fd is None:
+            return {}
+        try:
+            with open(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise StateError("state file %s is not a regular file" % self.path)
+                raw = f.read()
+        except OSError as exc:
+            raise StateError("cannot read state file %s: %s" % (self.path, _why(exc)))
+        try:
+            return _parse(raw)
+        except ValueError as exc:
+            raise StateCorrupt(
+                "state file %s is corrupt (%s); it was kept untouched for inspection; rebuild "
+                "the claims from libvirt with 'vfpick reconcile --rebuild'" % (self.path, exc))
+
+    def _write(self, dfd, claimset):
+        data = _serialize(claimset)
+        try:
+            try:
+                os.unlink(TEMP, dir_fd=dfd)  # left by a writer that crashed holding the lock
+            except FileNotFoundError:
+                pass
+            fd = os.open(TEMP, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dfd)
+            try:
+                self._fault("after-temp-open")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self._fault("after-temp-write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(TEMP, STATE, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException as exc:
+            try:
+                os.unlink(TEMP, dir_fd=dfd)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise StateError("cannot write state file %s: %s; it was left as it was"
+                                 % (self.path, _why(exc)))
+            raise
+        try:
+            self._fault("after-rename")
+            os.fsync(dfd)  # makes the rename itself survive a power cut
+        except OSError as exc:
+            raise StateError("state file %s was replaced but its directory could not be synced: %s"
+                             % (self.path, _why(exc)))
+
+
+class _Transaction:
+    # A class rather than contextlib.contextmanager: contextlib is not free on the hook path.
+
+    def __init__(self, store):
+        self._store = store
+        self._dfd = self._lfd = None
+
+    def __enter__(self):
+        store = self._store
+        self._dfd = store._open_dir(create=True)
+        try:
+            self._lfd = store._lock(self._dfd, fcntl.LOCK_EX)
+            # Load before yielding: a corrupt file raises here, so it can never be overwritten.
+            claims = store._load(self._dfd)
+        except BaseException:
+            store._release(self._dfd, self._lfd)
+            raise
+        self._before = dict(claims)
+        self._claims = ClaimSet(claims, writable=True)
+        return self._claims
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None and self._claims._claims != self._before:
+                self._store._write(self._dfd, self._claims)
+        finally:
+            self._claims._writable = False
+            self._store._release(self._dfd, self._lfd)
+        return False
