@@ -90,6 +90,13 @@ def cmd_release(args):
     with resolver.store_for(cfg).transaction() as claims:
         uuid = find_uuid(claims, args.domain)
         if uuid is None:
+            # A renamed domain: its claims carry the old name, libvirt knows the new one.
+            from vfpick import virt
+
+            uuid = virt.uuid_by_name(args.connect or cfg.connect, args.domain)
+            if uuid is not None and not claims.for_uuid(uuid):
+                uuid = None
+        if uuid is None:
             raise DomainNotFound("no claims for domain '%s' (see vfpick status)" % args.domain)
         dropped = claims.drop_uuid(uuid)
     for c in dropped:
@@ -126,32 +133,111 @@ class _Parser(argparse.ArgumentParser):
         raise VfpickError("%s (see '%s --help')" % (message, self.prog))
 
 
+def cmd_define(args):
+    from vfpick import virt
+
+    cfg = _load_config(args)
+    result = virt.cmd_define(cfg, _read_input(args.file), args.connect or cfg.connect)
+    for w in result.warnings:
+        _warn(w)
+    return 0
+
+
+def cmd_repick(args):
+    from vfpick import virt
+
+    cfg = _load_config(args)
+    result = virt.cmd_repick(cfg, args.domain, args.connect or cfg.connect)
+    for w in (result.warnings if result else []):
+        _warn(w)
+    return 0
+
+
+def cmd_reconcile(args):
+    from vfpick import virt
+
+    cfg = _load_config(args)
+    virt.cmd_reconcile(cfg, args.connect or cfg.connect, dry_run=args.dry_run, rebuild=args.rebuild)
+    return 0
+
+
+def cmd_install_hook(args):
+    from vfpick import installhook
+
+    config_path = os.path.abspath(configmod.config_path(args.config))
+    configmod.load(config_path)  # refuse to bake a config that does not load
+    target = installhook.install(args.hooks_dir, config_path)
+    print("installed %s (config %s)" % (target, config_path))
+    print(installhook.RESTART_HINT)
+    return 0
+
+
+def cmd_uninstall_hook(args):
+    from vfpick import installhook
+
+    target = installhook.uninstall(args.hooks_dir)
+    print("removed %s" % target if target else "no vfpick hook in %s" % args.hooks_dir)
+    return 0
+
+
 def build_parser():
     parser = _Parser(
         prog="vfpick", description="Pick SR-IOV VFs for libvirt domains: one domain's NICs on "
         "distinct links, load spread over the host's links.")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $VFPICK_CONFIG or /etc/vfpick.ini)")
+    # --config is accepted before or after the command (`vfpick install-hook --config F`).
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="config file (default: $VFPICK_CONFIG or /etc/vfpick.ini)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("topology", help="PFs, links, cards, NUMA, VFs and who holds them")
+    p = sub.add_parser("topology", parents=[common], help="PFs, links, cards, NUMA, VFs and who holds them")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_topology)
 
-    p = sub.add_parser("resolve", help="resolve pool interfaces, record claims, print the XML")
+    p = sub.add_parser("resolve", parents=[common], help="resolve pool interfaces, record claims, print the XML")
     p.add_argument("file", metavar="FILE|-")
     p.set_defaults(func=cmd_resolve)
 
-    p = sub.add_parser("status", help="per pool, link and PF: usage; per claim: the domain")
+    p = sub.add_parser("status", parents=[common], help="per pool, link and PF: usage; per claim: the domain")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("release", help="drop a domain's claims")
+    p = sub.add_parser("release", parents=[common], help="drop a domain's claims")
     p.add_argument("domain", metavar="NAME|UUID")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI to look names up (default: config)")
     p.set_defaults(func=cmd_release)
 
-    p = sub.add_parser("simulate", help="write a simulated SR-IOV host (sysfs tree) to try vfpick")
+    p = sub.add_parser("define", parents=[common], help="resolve, then define through libvirt")
+    p.add_argument("file", metavar="FILE|-")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.set_defaults(func=cmd_define)
+
+    p = sub.add_parser("repick", parents=[common],
+                       help="resolve a defined domain again (new VFs where needed), redefine")
+    p.add_argument("domain", metavar="NAME|UUID")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.set_defaults(func=cmd_repick)
+
+    p = sub.add_parser("reconcile", parents=[common],
+                       help="make the claims agree with libvirt's domains")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    p.add_argument("--rebuild", action="store_true",
+                   help="recreate the state from libvirt's domains (lost or corrupt state file)")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.set_defaults(func=cmd_install_hook)
+
+    p = sub.add_parser("uninstall-hook", parents=[common], help="remove the hook install-hook installed")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.set_defaults(func=cmd_uninstall_hook)
+
+    p = sub.add_parser("simulate", parents=[common], help="write a simulated SR-IOV host (sysfs tree) to try vfpick")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--spec", default="two-dual-port",
                    help="preset name or JSON spec file (default: two-dual-port)")

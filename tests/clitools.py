@@ -1,0 +1,56 @@
+"""Running vfpick as a user does: a subprocess, config from VFPICK_CONFIG."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(REPO, "examples")
+
+
+def vfpick(host, *args, input=None, check=None, env=None):
+    full_env = dict(os.environ, VFPICK_CONFIG=host.config_path, PYTHONPATH=REPO)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "vfpick"] + list(args), input=input,
+                          capture_output=True, env=full_env, cwd=REPO, timeout=120)
+    if check is not None:
+        assert proc.returncode == check, (proc.returncode, proc.stdout[-2000:], proc.stderr)
+    return proc
+
+
+def example(name):
+    with open(os.path.join(EXAMPLES, name + ".xml"), "rb") as f:
+        return f.read()
+
+
+def status_json(host):
+    return json.loads(vfpick(host, "status", "--json", check=0).stdout)
+
+
+def claims_file(host):
+    path = os.path.join(host.state_dir, "claims.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def assert_user_error(proc, *words):
+    """One `vfpick:` line on stderr, exit 1, no traceback."""
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert err.startswith("vfpick: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+def domain(name="guest", nics=1, pool="fast", uuid=None, extra_devices="", head="", iface_extra=""):
+    ifaces = "".join("<interface type='network'><source network='%s'/>%s</interface>\n"
+                     % (pool, iface_extra) for _ in range(nics))
+    return ("<domain type='qemu'>\n<name>%s</name>\n%s%s<memory unit='MiB'>64</memory>\n"
+            "<os><type arch='x86_64'>hvm</type></os>\n<devices>\n%s%s</devices>\n</domain>\n"
+            % (name, "<uuid>%s</uuid>\n" % uuid if uuid else "", head, ifaces,
+               extra_devices)).encode()

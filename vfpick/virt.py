@@ -1,0 +1,238 @@
+"""Commands that talk to libvirt: define, repick, release by name, reconcile.
+
+libvirt-python is imported here only, and only by these commands: never on the hook path
+(a hook must not call back into libvirt anyway: it would deadlock the daemon).
+"""
+
+import sys
+
+from vfpick import domscan, resolver, topology
+from vfpick.errors import DomainNotFound, LibvirtFailure, VfpickError
+from vfpick.records import Claim
+
+
+def _libvirt():
+    try:
+        import libvirt
+    except ImportError:
+        raise VfpickError("libvirt-python is not installed (pip install libvirt-python)") from None
+    # libvirt-python prints every error to stderr unless a handler swallows it; we report
+    # our own one-line errors instead.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _message(err):
+    return " ".join(str(err.get_error_message() if hasattr(err, "get_error_message") else err).split())
+
+
+def connect(uri):
+    libvirt = _libvirt()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise LibvirtFailure("cannot connect to %s: %s" % (uri, _message(e))) from None
+
+
+def network_checker(config, conn):
+    """A non-pool <source network> must be a libvirt network of this host."""
+    libvirt = _libvirt()
+
+    def exists(name):
+        if resolver.libvirt_network_exists(config, name):
+            return True
+        try:
+            conn.networkLookupByName(name)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    return exists
+
+
+def lookup(conn, who):
+    libvirt = _libvirt()
+    for finder in (conn.lookupByUUIDString, conn.lookupByName):
+        try:
+            return finder(who)
+        except libvirt.libvirtError:
+            continue
+    raise DomainNotFound("libvirt has no domain '%s' (see virsh list --all)" % who)
+
+
+def inactive_xml(dom):
+    libvirt = _libvirt()
+    # SECURE keeps passwords and secrets, INACTIVE the persistent (next boot) definition:
+    # redefining from anything less would lose configuration.
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    return dom.XMLDesc(flags).encode("utf-8")
+
+
+def define_resolved(config, conn, data, store=None, only_if_changed=False):
+    """Resolves *data* and defines it; rolls the claims back when libvirt refuses."""
+    libvirt = _libvirt()
+    store = store or resolver.store_for(config)
+    result = resolver.resolve(config, data, network_exists=network_checker(config, conn), store=store)
+    if only_if_changed and not result.changed:
+        return result
+    try:
+        conn.defineXML(result.xml.decode("utf-8"))
+    except libvirt.libvirtError as e:
+        if result.uuid:
+            resolver.restore_claims(store, result.uuid, result.previous)
+        raise LibvirtFailure("libvirt refused the definition of '%s': %s (no claim changed)"
+                             % (result.name, _message(e))) from None
+    return result
+
+
+def describe(result):
+    lines = []
+    for mac, pick in sorted(result.picks.items()):
+        lines.append("  %s -> VF %s (PF %s, link %s)" % (mac, pick.vf, pick.pf, pick.link))
+    return lines
+
+
+def cmd_define(config, path_data, uri, out=sys.stdout):
+    conn = connect(uri)
+    try:
+        result = define_resolved(config, conn, path_data)
+    finally:
+        conn.close()
+    out.write("defined domain '%s' (%s)\n" % (result.name, result.uuid))
+    out.write("".join(line + "\n" for line in describe(result)))
+    return result
+
+
+def cmd_repick(config, who, uri, out=sys.stdout):
+    conn = connect(uri)
+    try:
+        dom = lookup(conn, who)
+        data = inactive_xml(dom)
+        result = None
+        if _needs_define(config, data):
+            result = define_resolved(config, conn, data, only_if_changed=True)
+    finally:
+        conn.close()
+    if result is None:
+        out.write("domain '%s' has no pool interfaces; nothing to do\n" % who)
+        return None
+    out.write("%s domain '%s' (%s)\n" % ("redefined" if result.changed else "kept",
+                                          result.name, result.uuid))
+    out.write("".join(line + "\n" for line in describe(result)))
+    return result
+
+
+def _needs_define(config, data):
+    facts = domscan.scan(data)
+    pools = [n for n, _ in facts.networks if n in config.pools]
+    return bool(pools or facts.meta_nics)
+
+
+def uuid_by_name(uri, who):
+    """UUID of a libvirt domain named *who*, or None (release of a renamed domain)."""
+    try:
+        conn = connect(uri)
+    except VfpickError:
+        return None
+    try:
+        return lookup(conn, who).UUIDString()
+    except VfpickError:
+        return None
+    finally:
+        conn.close()
+
+
+def _domain_views(conn):
+    """{uuid: (name, persistent, active, facts)} for every domain libvirt has."""
+    libvirt = _libvirt()
+    views = {}
+    for dom in conn.listAllDomains(0):
+        try:
+            active = bool(dom.isActive())
+            persistent = bool(dom.isPersistent())
+            flags = 0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE
+            facts = domscan.scan(dom.XMLDesc(flags).encode("utf-8"))
+        except (libvirt.libvirtError, VfpickError):
+            continue  # vanished between list and lookup, or unreadable: next run sees it
+        views[dom.UUIDString()] = (dom.name(), persistent, active, facts)
+    return views
+
+
+def plan_reconcile(config, claims, views, topo):
+    """Pure: the actions that make *claims* agree with libvirt's *views*.
+
+    Returns a list of (verb, Claim, reason): verb is drop | add | update.
+    """
+    actions = []
+    pool_of_pf = {}
+    for pool in config.pools.values():
+        for addr in pool.pfs:
+            pool_of_pf.setdefault(addr, pool.name)
+    for claim in claims.all():
+        view = views.get(claim.uuid)
+        if view is None:
+            actions.append(("drop", claim, "libvirt has no domain %s" % claim.uuid))
+            continue
+        name, _persistent, active, _facts = view
+        if claim.domain != name or claim.active != active:
+            actions.append(("update", claim._replace(domain=name, active=active),
+                            "domain %s is %s" % (name, "running" if active else "not running")))
+    claimed = {c.vf: c for c in claims.all()}
+    for uuid, (name, _persistent, active, facts) in sorted(views.items()):
+        meta = {n.mac: n for n in facts.meta_nics}
+        for vf, mac in facts.hostdev_vfs:
+            vf_record = topo.vfs.get(vf)
+            managed = mac in meta if mac else False
+            if vf_record is None or (vf_record.pf not in pool_of_pf and not managed):
+                continue
+            holder = claimed.get(vf)
+            if holder is not None:
+                if holder.uuid != uuid and active:
+                    actions.append(("conflict", holder, "running domain %s uses VF %s held by %s"
+                                    % (name, vf, holder.domain)))
+                continue
+            if not (active or managed):
+                continue  # a defined, stopped, hand-made hostdev: prepare will claim it
+            pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
+            claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
+                          pool=pool, domain=name, uuid=uuid, mac=mac or "", active=active)
+            claimed[vf] = claim
+            actions.append(("add", claim, "domain %s %s VF %s" % (
+                name, "uses" if active else "was resolved to", vf)))
+    return actions
+
+
+def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=sys.stdout):
+    conn = connect(uri)
+    try:
+        views = _domain_views(conn)
+    finally:
+        conn.close()
+    topo = topology.for_config(config)
+    store = resolver.store_for(config)
+    if rebuild:
+        moved = store.quarantine() if not dry_run else None
+        if moved:
+            out.write("moved the old state file aside to %s\n" % moved)
+    if dry_run:
+        snapshot = store.snapshot() if not rebuild else _EmptyClaims()
+        actions = plan_reconcile(config, snapshot, views, topo)
+    else:
+        with store.transaction() as claims:
+            actions = plan_reconcile(config, claims, views, topo)
+            for verb, claim, _reason in actions:
+                if verb == "drop":
+                    claims.drop(claim.vf)
+                elif verb in ("add", "update"):
+                    claims.put(claim)
+    for verb, claim, reason in actions:
+        out.write("%s%s %s (%s, pool %s): %s\n" % ("would " if dry_run else "", verb, claim.vf,
+                                                   claim.domain, claim.pool, reason))
+    if not actions:
+        out.write("claims agree with libvirt\n")
+    return actions
+
+
+class _EmptyClaims:
+    def all(self):
+        return []
