@@ -61,3 +61,10 @@ def make_host(tmp_path):
 @pytest.fixture
 def host(make_host):
     return make_host()
+
+
+# The real-libvirtd harness (tests/libvirtd.py): one daemon per session, started on demand.
+from libvirtd import hook_recorder_fixture, libvirtd_fixture  # noqa: E402
+
+libvirtd = libvirtd_fixture()
+hook_recorder = hook_recorder_fixture()

@@ -116,7 +116,7 @@ def test_rewrite_carries_everything_over_and_assigns_uuid_and_mac(host):
     assert len(root.findtext("uuid")) == 36
     first, second = root.findall("devices/interface")
     assert first.get("type") == "hostdev" and first.get("managed") == "yes"
-    assert first.find("mac").get("address") == "52:54:00:aa:00:01"
+    assert first.find("mac").get("address").lower() == "52:54:00:aa:00:01"
     assert first.find("vlan/tag").get("id") == "100"
     assert first.find("alias").get("name") == "ua-net0"
     assert first.find("boot").get("order") == "2"

@@ -54,7 +54,7 @@ def _speed(speed):
 def _table(rows, header):
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join("%%-%ds" % w for w in widths)
-    return [fmt % tuple(header)] + [(fmt % tuple(map(str, r))).rstrip() for r in rows]
+    return [(fmt % tuple(map(str, r))).rstrip() for r in [header] + rows]
 
 
 def render_status(report):
