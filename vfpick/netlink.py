@@ -1,0 +1,300 @@
+"""The narrow rtnetlink interface: VF trust/spoofchk on a PF, link state, link events.
+
+Nothing else in vfpick imports pyroute2: it costs ~200 ms to import and the qemu hook runs on
+every VM start, so only RealNetlink imports it, i.e. only when a pool sets trust/spoofchk or
+the watcher runs. For the same reason socket and queue are imported where used: importing
+this module costs the hook only errno, os and collections.
+FakeNetlink has the same methods, in memory, for tests of other modules.
+"""
+
+import errno
+import os
+from collections import namedtuple
+
+from vfpick.errors import VfpickError
+
+VfState = namedtuple("VfState", "trust spoofchk")
+VfState.__doc__ = """trust, spoofchk: True/False, None when the driver does not report it."""
+
+LinkState = namedtuple("LinkState", "ifname carrier operstate speed")
+LinkState.__doc__ = """carrier: bool (netlink reports it even for an admin-down link, where
+sysfs gives EINVAL). operstate: sysfs spelling ("up", "down", "lowerlayerdown", ...).
+speed: always None here (netlink has no speed; read sysfs or ethtool)."""
+
+LinkEvent = namedtuple("LinkEvent", "kind ifname index carrier operstate")
+LinkEvent.__doc__ = """kind: "new" (RTM_NEWLINK: any change, not only carrier/operstate),
+"del" (RTM_DELLINK), or "resync" (events were lost: the kernel's socket buffer overflowed;
+every other field None, re-read the state of every link you care about). index survives
+renames, ifname does not."""
+
+SETTINGS = ("trust", "spoofchk")
+_UNREPORTED = 0xFFFFFFFF  # the kernel presets -1 and keeps it when the driver says nothing
+_RTMGRP_LINK = 1
+_KINDS = {16: "new", 17: "del"}  # RTM_NEWLINK, RTM_DELLINK
+
+
+class NetlinkError(VfpickError):
+    """rtnetlink refused a request. Attributes: ifname, vf, setting, errno (all may be None)."""
+
+    def __init__(self, message, ifname=None, vf=None, setting=None, errno=None):
+        VfpickError.__init__(self, message)
+        self.ifname, self.vf, self.setting, self.errno = ifname, vf, setting, errno
+
+
+def _requested(trust, spoofchk):
+    pairs = [(n, v) for n, v in zip(SETTINGS, (trust, spoofchk)) if v is not None]
+    for name, value in pairs:
+        if value not in (True, False):  # bool("off") is True: refuse, do not guess
+            raise ValueError("%s must be True, False or None, not %r" % (name, value))
+    return [(name, bool(value), "on" if value else "off") for name, value in pairs]
+
+
+def _reason(exc):
+    # pyroute2's NetlinkError has args (code, text): text is the kernel's extack if it sent one.
+    code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+    text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else None
+    return code, (text or (os.strerror(code) if code else str(exc)))
+
+
+def vf_state_from_msg(msg, vf_index):
+    """VfState of VF vf_index in a decoded RTM_NEWLINK (pyroute2 ifinfmsg), None if absent."""
+    vflist = msg.get_attr("IFLA_VFINFO_LIST")
+    for info in (vflist.get_attrs("IFLA_VF_INFO") if vflist is not None else ()):
+        values = {}
+        for name in SETTINGS:
+            attr = info.get_attr("IFLA_VF_" + name.upper())
+            if attr is not None and attr["vf"] == vf_index:
+                values[name] = None if attr[name] == _UNREPORTED else bool(attr[name])
+        if values:
+            return VfState(values.get("trust"), values.get("spoofchk"))
+    return None
+
+
+def link_state_from_msg(msg):
+    carrier = msg.get_attr("IFLA_CARRIER")
+    return LinkState(msg.get_attr("IFLA_IFNAME"), None if carrier is None else bool(carrier),
+                     (msg.get_attr("IFLA_OPERSTATE") or "unknown").lower(), None)
+
+
+class _Closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RealNetlink(_Closing):
+    """rtnetlink through pyroute2. netns: a named network namespace (tests, containers)."""
+
+    def __init__(self, netns=None):
+        try:
+            from pyroute2 import IPRoute
+        except ImportError as e:
+            raise NetlinkError("pyroute2 is needed for VF trust/spoofchk and link events: %s" % e)
+        self.netns = netns
+        try:
+            # groups=0: this socket only asks; multicast noise would pile up unread in it.
+            # flags=0: a missing netns is an error, not silently created.
+            self._ipr = IPRoute(groups=0, netns=netns, flags=0, ext_ack=True)
+        except OSError as e:
+            raise NetlinkError("cannot open rtnetlink%s: %s" % (
+                " in netns %s" % netns if netns else "", _reason(e)[1]), errno=e.errno)
+
+    def close(self):
+        self._ipr.close()
+
+    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
+        """Set trust/spoofchk (True/False; None leaves it alone) of VF vf_index of the PF."""
+        from pyroute2 import NetlinkError as KernelError
+        # One request per setting: the kernel stops at the first failing one, and the
+        # error must name the setting that failed.
+        for setting, value, word in _requested(trust, spoofchk):
+            try:
+                # ifname without index: the kernel looks the PF up itself, one round trip.
+                self._ipr.link("set", ifname=pf_ifname, vf={"vf": vf_index, setting: int(value)})
+            except (KernelError, OSError) as e:
+                code, text = _reason(e)
+                raise NetlinkError("cannot set %s %s for VF %d of %s: %s" % (
+                    setting, word, vf_index, pf_ifname, text), pf_ifname, vf_index, setting, code)
+
+    def _get(self, ifname, what, **kwarg):
+        from pyroute2 import NetlinkError as KernelError
+        try:
+            return self._ipr.link("get", ifname=ifname, **kwarg)[0]
+        except (KernelError, OSError) as e:
+            code, text = _reason(e)
+            raise NetlinkError("cannot %s: %s" % (what, text), ifname=ifname, errno=code)
+
+    def get_vf(self, pf_ifname, vf_index):
+        what = "read VF %d of %s" % (vf_index, pf_ifname)
+        state = vf_state_from_msg(self._get(pf_ifname, what, ext_mask=1), vf_index)  # 1: VFs
+        if state is None:
+            raise NetlinkError("cannot %s: the kernel reports no such VF" % what,
+                               pf_ifname, vf_index, errno=errno.ENOENT)
+        return state
+
+    def link_state(self, ifname):
+        return link_state_from_msg(self._get(ifname, "read the link state of %s" % ifname))
+
+    def watch_links(self, stop_event=None, timeout=0.5):
+        """Subscribe now; iterate LinkEvents until stop_event is set (checked every timeout s).
+
+        The subscription starts in this call, not at the first next(): read the current link
+        states after calling it and no change in between is missed.
+        """
+        import socket
+        from pyroute2 import netns as nsmod
+        try:
+            if self.netns:
+                sock = nsmod.create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                           0, flags=0)  # proto 0: NETLINK_ROUTE
+            else:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, _RTMGRP_LINK))
+        except OSError as e:
+            raise NetlinkError("cannot subscribe to link events: %s" % _reason(e)[1],
+                               errno=e.errno)
+        sock.settimeout(timeout)
+        return _KernelWatch(sock, stop_event)
+
+
+class _Watch(_Closing):
+    def __iter__(self):
+        try:
+            while not (self._stop is not None and self._stop.is_set()):
+                for event in self._wait():  # [] after `timeout` s without events
+                    yield event
+        finally:
+            self.close()
+
+
+class _KernelWatch(_Watch):
+    def __init__(self, sock, stop_event):
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+        self._sock, self._stop, self._marshal = sock, stop_event, MarshalRtnl()
+
+    def _wait(self):
+        try:
+            data = self._sock.recv(1 << 16)
+        except TimeoutError:  # socket.timeout
+            return []
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise NetlinkError("cannot read link events: %s" % os.strerror(e.errno),
+                                   errno=e.errno)
+            return [LinkEvent("resync", None, None, None, None)]
+        events = []
+        for msg in self._marshal.parse(data):
+            # family 0 only: the AF_BRIDGE copies repeat a bridge port's events
+            if msg["header"]["type"] in _KINDS and msg["family"] == 0:
+                st = link_state_from_msg(msg)
+                events.append(LinkEvent(_KINDS[msg["header"]["type"]], st.ifname,
+                                        msg["index"], st.carrier, st.operstate))
+        return events
+
+    def close(self):
+        self._sock.close()
+
+
+class FakeNetlink(_Closing):
+    """In-memory stand-in with RealNetlink's methods, errnos and messages.
+
+    calls: one (pf_ifname, vf_index, trust, spoofchk) per set_vf call, failed ones included.
+    New VFs start untrusted with spoofchk on (the usual driver defaults).
+    """
+
+    def __init__(self):
+        self.links, self.num_vfs, self.vfs, self.calls = {}, {}, {}, []
+        self._index, self._failures, self._watchers, self.closed = {}, {}, [], False
+
+    def add_link(self, ifname, carrier=True, operstate="up", num_vfs=0):
+        self._index.setdefault(ifname, len(self._index) + 1)
+        self.links[ifname] = LinkState(ifname, carrier, operstate, None)
+        self.num_vfs[ifname] = num_vfs
+        self.vfs.update(((ifname, vf), VfState(False, True)) for vf in range(num_vfs))
+        self._emit("new", ifname)
+
+    def set_link(self, ifname, carrier=None, operstate=None):
+        old = self.links[ifname]
+        self.links[ifname] = old._replace(
+            carrier=old.carrier if carrier is None else carrier,
+            operstate=old.operstate if operstate is None else operstate)
+        self._emit("new", ifname)
+
+    def del_link(self, ifname):
+        self._emit("del", ifname)
+        del self.links[ifname]
+
+    def fail(self, pf_ifname, vf_index, err=errno.EOPNOTSUPP, setting=None):
+        """Make set_vf of this VF fail with errno err: for that setting only, if given;
+        else for every setting and for get_vf too."""
+        self._failures[(pf_ifname, vf_index, setting)] = err
+
+    def emit(self, event):
+        for q in list(self._watchers):
+            q.put(event)
+
+    def _emit(self, kind, ifname):
+        st = self.links[ifname]
+        self.emit(LinkEvent(kind, ifname, self._index[ifname], st.carrier, st.operstate))
+
+    def _check(self, pf, vf, what, setting=None):
+        err = self._failures.get((pf, vf, setting)) or self._failures.get((pf, vf, None))
+        text = os.strerror(err) if err else None
+        if not err and pf not in self.links:
+            err, text = errno.ENODEV, os.strerror(errno.ENODEV)
+        elif not err and not 0 <= vf < self.num_vfs[pf]:
+            err, text = ((errno.EINVAL, os.strerror(errno.EINVAL)) if setting else
+                         (errno.ENOENT, "the kernel reports no such VF"))
+        if err:
+            raise NetlinkError("cannot %s: %s" % (what, text), pf, vf, setting, err)
+
+    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
+        self.calls.append((pf_ifname, vf_index, trust, spoofchk))
+        for setting, value, word in _requested(trust, spoofchk):
+            self._check(pf_ifname, vf_index, "set %s %s for VF %d of %s" % (
+                setting, word, vf_index, pf_ifname), setting)
+            key = (pf_ifname, vf_index)
+            self.vfs[key] = self.vfs[key]._replace(**{setting: value})
+
+    def get_vf(self, pf_ifname, vf_index):
+        self._check(pf_ifname, vf_index, "read VF %d of %s" % (vf_index, pf_ifname))
+        return self.vfs[(pf_ifname, vf_index)]
+
+    def link_state(self, ifname):
+        if ifname not in self.links:
+            raise NetlinkError("cannot read the link state of %s: %s" % (
+                ifname, os.strerror(errno.ENODEV)), ifname, errno=errno.ENODEV)
+        return self.links[ifname]
+
+    def watch_links(self, stop_event=None, timeout=0.5):
+        import queue
+        q = queue.Queue()
+        self._watchers.append(q)  # subscribed now, like the real one
+        return _FakeWatch(self._watchers, q, stop_event, timeout)
+
+    def close(self):
+        self.closed = True
+
+
+class _FakeWatch(_Watch):
+    def __init__(self, watchers, q, stop_event, timeout):
+        self._watchers, self._q, self._stop, self._timeout = watchers, q, stop_event, timeout
+
+    def _wait(self):
+        import queue
+        try:
+            return [self._q.get(timeout=self._timeout)]
+        except queue.Empty:
+            return []
+
+    def close(self):
+        if self._q in self._watchers:
+            self._watchers.remove(self._q)
+
+
+def open_netlink(netns=None):
+    """The real implementation (imports pyroute2). Raises NetlinkError when unavailable."""
+    return RealNetlink(netns)
