@@ -100,3 +100,23 @@ def test_sample_config_is_valid_on_the_demo_host(host):
         text = f.read().replace("sysfs_root = /sys", "sysfs_root = %s" % host.sysfs)
     cfg = configmod.parse(text, "etc/vfpick.ini")
     assert set(cfg.pools) == {"fast"} and "uplink-a" in cfg.links
+
+
+def test_ini_syntax_continuations_and_comments(host):
+    text = ("[vfpick]\nsysfs_root = %s   ; inline comment\n# full-line comment\n\n"
+            "[ pool  fast ]\npfs = ens1f0\n    ens1f1 ;first port pair\n  ens2f0#no-space-is-not-a-comment\n"
+            % host.sysfs)
+    with pytest.raises(ConfigError, match="'ens2f0#no-space-is-not-a-comment' is not an SR-IOV PF"):
+        configmod.parse(text, "f.ini")
+    cfg = configmod.parse(text.replace("#no-space-is-not-a-comment", ""), "f.ini")
+    assert cfg.pools["fast"].pfs == ("0000:3b:00.0", "0000:3b:00.1", "0000:af:00.0")
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[vfpick\n", "line 1: malformed section header"),
+    ("[vfpick]\nsysfs_root: /sys\n", "line 2: expected 'key = value'"),
+    ("[vfpick]\n= /sys\n", "expected 'key = value'"),
+])
+def test_ini_syntax_errors(text, words):
+    with pytest.raises(ConfigError, match=words):
+        configmod.parse(text, "f.ini")

@@ -1,9 +1,11 @@
 """vfpick.ini → Config. Every error names the file, the section and the key.
 
-Imported by the qemu hook: configparser and vfpick's light modules only.
+Imported by the qemu hook on every VM start. The INI reader is our own: configparser
+imports ``re`` (with ``enum`` and ``functools``), which costs the hook as much as a bare
+interpreter start. The syntax is configparser's subset that vfpick documents: ``[section]``,
+``key = value``, indented continuation lines, ``;``/``#`` comments (inline after a space).
 """
 
-import configparser
 import os
 from collections import namedtuple
 
@@ -119,31 +121,61 @@ def _pf_list(where, section, key, value, sysfs_root):
     return tuple(addrs)
 
 
+def _comment_free(line):
+    for i, char in enumerate(line):
+        if char in ";#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i]
+    return line
+
+
+def read_ini(text, where):
+    """[(section, {key: value})] in file order; duplicate sections and keys are errors."""
+    sections, current, last_key = [], None, None
+    seen = set()
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped[0] in ";#":
+            continue
+        line = _comment_free(raw).rstrip()
+        if raw[0] in " \t" and current is not None and last_key is not None:
+            value = current[1][last_key]
+            current[1][last_key] = (value + " " + line.strip()).strip()
+            continue
+        line = line.strip()
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                raise where.error(None, None, "line %d: malformed section header %r" % (lineno, line))
+            name = " ".join(line[1:-1].split())
+            if name in seen:
+                raise where.error(name, None, "section appears twice")
+            seen.add(name)
+            current, last_key = (name, {}), None
+            sections.append(current)
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if current is None:
+            raise where.error(None, None, "line %d: a key before any [section]" % lineno)
+        if not sep or not key:
+            raise where.error(current[0], None, "line %d: expected 'key = value', got %r" % (lineno, line))
+        if key in current[1]:
+            raise where.error(current[0], key, "key appears twice")
+        current[1][key] = value.strip()
+        last_key = key
+    return sections
+
+
 def parse(text, path="<config>"):
     """Validates *text*; returns Config. PF names are resolved against its sysfs_root."""
     where = _Where(path)
-    parser = configparser.RawConfigParser(
-        inline_comment_prefixes=(";", "#"), strict=True, empty_lines_in_values=False,
-        default_section="\x00vfpick-no-default",
-    )
-    parser.optionxform = str
-    try:
-        parser.read_string(text, source=path)
-    except configparser.DuplicateSectionError as e:
-        raise where.error(e.section, None, "section appears twice") from None
-    except configparser.DuplicateOptionError as e:
-        raise where.error(e.section, e.option, "key appears twice") from None
-    except configparser.MissingSectionHeaderError as e:
-        raise where.error(None, None, "line %d: a key before any [section]" % e.lineno) from None
-    except configparser.Error as e:
-        raise where.error(None, None, str(e).splitlines()[0]) from None
+    sections = read_ini(text, where)
 
     main = dict(_MAIN_KEYS)
     pools_raw, links_raw = [], []
-    for section in parser.sections():
+    for section, items in sections:
         kind, _, name = section.partition(" ")
         if section == "vfpick":
-            for key, value in parser.items(section):
+            for key, value in items.items():
                 if key not in _MAIN_KEYS:
                     raise where.error(section, key, "unknown key (known: %s)" % ", ".join(_MAIN_KEYS))
                 value = value.strip()
@@ -153,9 +185,9 @@ def parse(text, path="<config>"):
                     raise where.error(section, key, "%r is not an absolute path" % value)
                 main[key] = value
         elif kind == "pool" and name.strip():
-            pools_raw.append((section, _name(where, section, "pool", name), dict(parser.items(section))))
+            pools_raw.append((section, _name(where, section, "pool", name), items))
         elif kind == "link" and name.strip():
-            links_raw.append((section, _name(where, section, "link", name), dict(parser.items(section))))
+            links_raw.append((section, _name(where, section, "link", name), items))
         else:
             raise where.error(section, None, "unknown section (use [vfpick], [pool NAME], [link NAME])")
 

@@ -1,22 +1,31 @@
-"""PCI address parsing: one canonical text form, ``0000:3b:02.1``."""
+"""PCI address parsing: one canonical text form, ``0000:3b:02.1``.
 
-import re
+No ``re``: the hook imports this on every VM start and ``re`` costs it ~8 ms.
+"""
 
-_PCI_RE = re.compile(
-    r"^(?:([0-9a-fA-F]{1,4}):)?([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$"
-)
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex(text, max_len):
+    if not 1 <= len(text) <= max_len or not set(text) <= _HEX:
+        return None
+    return int(text, 16)
 
 
 def normalize(text):
-    """Canonical form of a PCI address, or None when *text* is not one."""
-    match = _PCI_RE.match(text.strip()) if isinstance(text, str) else None
-    if not match:
+    """Canonical form of ``[DDDD:]BB:SS.F``, or None when *text* is not a PCI address."""
+    if not isinstance(text, str):
         return None
-    domain, bus, slot, function = match.groups()
-    domain_n, bus_n, slot_n = int(domain or "0", 16), int(bus, 16), int(slot, 16)
-    if slot_n > 0x1F:
+    head, dot, function = text.strip().rpartition(".")
+    parts = head.split(":")
+    if not dot or len(function) != 1 or function not in "01234567" or len(parts) not in (2, 3):
         return None
-    return "%04x:%02x:%02x.%d" % (domain_n, bus_n, slot_n, int(function))
+    if len(parts) == 2:
+        parts.insert(0, "0")
+    domain, bus, slot = _hex(parts[0], 4), _hex(parts[1], 2), _hex(parts[2], 2)
+    if domain is None or bus is None or slot is None or slot > 0x1F:
+        return None
+    return "%04x:%02x:%02x.%s" % (domain, bus, slot, function)
 
 
 def sort_key(addr):

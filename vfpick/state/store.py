@@ -6,12 +6,11 @@ dataclasses, tempfile, contextlib). ``stat`` is free: ``os`` has already loaded 
 
 import errno
 import fcntl
-import json
 import os
 import stat
 import types
 
-from vfpick import pci
+from vfpick import jsonio, pci
 from vfpick.errors import StateCorrupt, StateError
 from vfpick.records import Claim
 
@@ -103,7 +102,7 @@ def _no_duplicate_keys(pairs):
 def _parse(raw):
     """{vf: Claim} from the file's bytes; ValueError saying why it is not a state file."""
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        doc = jsonio.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise ValueError("nested too deeply")
     if not isinstance(doc, dict):
@@ -134,8 +133,12 @@ def _parse(raw):
 
 
 def _serialize(claimset):
-    doc = {"version": VERSION, "claims": [dict(zip(Claim._fields, c)) for c in claimset.all()]}
-    return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+    # One claim per line: readable and diffable, and written without importing json.
+    rows = [jsonio.dumps_compact(dict(zip(Claim._fields, c))) for c in claimset.all()]
+    body = ",\n  ".join(rows)
+    text = '{\n "version": %d,\n "claims": [%s%s%s]\n}\n' % (
+        VERSION, "\n  " if rows else "", body, "\n " if rows else "")
+    return text.encode("utf-8")
 
 
 class StateStore:
