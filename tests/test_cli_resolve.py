@@ -262,3 +262,26 @@ def test_usage_errors_are_one_line(host):
     assert_user_error(vfpick(host, "frobnicate"))
     assert_user_error(vfpick(host, "resolve"))
     assert_user_error(vfpick(host, "resolve", "/nonexistent.xml"), "/nonexistent.xml")
+
+
+OVERRIDE = ("<metadata><vfpick:domain xmlns:vfpick='http://vfpick.org/xmlns/libvirt/domain/1.0'>"
+            "<vfpick:policy %s/></vfpick:domain></metadata>\n")
+
+
+def test_domain_metadata_overrides_the_pools_distinct_and_strict(host):
+    # The pool allows sharing; this domain insists on distinct cards and refuses otherwise.
+    host.write_config(pools={"fast": "pfs = ens1f0 ens1f1 ens2f0 ens2f1\ndistinct = none\n"})
+    out = vfpick(host, "resolve", "-", check=0,
+                 input=domain("picky", nics=2, head=OVERRIDE % "distinct='card' strict='yes'")).stdout
+    topo = host.topology()
+    assert len({topo.card_of[topo.vfs[vf].pf] for vf in hostdev_vfs(out)}) == 2
+    assert_user_error(vfpick(host, "resolve", "-",
+                             input=domain("pickier", nics=3, head=OVERRIDE % "distinct='card' strict='yes'")),
+                      "strict=yes")
+
+
+def test_bad_override_value_is_refused(host):
+    host.write_config()
+    assert_user_error(vfpick(host, "resolve", "-", input=domain("x", head=OVERRIDE % "numa='sometimes'")),
+                      "numa")
+    assert claims_file(host) is None
