@@ -1,0 +1,478 @@
+"""Domain XML rewriting: pool interfaces become concrete VF hostdevs.
+
+lxml is used to parse (hardened parser) and to query the tree, but the output is NOT lxml's
+serialization: libxml2 rewrites every attribute with double quotes (libvirt writes single),
+turns ``<a></a>`` into ``<a/>``, drops the whitespace after the root, and so on. The contract
+says everything else in the domain stays byte for byte, so edits are spliced into the original
+bytes at element offsets taken from an expat pass over the same document. Each mutation
+(``ensure_uuid``, ``apply``) splices, then re-parses the result, so queries always describe
+exactly the bytes ``to_bytes()`` returns.
+
+Only UTF-8 / ASCII / ISO-8859-1 documents are accepted (libvirt only ever writes UTF-8): byte
+offsets and the ASCII-only text we insert (non-ASCII goes in as character references) are
+then valid in the document's own encoding.
+"""
+
+import collections
+import re
+import uuid as uuidmod
+import xml.parsers.expat as expat
+
+from lxml import etree
+
+from vfpick import cpulist, pci
+from vfpick.domscan import MAX_BYTES, MAX_DEPTH, NS, canonical_uuid, normalize_mac, pci_source
+from vfpick.errors import XmlError
+
+Assignment = collections.namedtuple("Assignment", "mac pool vf pf link")
+Assignment.__doc__ = """The VF chosen for one interface: recorded in vfpick's metadata."""
+NetIface = collections.namedtuple("NetIface", "index network mac")
+NetIface.__doc__ = """An <interface type='network'>. index: position among <devices>'s
+<interface> elements (stable across apply). mac: normalized or None."""
+ManagedIface = collections.namedtuple("ManagedIface", "index mac pool vf recorded_vf")
+ManagedIface.__doc__ = """An <interface type='hostdev'> whose MAC has a vfpick:nic entry.
+vf: its current source address (canonical) or None; recorded_vf: the entry's vf."""
+Overrides = collections.namedtuple("Overrides", "distinct strict numa")
+Overrides.__doc__ = """A domain's policy overrides for one pool: each None (use the pool's)
+or a validated value (distinct: card|link|pf|none, strict: bool, numa: required|preferred|ignore)."""
+
+# Children of a pool interface that mean the same thing on a hostdev interface and are kept,
+# verbatim, in their original order. Everything else is network/tap-only (model, target,
+# bandwidth, filterref, link, mtu, coalesce, tune, backend, guest, ip, route, port, script,
+# actual...) and libvirt either rejects it on a hostdev or silently ignores it, so it is dropped.
+_CARRIED = frozenset(["vlan", "alias", "boot", "address", "rom", "teaming", "acpi"])
+# <driver> and <virtualport> exist for both kinds but with different meanings: only the
+# hostdev flavours survive (a virtio <driver name='vhost' queues=..> would make libvirt refuse).
+_CARRIED_IF = {"driver": ("name", ("vfio",)), "virtualport": ("type", ("802.1Qbg", "802.1Qbh"))}
+
+_DISTINCT = ("card", "link", "pf", "none")
+_NUMA = ("required", "preferred", "ignore")
+_STRICT = {"yes": True, "no": False}
+_HEAD = ("name", "uuid", "genid", "title", "description")  # libvirt's order before <metadata>
+_ENCODINGS = ("utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1")
+
+_TAG_END = re.compile(rb"""(?:[^'">]|'[^']*'|"[^"]*")*>""")
+_ENCODING_DECL = re.compile(rb"""\A(?:\xef\xbb\xbf)?<\?xml[^>]*?\sencoding\s*=\s*(?:'([^']*)'|"([^"]*)")""")
+
+
+def _hardened_parser():
+    # A fresh parser per document: lxml parsers are not thread safe.
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                           dtd_validation=False, huge_tree=False, remove_blank_text=False)
+
+
+def _check_raw(data):
+    """Refusals that need no parser: size, encoding, any DTD at all."""
+    if len(data) > MAX_BYTES:
+        raise XmlError("domain XML is larger than %d bytes" % MAX_BYTES)
+    if not data.strip():
+        raise XmlError("domain XML is empty")
+    if data[:2] in (b"\xfe\xff", b"\xff\xfe") or b"\x00" in data:
+        raise XmlError("domain XML must be UTF-8 (UTF-16/32 is not supported)")
+    match = _ENCODING_DECL.match(data)
+    if match:
+        declared = (match.group(1) or match.group(2) or b"").decode("ascii", "replace").lower()
+        if declared not in _ENCODINGS:
+            raise XmlError("domain XML must be UTF-8, not %r" % declared[:32])
+    # libvirt never writes a DTD; refusing one outright leaves nothing to expand or fetch.
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise XmlError("domain XML must not contain a DOCTYPE or entity declaration")
+
+
+def _refuse_dtd(*_args):
+    raise XmlError("domain XML must not contain a DOCTYPE or entity declaration")
+
+
+def _node_spans(data):
+    """[(start, stag_end, etag_start|None, end)] for every element, comment and PI inside the
+    root, in document order (the order lxml's ``root.iter()`` yields them)."""
+    spans, open_ = [], []
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_dtd
+    parser.UnparsedEntityDeclHandler = _refuse_dtd
+    parser.ExternalEntityRefHandler = _refuse_dtd
+
+    def start(_tag, _attrs):
+        if len(open_) >= MAX_DEPTH:
+            raise XmlError("domain XML is nested deeper than %d elements" % MAX_DEPTH)
+        begin = parser.CurrentByteIndex
+        stag_end = _TAG_END.match(data, begin).end()
+        spans.append([begin, stag_end, None, stag_end])
+        open_.append(len(spans) - 1)
+
+    def end(_tag):
+        span = spans[open_.pop()]
+        if data[span[1] - 2:span[1]] != b"/>":
+            at = parser.CurrentByteIndex
+            span[2], span[3] = at, data.index(b">", at) + 1
+
+    def comment(_text):
+        if open_:
+            at = parser.CurrentByteIndex
+            end_at = data.index(b"-->", at + 4) + 3
+            spans.append([at, end_at, None, end_at])
+
+    def pi(_target, _text):
+        if open_:
+            at = parser.CurrentByteIndex
+            end_at = data.index(b"?>", at + 2) + 2
+            spans.append([at, end_at, None, end_at])
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CommentHandler = comment
+    parser.ProcessingInstructionHandler = pi
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise XmlError("malformed domain XML: %s, line %d, column %d"
+                       % (expat.ErrorString(exc.code), exc.lineno, exc.offset))
+    return [tuple(s) for s in spans]
+
+
+def _attr(value, quote="'"):
+    # Character references for non-ASCII: valid in every encoding we accept.
+    text = (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace(quote, "&apos;" if quote == "'" else "&quot;")
+            .replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;"))
+    return quote + text + quote
+
+
+def _tag(name, attrs, quote="'", empty=True):
+    body = "".join(" %s=%s" % (k, _attr(v, quote)) for k, v in attrs if v is not None)
+    return ("<%s%s%s>" % (name, body, "/" if empty else "")).encode("ascii", "xmlcharrefreplace")
+
+
+class DomainXml(object):
+    """One domain definition; construct with ``DomainXml.parse(data)``."""
+
+    def __init__(self, data, root, spans):
+        self._data = data
+        self._root = root
+        self._span = spans  # {lxml node: (start, stag_end, etag_start|None, end)}
+
+    @classmethod
+    def parse(cls, data):
+        """Parses domain XML bytes. XmlError for malformed, hostile or non-<domain> input."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        _check_raw(data)
+        spans = _node_spans(data)
+        try:
+            root = etree.fromstring(data, _hardened_parser())
+        except etree.XMLSyntaxError as exc:
+            raise XmlError("malformed domain XML: %s" % (str(exc).splitlines() or ["?"])[0])
+        docinfo = root.getroottree().docinfo
+        if docinfo.internalDTD is not None or docinfo.doctype:
+            raise XmlError("domain XML must not contain a DOCTYPE or entity declaration")
+        if root.tag != "domain":
+            raise XmlError("not a libvirt domain: the root element is <%s>"
+                           % etree.QName(root).localname)
+        nodes = list(root.iter())
+        if len(nodes) != len(spans) or any(
+                not isinstance(n.tag, str) and n.tag not in (etree.Comment, etree.PI) for n in nodes):
+            raise XmlError("domain XML holds nodes vfpick cannot rewrite safely")
+        # The dict keeps every proxy alive, so lxml hands back these same objects later.
+        return cls(data, root, dict(zip(nodes, spans)))
+
+    def to_bytes(self):
+        return self._data
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def name(self):
+        el = self._root.find("name")
+        return None if el is None else (el.text or "")
+
+    @property
+    def uuid(self):
+        """Canonical lowercase UUID, None when absent; XmlError when not a UUID."""
+        el = self._root.find("uuid")
+        return None if el is None else canonical_uuid(el.text or "")
+
+    def _interfaces(self):
+        devices = self._root.find("devices")
+        return [] if devices is None else devices.findall("interface")
+
+    @staticmethod
+    def _mac(iface):
+        el = iface.find("mac")
+        return None if el is None else normalize_mac(el.get("address"))
+
+    def _meta_domain(self):
+        meta = self._root.find("metadata")
+        found = [] if meta is None else meta.findall("{%s}domain" % NS)
+        if len(found) > 1:
+            raise XmlError("<metadata> holds %d vfpick:domain elements; merge them into one"
+                           % len(found))
+        return meta, (found[0] if found else None)
+
+    def _entries(self):
+        """{mac: (pool, vf, pf, link)} from vfpick:nic entries (first entry per MAC wins)."""
+        entries = {}
+        dom = self._meta_domain()[1]
+        for nic in ([] if dom is None else dom.findall("{%s}nic" % NS)):
+            mac = normalize_mac(nic.get("mac"))
+            if mac and mac not in entries:
+                entries[mac] = (nic.get("pool"), nic.get("vf"), nic.get("pf"), nic.get("link"))
+        return entries
+
+    def network_interfaces(self):
+        out = []
+        for index, iface in enumerate(self._interfaces()):
+            if iface.get("type") == "network":
+                source = iface.find("source")
+                out.append(NetIface(index, None if source is None else source.get("network"),
+                                    self._mac(iface)))
+        return out
+
+    def managed_interfaces(self):
+        entries, out = self._entries(), []
+        for index, iface in enumerate(self._interfaces()):
+            mac = self._mac(iface)
+            if iface.get("type") == "hostdev" and mac in entries:
+                address = iface.find("source/address")
+                vf = None if address is None else pci_source(address.attrib)
+                pool, recorded, _pf, _link = entries[mac]
+                out.append(ManagedIface(index, mac, pool, vf, pci.normalize(recorded or "")))
+        return out
+
+    def macs(self):
+        return {mac for mac in (self._mac(i) for i in self._interfaces()) if mac}
+
+    def overrides(self, pool):
+        """Overrides for *pool*: a policy with pool='NAME' beats one without a pool."""
+        dom = self._meta_domain()[1]
+        policies = [] if dom is None else dom.findall("{%s}policy" % NS)
+        values = {}
+        for wanted in (None, pool):
+            for el in policies:
+                if el.get("pool") != wanted:
+                    continue
+                for key, allowed in (("distinct", _DISTINCT), ("strict", _STRICT), ("numa", _NUMA)):
+                    raw = el.get(key)
+                    if raw is None:
+                        continue
+                    if raw not in allowed:
+                        raise XmlError("vfpick:policy %s='%s' in the domain's <metadata>: must be %s"
+                                       % (key, raw[:40], " or ".join(allowed)))
+                    values[key] = _STRICT[raw] if key == "strict" else raw
+        return Overrides(values.get("distinct"), values.get("strict"), values.get("numa"))
+
+    def numa_nodes(self, node_cpus):
+        """The domain's NUMA nodes (frozenset), or None when it is not placed."""
+        memory = self._root.find("numatune/memory")
+        if memory is not None and memory.get("nodeset") is not None:
+            nodes = cpulist.parse(memory.get("nodeset"))
+            if nodes is None:
+                raise XmlError("<numatune><memory nodeset='%s'> is not a node list"
+                               % memory.get("nodeset")[:40])
+            return frozenset(nodes) or None
+        vcpu = self._root.find("vcpu")
+        if vcpu is None or vcpu.get("cpuset") is None:
+            return None
+        cpus = cpulist.parse(vcpu.get("cpuset"))
+        if cpus is None:
+            raise XmlError("<vcpu cpuset='%s'> is not a cpu list" % vcpu.get("cpuset")[:40])
+        return frozenset(node for node, node_set in node_cpus.items() if node_set & cpus) or None
+
+    # -- layout helpers: infer the document's own indentation ------------------------------
+
+    def _indent(self, node):
+        """Whitespace before *node* on its line, or None when it does not start a line."""
+        start = self._span[node][0]
+        line = self._data.rfind(b"\n", 0, start) + 1
+        lead = self._data[line:start]
+        return lead if not lead.strip(b" \t") else None
+
+    def _unit(self):
+        first = next(iter(self._root), None)
+        lead = self._indent(first) if first is not None else None
+        return lead or b"  "
+
+    def _child_indent(self, node):
+        """(own indent, indent for children) or (None, None) for a one-line layout."""
+        own = self._indent(node)
+        if own is None:
+            return None, None
+        for child in node:
+            lead = self._indent(child)
+            if lead is not None and len(lead) > len(own):
+                return own, lead
+            break
+        return own, own + self._unit()
+
+    def _bytes(self, node):
+        span = self._span[node]
+        return self._data[span[0]:span[3]]
+
+    def _commit(self, edits):
+        """Splices (start, end, bytes) edits into the document and re-parses it."""
+        out, at = [], 0
+        for start, end, text in sorted(edits, key=lambda e: (e[0], e[1])):
+            if start < at:
+                raise XmlError("internal error: overlapping XML edits")
+            out.extend((self._data[at:start], text))
+            at = end
+        out.append(self._data[at:])
+        fresh = DomainXml.parse(b"".join(out))
+        self._data, self._root, self._span = fresh._data, fresh._root, fresh._span
+
+    # -- mutations --------------------------------------------------------------------------
+
+    def ensure_uuid(self):
+        """The domain's UUID; adds ``<uuid>`` (random) after ``<name>`` when absent."""
+        current = self.uuid
+        if current is not None:
+            return current
+        new = str(uuidmod.uuid4())
+        element = ("<uuid>%s</uuid>" % new).encode("ascii")
+        name = self._root.find("name")
+        if name is not None:
+            lead = self._indent(name)
+            at = self._span[name][3]
+        else:
+            lead = self._child_indent(self._root)[1]
+            at = self._span[self._root][1]
+            if self._span[self._root][2] is None:
+                raise XmlError("the domain is empty")
+        self._commit([(at, at, (b"\n" + lead if lead is not None else b"") + element)])
+        return new
+
+    def apply(self, assignments):
+        """Rewrites each interface named by index in *assignments* ({index: Assignment}) into
+        a VF hostdev and records every managed NIC in vfpick's metadata."""
+        ifaces = self._interfaces()
+        checked = {}
+        for index, a in assignments.items():
+            if not 0 <= index < len(ifaces):
+                raise ValueError("no <interface> #%r in the domain" % (index,))
+            mac, vf = normalize_mac(a.mac), pci.normalize(a.vf or "")
+            if not mac or len(mac) != 17 or vf is None:
+                raise ValueError("bad assignment %r" % (a,))
+            checked[index] = a._replace(mac=mac, vf=vf, pf=pci.normalize(a.pf or "") or a.pf)
+        edits = [self._rewrite_iface(ifaces[i], a) for i, a in checked.items()]
+        edits.extend(self._rewrite_metadata(ifaces, checked))
+        if edits:
+            self._commit(edits)
+
+    def _rewrite_iface(self, iface, a):
+        own, kids = self._child_indent(iface)
+        unit = kids[len(own):] if own is not None and kids.startswith(own) else self._unit()
+        sep = b"\n" + kids if own is not None else b""
+        old_mac = iface.find("mac")
+        if old_mac is not None and normalize_mac(old_mac.get("address")) == a.mac:
+            mac = self._bytes(old_mac)  # keeps extra attributes (type, check) and spelling
+        else:
+            mac = _tag("mac", [("address", a.mac)])
+        where = pci.libvirt_attrs(a.vf)
+        address = _tag("address", [("type", "pci")] + [
+            (k, where[k]) for k in ("domain", "bus", "slot", "function")])
+        source = b"".join((b"<source>", sep + unit if own is not None else b"", address, sep,
+                           b"</source>"))
+        # Children keep their original order (libvirt writes <driver> between <mac> and
+        # <source>), so re-applying to libvirt's own output changes nothing.
+        kids_out, placed = [], set()
+        for child in iface:
+            tag = child.tag if isinstance(child.tag, str) else None
+            if tag in ("mac", "source"):
+                if "mac" not in placed:
+                    kids_out.append(mac)
+                    placed.add("mac")
+                if tag == "source" and "source" not in placed:
+                    kids_out.append(source)
+                    placed.add("source")
+                continue
+            rule = _CARRIED_IF.get(tag)
+            if tag is not None and tag not in _CARRIED and (
+                    rule is None or child.get(rule[0]) not in rule[1]):
+                continue
+            kids_out.append(self._bytes(child))  # comments and PIs ride along too
+        if "mac" not in placed:
+            kids_out.insert(0, mac)
+        if "source" not in placed:  # right after the <mac>, wherever that ended up
+            kids_out.insert(next(i for i, k in enumerate(kids_out) if k is mac) + 1, source)
+        parts = [b"<interface type='hostdev' managed='yes'>"]
+        for kid in kids_out:
+            parts.extend((sep, kid))
+        parts.extend((b"\n" + own if own is not None else b"", b"</interface>"))
+        span = self._span[iface]
+        return (span[0], span[3], b"".join(parts))
+
+    def _rewrite_metadata(self, ifaces, assignments):
+        entries, wanted, seen = self._entries(), [], set()
+        for index, iface in enumerate(ifaces):
+            a = assignments.get(index)
+            if a is not None:
+                mac, values = a.mac, (a.pool, a.vf, a.pf, a.link)
+            else:
+                mac = self._mac(iface)
+                if iface.get("type") != "hostdev" or mac not in entries:
+                    continue
+                values = entries[mac]
+            if mac not in seen:
+                seen.add(mac)
+                wanted.append((mac,) + tuple(values))
+        meta, dom = self._meta_domain()
+        if dom is None and not wanted:
+            return []
+        prefix = (dom.prefix if dom is not None else "vfpick") or ""
+        nic_tag = prefix + ":nic" if prefix else "nic"
+        nics = [_tag(nic_tag, zip(("mac", "pool", "vf", "pf", "link"), w), quote='"') for w in wanted]
+        if dom is not None:
+            kept = [self._bytes(c) for c in dom if c.tag != "{%s}nic" % NS]
+            start, stag_end, etag_start, end = self._span[dom]
+            if not kept and not nics:
+                # Nothing left to record: drop the element and the whitespace that led to it.
+                lead = len(self._data[:start]) - len(self._data[:start].rstrip())
+                return [(start - lead, end, b"")]
+            own, kids = self._child_indent(dom)
+            open_tag = self._data[start:stag_end]
+            if etag_start is None:
+                open_tag = open_tag[:-2].rstrip() + b">"
+                close_tag = ("</%s>" % (prefix + ":domain" if prefix else "domain")).encode("ascii")
+            else:
+                close_tag = self._data[etag_start:end]
+            return [(start, end, self._block(open_tag, kept + nics, close_tag, own, kids))]
+        block_open = ('<vfpick:domain xmlns:vfpick="%s">' % NS).encode("ascii")
+        if meta is not None:
+            own, kids = self._child_indent(meta)
+            inner = self._block(block_open, nics, b"</vfpick:domain>", kids,
+                                kids + self._unit() if kids is not None else None)
+            start, stag_end, etag_start, end = self._span[meta]
+            children = list(meta)
+            if children:
+                at = self._span[children[-1]][3]
+                return [(at, at, (b"\n" + kids if kids is not None else b"") + inner)]
+            if etag_start is None:
+                open_tag = self._data[start:stag_end][:-2].rstrip() + b">"
+                return [(start, end, self._block(open_tag, [inner], b"</metadata>", own, kids))]
+            return [(stag_end, etag_start, self._block(b"", [inner], b"", own, kids))]
+        # No <metadata>: create it where libvirt would put it (after name/uuid/title/...).
+        anchor = None
+        for child in self._root:
+            if child.tag not in _HEAD and isinstance(child.tag, str):
+                break
+            anchor = child
+        if anchor is not None:
+            own = self._indent(anchor)
+            at = self._span[anchor][3]
+        else:
+            own = self._child_indent(self._root)[1]
+            at = self._span[self._root][1]
+        kids = own + self._unit() if own is not None else None
+        inner = self._block(block_open, nics, b"</vfpick:domain>", kids,
+                            kids + self._unit() if kids is not None else None)
+        block = self._block(b"<metadata>", [inner], b"</metadata>", own, kids)
+        return [(at, at, (b"\n" + own if own is not None else b"") + block)]
+
+    @staticmethod
+    def _block(open_tag, children, close_tag, own, kids):
+        """open_tag, each child on its own line at *kids*, close_tag at *own* (or one line)."""
+        if own is None or kids is None:
+            return open_tag + b"".join(children) + close_tag
+        return (open_tag + b"".join(b"\n" + kids + c for c in children) + b"\n" + own
+                + close_tag)
