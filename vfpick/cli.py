@@ -161,6 +161,13 @@ def cmd_reconcile(args):
     return 0
 
 
+def cmd_watch(args):
+    from vfpick import watch
+
+    cfg = _load_config(args)
+    return watch.cmd_watch(cfg, args.connect or cfg.connect)
+
+
 def cmd_install_hook(args):
     from vfpick import installhook
 
@@ -228,6 +235,11 @@ def build_parser():
     p.add_argument("--rebuild", action="store_true",
                    help="recreate the state from libvirt's domains (lost or corrupt state file)")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("watch", parents=[common],
+                       help="resolve pool interfaces of domains defined with plain virsh define")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")

@@ -1,0 +1,280 @@
+"""``vfpick watch``: resolve pool interfaces of domains defined with plain ``virsh define``.
+
+libvirt's default event loop runs in a thread; its callbacks only queue work (they must never
+block the loop). The main thread takes the queue: resolve + redefine on DEFINED, drop claims on
+UNDEFINED, reconnect with backoff when the connection closes (libvirtd restart, keepalive
+timeout), then reconcile and resolve whatever was defined meanwhile. Host events
+(vfpick.hostevents) are logged. One timestamped line per action on stderr.
+"""
+
+import queue
+import signal
+import sys
+import threading
+import time
+
+from vfpick import domscan, hostevents, resolver, topology, virt
+from vfpick.errors import VfpickError
+
+BACKOFF = (0.5, 1, 2, 5, 10, 30)       # seconds between reconnect attempts
+KEEPALIVE = (5, 3)                     # interval s, missed replies: a hung daemon closes in ~20 s
+LOOP_LIMIT, LOOP_WINDOW = 3, 10.0      # more resolves of one domain than this in the window: a loop
+
+_event_impl = []                       # virEventRegisterDefaultImpl: once per process
+
+
+def log_line(message, stream=None):
+    stream = stream or sys.stderr
+    now = time.time()
+    stream.write("%s.%03d vfpick watch: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
+                                                 int(now * 1000) % 1000, message))
+    stream.flush()
+
+
+def _msg(err):
+    return virt._message(err)
+
+
+class Watcher:
+    def __init__(self, config, uri, log=log_line, opener=None, host_events=True, clock=time.monotonic):
+        self.config, self.uri, self.log, self.clock = config, uri, log, clock
+        self.lv = virt._libvirt()
+        self.opener = opener or self.lv.open
+        self.host_events = host_events
+        self.store = resolver.store_for(config)
+        self.queue = queue.Queue()
+        self.stop = threading.Event()
+        self.conn = None
+        self.generation = 0            # one per connection: a stale close event is ignored
+        self.failures = 0
+        self.next_attempt = 0.0
+        self.resolves = {}             # uuid -> [times] (loop guard)
+        self.monitor = None
+        self._loop_thread = None
+
+    # ------------------------------------------------ event loop thread: queue only, never block
+    def on_lifecycle(self, _conn, dom, event, _detail, generation):
+        if event == self.lv.VIR_DOMAIN_EVENT_DEFINED:
+            self.queue.put(("defined", generation, dom.UUIDString(), dom.name()))
+        elif event == self.lv.VIR_DOMAIN_EVENT_UNDEFINED:
+            self.queue.put(("undefined", generation, dom.UUIDString(), dom.name()))
+
+    def on_close(self, _conn, reason, generation):
+        self.queue.put(("closed", generation, reason, None))
+
+    def start_event_loop(self):
+        lv = self.lv
+        if not _event_impl:
+            lv.virEventRegisterDefaultImpl()
+            # A periodic timer wakes the loop so its thread notices `stop`.
+            lv.virEventAddTimeout(250, lambda _timer, _opaque: None, None)
+            _event_impl.append(True)
+
+        def run():
+            while not self.stop.is_set():
+                if lv.virEventRunDefaultImpl() < 0:
+                    time.sleep(0.1)
+
+        self._loop_thread = threading.Thread(target=run, daemon=True, name="vfpick-libvirt-events")
+        self._loop_thread.start()
+
+    # ------------------------------------------------ main thread
+    def run(self):
+        """Runs until stop is set; returns 0."""
+        self.start_event_loop()
+        if self.host_events:
+            try:
+                self.monitor = hostevents.HostMonitor(
+                    lambda: self.store.snapshot().all(), lambda: topology.for_config(self.config), self.log)
+                hostevents.start(self.queue.put, self.stop, self.log)
+            except VfpickError as e:
+                self.log("host events off: %s" % e)
+        self.log("watching %s (config %s)" % (self.uri, self.config.path))
+        try:
+            while not self.stop.is_set():
+                self.step()
+        finally:
+            self.disconnect()
+            self.stop.set()
+            if self._loop_thread is not None:
+                self._loop_thread.join(2)
+        self.log("stopped")
+        return 0
+
+    def step(self, timeout=0.25):
+        """Connects when due, then handles at most one queued item."""
+        if self.conn is None and self.clock() >= self.next_attempt:
+            self.connect()
+        try:
+            item = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.dispatch(item)
+
+    def dispatch(self, item):
+        kind = item[0]
+        try:
+            if kind == "host":
+                if self.monitor is not None:
+                    self.monitor.handle(item[1])
+            elif kind == "closed":
+                self.closed(item[1], item[2])
+            elif self.conn is None:
+                return  # disconnected: the reconcile after reconnecting covers it
+            elif kind == "defined":
+                self.defined(item[2], item[3])
+            elif kind == "undefined":
+                self.undefined(item[2], item[3])
+        except VfpickError as e:
+            self.log("%s %s: %s" % (kind, item[3] or item[2], e))
+        except self.lv.libvirtError as e:
+            self.log("%s %s: libvirt: %s" % (kind, item[3] or item[2], _msg(e)))
+        except Exception as e:  # a service: one bad event must not stop it
+            self.log("internal error on %s %s: %r" % (kind, item[3] or item[2], e))
+
+    def connect(self):
+        lv = self.lv
+        try:
+            conn = self.opener(self.uri)
+            self.generation += 1
+            gen = self.generation
+            conn.registerCloseCallback(self.on_close, gen)
+            try:
+                conn.setKeepAlive(*KEEPALIVE)
+            except lv.libvirtError:
+                pass  # local drivers (test:///) have no keepalive
+            conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.on_lifecycle, gen)
+        except lv.libvirtError as e:
+            delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
+            self.failures += 1
+            self.next_attempt = self.clock() + delay
+            self.log("cannot connect to %s: %s; retrying in %gs" % (self.uri, _msg(e), delay))
+            return False
+        self.conn = conn
+        self.log("%sconnected to %s" % ("re" if self.failures or gen > 1 else "", self.uri))
+        self.failures = 0
+        self.sync()
+        return True
+
+    def disconnect(self):
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        for call in (conn.unregisterCloseCallback, conn.close):
+            try:
+                call()
+            except self.lv.libvirtError:
+                pass
+
+    def closed(self, generation, reason):
+        if generation != self.generation or self.conn is None:
+            return  # a connection we already dropped
+        self.log("connection to %s closed (%s); reconnecting" % (self.uri, _REASONS.get(reason, reason)))
+        self.disconnect()
+        self.next_attempt = self.clock() + BACKOFF[0]
+
+    def sync(self):
+        """Reconcile the claims with libvirt, then resolve every domain with pool interfaces."""
+        before = {(c.vf, c.uuid) for c in self.store.snapshot().all()}
+        views = virt._domain_views(self.conn)
+        topo = topology.for_config(self.config)
+        with self.store.transaction() as claims:
+            done = []
+            for verb, claim, reason in virt.plan_reconcile(self.config, claims, views, topo):
+                if verb == "drop":
+                    if (claim.vf, claim.uuid) not in before:
+                        continue  # claimed after the domains were listed: a define in flight
+                    claims.drop(claim.vf)
+                elif verb in ("add", "update"):
+                    claims.put(claim)
+                done.append((verb, claim, reason))
+        for verb, claim, reason in done:
+            self.log("reconcile: %s %s (%s, pool %s): %s" % (verb, claim.vf, claim.domain, claim.pool, reason))
+        for uuid, view in sorted(views.items()):
+            if view is not None and view[1]:  # (name, persistent, ...): persistent domains only
+                self.defined(uuid, view[0])
+
+    def _looping(self, uuid):
+        now = self.clock()
+        times = [t for t in self.resolves.get(uuid, []) if now - t < LOOP_WINDOW] + [now]
+        self.resolves[uuid] = times
+        return len(times) > LOOP_LIMIT
+
+    def defined(self, uuid, name):
+        lv = self.lv
+        try:
+            dom = self.conn.lookupByUUIDString(uuid)
+            if not dom.isPersistent():
+                return
+            data = virt.inactive_xml(dom)
+        except lv.libvirtError:
+            return  # gone again: its UNDEFINED event follows
+        facts = domscan.scan(data)
+        name = facts.name or name
+        pools = sorted({n for n, _ in facts.networks if n in self.config.pools})
+        if not pools:
+            self.rename_claims(uuid, name)
+            exists = virt.network_checker(self.config, self.conn)
+            unknown = sorted({n for n, _ in facts.networks if n and not exists(n)})
+            if unknown:  # a mistyped pool name: libvirt itself will refuse the start
+                self.log("domain '%s' (%s): network %s is neither a vfpick pool (pools: %s) nor a "
+                         "libvirt network; left as is" % (name, uuid, ", ".join(unknown),
+                                                          ", ".join(self.config.pools) or "none"))
+            return  # nothing unresolved: also the echo of our own redefinition
+        if self._looping(uuid):
+            self.log("domain '%s' (%s) still has pool interfaces after %d resolves in %gs; "
+                     "leaving it alone (libvirt rewrites it?)" % (name, uuid, LOOP_LIMIT, LOOP_WINDOW))
+            return
+        try:
+            result = virt.define_resolved(self.config, self.conn, data)
+        except VfpickError as e:
+            self.log("cannot resolve domain '%s' (%s): %s; left unresolved (its start is refused); "
+                     "fix it, then `vfpick repick %s`" % (name, uuid, e, name))
+            return
+        self.log("resolved domain '%s' (%s): %s" % (result.name, result.uuid, "; ".join(
+            "%s -> %s (PF %s, link %s)" % (mac, p.vf, p.pf, p.link) for mac, p in sorted(result.picks.items()))))
+        for w in result.warnings:
+            self.log("warning: %s" % w)
+
+    def rename_claims(self, uuid, name):
+        if not name or all(c.domain == name for c in self.store.snapshot().for_uuid(uuid)):
+            return
+        with self.store.transaction() as claims:
+            for c in claims.for_uuid(uuid):
+                claims.put(c._replace(domain=name))
+        self.log("domain %s renamed to '%s': claims updated" % (uuid, name))
+
+    def undefined(self, uuid, name):
+        try:
+            dom = self.conn.lookupByUUIDString(uuid)
+            if dom.isPersistent():
+                return  # defined again since
+            if dom.isActive():
+                self.log("domain '%s' (%s) undefined while running: its claims stay until it stops "
+                         "(the release hook drops them)" % (name, uuid))
+                return
+        except self.lv.libvirtError:
+            pass
+        with self.store.transaction() as claims:
+            dropped = claims.drop_uuid(uuid)
+        if dropped:
+            self.log("released %d VF%s of undefined domain '%s' (%s): %s" % (
+                len(dropped), "" if len(dropped) == 1 else "s", name, uuid, ", ".join(c.vf for c in dropped)))
+
+
+_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}
+
+
+def cmd_watch(config, uri):
+    watcher = Watcher(config, uri)
+
+    def stop(signum, _frame):
+        watcher.log("signal %d: stopping" % signum)
+        watcher.stop.set()
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return watcher.run()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
