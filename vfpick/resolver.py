@@ -51,10 +51,7 @@ def store_for(config):
 
 def running_vfs(config):
     """{vf: uuid} of VFs that running domains use, from libvirt's status XML."""
-    used = domscan.scan_running(config.libvirt_run_dir)
-    if isinstance(used, tuple):
-        used = used[0]
-    return {vf: owner[0] for vf, owner in used.items()}
+    return {vf: owner[0] for vf, owner in domscan.scan_running(config.libvirt_run_dir).items()}
 
 
 def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
