@@ -126,10 +126,21 @@ def prepare(config, name, data, netlink_factory=None, reassert=False):
     return warnings
 
 
+def _site_packages():
+    """The installed hook runs with ``-S`` (no ``site``: start-up speed on every VM start), so
+    site-packages is not on sys.path; the filters (lxml) and the VF settings (pyroute2) need
+    it. Appended after the baked package dir, so an installed copy never shadows it."""
+    if sys.flags.no_site and "site" not in sys.modules:
+        import site
+
+        site.main()
+
+
 def _apply_vf_settings(config, settings, netlink_factory):
     from vfpick import topology
 
     if netlink_factory is None:
+        _site_packages()
         from vfpick.netlink import open_netlink as netlink_factory
     nl = netlink_factory()
     for vf, pf, pool in settings:
@@ -230,6 +241,7 @@ def _dispatch(name, op, data, stdout, stderr, config_path, netlink_factory):
     elif op == "release":
         release(config, name, data)
     else:
+        _site_packages()
         xml = refilter(config, data)
         if xml:
             stdout.write(xml)

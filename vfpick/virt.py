@@ -5,6 +5,7 @@ libvirt-python is imported here only, and only by these commands: never on the h
 """
 
 import sys
+from collections import namedtuple
 
 from vfpick import domscan, resolver, topology
 from vfpick.errors import DomainNotFound, LibvirtFailure, VfpickError
@@ -92,7 +93,9 @@ def describe(result):
     return lines
 
 
-def cmd_define(config, path_data, uri, out=sys.stdout):
+def cmd_define(config, path_data, uri, out=None):
+    # sys.stdout at call time, not at import (a redirected or captured stdout)
+    out = sys.stdout if out is None else out
     conn = connect(uri)
     try:
         result = define_resolved(config, conn, path_data)
@@ -103,7 +106,8 @@ def cmd_define(config, path_data, uri, out=sys.stdout):
     return result
 
 
-def cmd_repick(config, who, uri, out=sys.stdout):
+def cmd_repick(config, who, uri, out=None):
+    out = sys.stdout if out is None else out
     conn = connect(uri)
     try:
         dom = lookup(conn, who)
@@ -142,26 +146,44 @@ def uuid_by_name(uri, who):
         conn.close()
 
 
+DomainView = namedtuple("DomainView", "name persistent active live config")
+DomainView.__doc__ = """One libvirt domain as reconcile sees it. live: DomainFacts of the running
+domain (None when it is not running); config: DomainFacts of its persistent definition (None for
+a transient domain). A running domain may hold one set of VFs and be defined with another (a
+repick while it runs): both are its own."""
+
+
 def _domain_views(conn):
-    """{uuid: (name, persistent, active, facts)} for every domain libvirt has."""
+    """{uuid: DomainView, or None when libvirt could not describe it} for every domain."""
     libvirt = _libvirt()
     views = {}
     for dom in conn.listAllDomains(0):
         try:
+            uuid = dom.UUIDString()
+        except libvirt.libvirtError:
+            continue
+        try:
             active = bool(dom.isActive())
             persistent = bool(dom.isPersistent())
-            flags = 0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE
-            facts = domscan.scan(dom.XMLDesc(flags).encode("utf-8"))
+            live = domscan.scan(dom.XMLDesc(0).encode("utf-8")) if active else None
+            config = domscan.scan(inactive_xml(dom)) if persistent else None
+            views[uuid] = DomainView(dom.name(), persistent, active, live, config)
         except (libvirt.libvirtError, VfpickError):
-            continue  # vanished between list and lookup, or unreadable: next run sees it
-        views[dom.UUIDString()] = (dom.name(), persistent, active, facts)
+            # Vanished between list and lookup, or unreadable: leave its claims alone (a
+            # domain libvirt still lists is not a domain it no longer has); next run sees it.
+            views[uuid] = None
     return views
 
 
-def plan_reconcile(config, claims, views, topo):
-    """Pure: the actions that make *claims* agree with libvirt's *views*.
+def _vfs_of(facts):
+    return {vf for vf, _mac in facts.hostdev_vfs} if facts is not None else set()
 
-    Returns a list of (verb, Claim, reason): verb is drop | add | update.
+
+def plan_reconcile(config, claims, views, topo):
+    """Pure: the actions that make *claims* agree with libvirt's *views* ({uuid: DomainView}).
+
+    Returns a list of (verb, Claim, reason): verb is drop | add | update | conflict
+    (conflict: reported, never applied; the Claim is the holder's).
     """
     actions = []
     pool_of_pf = {}
@@ -169,40 +191,52 @@ def plan_reconcile(config, claims, views, topo):
         for addr in pool.pfs:
             pool_of_pf.setdefault(addr, pool.name)
     for claim in claims.all():
-        view = views.get(claim.uuid)
-        if view is None:
+        if claim.uuid not in views:
             actions.append(("drop", claim, "libvirt has no domain %s" % claim.uuid))
             continue
-        name, _persistent, active, _facts = view
-        if claim.domain != name or claim.active != active:
-            actions.append(("update", claim._replace(domain=name, active=active),
-                            "domain %s is %s" % (name, "running" if active else "not running")))
+        view = views[claim.uuid]
+        if view is None:
+            continue  # libvirt could not describe it: keep what we know
+        live = _vfs_of(view.live)
+        if claim.vf not in live | _vfs_of(view.config):
+            actions.append(("drop", claim, "domain %s no longer uses VF %s" % (view.name, claim.vf)))
+            continue
+        active = claim.vf in live
+        if claim.domain != view.name or claim.active != active:
+            actions.append(("update", claim._replace(domain=view.name, active=active),
+                            "domain %s %s" % (view.name, "runs on it" if active else "is not running on it")))
     claimed = {c.vf: c for c in claims.all()}
-    for uuid, (name, _persistent, active, facts) in sorted(views.items()):
-        meta = {n.mac: n for n in facts.meta_nics}
-        for vf, mac in facts.hostdev_vfs:
-            vf_record = topo.vfs.get(vf)
-            managed = mac in meta if mac else False
-            if vf_record is None or (vf_record.pf not in pool_of_pf and not managed):
+    for uuid, view in sorted(views.items()):
+        if view is None:
+            continue
+        for facts, running in ((view.live, True), (view.config, False)):
+            if facts is None:
                 continue
-            holder = claimed.get(vf)
-            if holder is not None:
-                if holder.uuid != uuid and active:
-                    actions.append(("conflict", holder, "running domain %s uses VF %s held by %s"
-                                    % (name, vf, holder.domain)))
-                continue
-            if not (active or managed):
-                continue  # a defined, stopped, hand-made hostdev: prepare will claim it
-            pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
-            claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
-                          pool=pool, domain=name, uuid=uuid, mac=mac or "", active=active)
-            claimed[vf] = claim
-            actions.append(("add", claim, "domain %s %s VF %s" % (
-                name, "uses" if active else "was resolved to", vf)))
+            meta = {n.mac: n for n in facts.meta_nics}
+            for vf, mac in facts.hostdev_vfs:
+                vf_record = topo.vfs.get(vf)
+                managed = mac in meta if mac else False
+                if vf_record is None or (vf_record.pf not in pool_of_pf and not managed):
+                    continue
+                holder = claimed.get(vf)
+                if holder is not None:
+                    if holder.uuid != uuid and running:
+                        actions.append(("conflict", holder, "running domain %s uses VF %s held by %s"
+                                        % (view.name, vf, holder.domain)))
+                    continue
+                if not (running or managed):
+                    continue  # a defined, stopped, hand-made hostdev: prepare will claim it
+                pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
+                claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
+                              pool=pool, domain=view.name, uuid=uuid, mac=mac or "", active=running)
+                claimed[vf] = claim
+                actions.append(("add", claim, "domain %s %s VF %s" % (
+                    view.name, "uses" if running else "was resolved to", vf)))
     return actions
 
 
-def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=sys.stdout):
+def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
+    out = sys.stdout if out is None else out
     conn = connect(uri)
     try:
         views = _domain_views(conn)

@@ -1,0 +1,304 @@
+"""vfpick against a real system libvirtd (qemu:///system, started by tests/libvirtd.py).
+
+The hook is installed with ``vfpick install-hook`` into the real /etc/libvirt/hooks, with a
+simulated SR-IOV host whose config points at libvirt's real run and config dirs (the hook reads
+/run/libvirt/qemu and checks /etc/libvirt/qemu/NAME.xml); state and sysfs stay in tmp_path.
+This machine has no IOMMU: a domain with a VF hostdev passes vfpick's ``prepare`` gate, then
+libvirt refuses it ("host doesn't support passthrough"), which is how a start that vfpick
+*allowed* looks here. Plain TCG domains really run.
+
+A second hook, ``qemu.d/zz-vfpt-state``, sorts after ``qemu.d/vfpick``: it records argv, its
+stdin (for filters: vfpick's output) and vfpick's state file as it is after vfpick's hook ran.
+"""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+from lxml import etree
+
+import libvirtd as lv
+from clitools import status_json, vfpick
+
+HOOKS_DIR = "/etc/libvirt/hooks"
+PASSTHROUGH_ERROR = "host doesn't support passthrough of host PCI devices"
+
+_STATE_HOOK = r'''#!%(python)s -IS
+# %(mark)s: records each call with vfpick's state file as vfpick's hook left it
+import json, sys
+data = sys.stdin.read()
+try:
+    with open(%(state)r) as f:
+        state = json.load(f)
+except (OSError, ValueError):
+    state = None
+with open(%(log)r, "a") as f:
+    f.write(json.dumps({"argv": sys.argv[1:], "stdin": data, "state": state}) + "\n")
+'''
+
+
+class Env:
+    """One test's simulated host, installed hook, state recorder and domains."""
+
+    def __init__(self, daemon, host, tmp_path):
+        self.daemon, self.host = daemon, host
+        self.tmp = tmp_path
+        self.log = str(tmp_path / "state-hook.jsonl")
+        self.state_path = os.path.join(host.state_dir, "claims.json")
+
+    def cli(self, *args, check=0):
+        return vfpick(self.host, *args, check=check)
+
+    def define(self, nics=2, name=None, devices=""):
+        """`vfpick define` of a domain with *nics* pool interfaces; returns its name."""
+        name = name or self.daemon.unique_name("vf")
+        ifaces = "".join("\n    <interface type='network'><source network='fast'/></interface>"
+                         for _ in range(nics))
+        path = self.tmp / (name + ".xml")
+        path.write_text(lv.domain_xml(name, devices=ifaces + devices))
+        self.daemon.track(name)  # removed at teardown even if a later step fails
+        proc = self.cli("define", str(path))
+        assert ("defined domain '%s'" % name).encode() in proc.stdout, proc.stdout
+        return name
+
+    def virsh_define(self, xml):
+        return self.daemon.define(xml if isinstance(xml, str) else xml.decode())
+
+    def claims(self, name=None):
+        return [c for c in status_json(self.host)["claims"] if name is None or c["domain"] == name]
+
+    def uuid(self, name):
+        return self.daemon.virsh("domuuid", name).stdout.strip()
+
+    def hook_calls(self, name):
+        try:
+            with open(self.log) as f:
+                calls = [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
+        return [c for c in calls if c["argv"][0] == name]
+
+    def state_at(self, name, op):
+        """vfpick's claims of *name* right after vfpick's hook ran for *op* ("prepare begin")."""
+        out = []
+        for call in self.hook_calls(name):
+            if " ".join(call["argv"][1:3]) == op:
+                claims = (call["state"] or {}).get("claims", [])
+                out.append(sorted((c["vf"], c["active"]) for c in claims if c["domain"] == name))
+        return out
+
+
+@pytest.fixture
+def env(libvirtd, hook_recorder, make_host, tmp_path):
+    if not libvirtd.hooks_live:
+        pytest.skip("the libvirtd in use found no hook at its start: hooks installed now are "
+                    "not called (see docs/libvirt-testing.md)")
+    host = make_host()
+    host.run_dir = str(lv.RUN_DIR)          # the hook reads running domains here
+    host.config_dir = str(lv.CONFIG_DIR)    # and checks the persistent definition here
+    host.write_config()
+    e = Env(libvirtd, host, tmp_path)
+    libvirtd.install_hook("zz-vfpt-state", _STATE_HOOK % {
+        "python": sys.executable, "mark": lv.HOOK_MARK, "state": e.state_path, "log": e.log})
+    proc = vfpick(host, "install-hook", "--hooks-dir", HOOKS_DIR, "--config", host.config_path,
+                  check=0)
+    assert b"qemu.d/vfpick" in proc.stdout
+    try:
+        yield e
+    finally:
+        try:
+            libvirtd.cleanup_domains()  # while vfpick's hook still sees their release
+        finally:
+            vfpick(host, "uninstall-hook", "--hooks-dir", HOOKS_DIR, check=0)
+            libvirtd.remove_hook("zz-vfpt-state")
+    assert not os.path.exists(os.path.join(HOOKS_DIR, "qemu.d", "vfpick"))
+
+
+def vfs_of(xml):
+    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    out = []
+    for iface in root.findall("devices/interface[@type='hostdev']"):
+        a = iface.find("source/address")
+        out.append("%04x:%02x:%02x.%d" % tuple(int(a.get(k), 16)
+                                              for k in ("domain", "bus", "slot", "function")))
+    return out
+
+
+def start_error(env, name):
+    res = env.daemon.virsh("start", name, check=False)
+    assert res.returncode != 0, "virsh start %s succeeded" % name
+    assert not env.daemon.is_running(name)
+    return " ".join(res.stderr.split())
+
+
+def vanish_vf(host, vf):
+    """The VF disappears as when sriov_numvfs is lowered: its device (and with it its physfn
+    link) and the PF's virtfnN link go away."""
+    dev = os.path.join(host.sysfs, "bus", "pci", "devices", vf)
+    pf_dir = os.path.realpath(os.path.join(dev, "physfn"))
+    for entry in os.listdir(pf_dir):
+        link = os.path.join(pf_dir, entry)
+        if entry.startswith("virtfn") and os.readlink(link).endswith("/" + vf):
+            os.unlink(link)
+    os.unlink(dev)
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_define_puts_two_nics_on_distinct_links_and_records_the_claims(env):
+    name = env.define(nics=2)
+    xml = env.daemon.dumpxml(name, inactive=True)
+    vfs = vfs_of(xml)
+    topo = env.host.topology()
+    assert len(vfs) == 2 and all(vf in topo.vfs for vf in vfs)
+    assert len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 2
+    assert "<interface type='network'" not in xml
+    claims = env.claims(name)
+    assert sorted(c["vf"] for c in claims) == sorted(vfs)
+    assert {(c["uuid"], c["pool"], c["active"]) for c in claims} == {(env.uuid(name), "fast", False)}
+    macs = re.findall(r"<mac address='([0-9a-f:]+)'/>", xml)
+    assert sorted(c["mac"] for c in claims) == sorted(macs)
+    # libvirt's own XML of a resolved domain resolves to itself: repick keeps, redefines nothing
+    proc = env.cli("repick", name)
+    assert ("kept domain '%s'" % name).encode() in proc.stdout, proc.stdout
+    assert env.daemon.dumpxml(name, inactive=True) == xml
+
+
+def test_start_activates_at_prepare_and_release_deactivates(env):
+    name = env.define(nics=2)
+    vfs = sorted(c["vf"] for c in env.claims(name))
+    err = start_error(env, name)
+    assert PASSTHROUGH_ERROR in err and "vfpick" not in err
+    ops = [tuple(c["argv"][1:3]) for c in env.hook_calls(name)]
+    assert ops == [("prepare", "begin"), ("stopped", "end"), ("release", "end")]
+    # vfpick's hook ran first (qemu.d/vfpick < qemu.d/zz-vfpt-state) and had activated both
+    assert env.state_at(name, "prepare begin") == [[(vf, True) for vf in vfs]]
+    assert env.state_at(name, "release end") == [[(vf, False) for vf in vfs]]
+    # still reserved for the defined domain
+    assert sorted((c["vf"], c["active"]) for c in env.claims(name)) == [(vf, False) for vf in vfs]
+
+
+def test_a_domain_hand_edited_onto_another_domains_vf_is_refused(env):
+    owner = env.define(nics=2)
+    before = open(env.state_path, "rb").read()
+    root = etree.fromstring(env.daemon.dumpxml(owner, inactive=True).encode())
+    thief = env.daemon.unique_name("thief")
+    root.find("name").text = thief
+    root.remove(root.find("uuid"))
+    root.remove(root.find("metadata"))
+    env.virsh_define(etree.tostring(root))
+    err = start_error(env, thief)
+    vf = vfs_of(etree.tostring(root))[0]
+    assert "vfpick: VF %s of domain '%s' is held by domain '%s'" % (vf, thief, owner) in err, err
+    assert "vfpick repick %s" % thief in err
+    assert PASSTHROUGH_ERROR not in err
+    # the refusal changed no claim (release end of the thief found none of its own)
+    assert open(env.state_path, "rb").read() == before
+    assert env.claims(thief) == []
+
+
+def test_plain_virsh_define_of_pool_interfaces_is_refused_until_repicked(env):
+    name = env.virsh_define(lv.domain_xml(env.daemon.unique_name("raw"), devices=(
+        "<interface type='network'><source network='fast'/></interface>"
+        "<interface type='network'><source network='fast'/></interface>")))
+    err = start_error(env, name)
+    assert "vfpick: domain '%s' has unresolved pool interfaces (network 'fast')" % name in err, err
+    assert "resolve it with 'vfpick repick %s'" % name in err
+    assert not os.path.exists(env.state_path)
+    # the command it names works, and then the start gets past vfpick
+    proc = env.cli("repick", name)
+    assert ("redefined domain '%s'" % name).encode() in proc.stdout
+    vfs = vfs_of(env.daemon.dumpxml(name, inactive=True))
+    assert len(vfs) == 2 and sorted(c["vf"] for c in env.claims(name)) == sorted(vfs)
+    err = start_error(env, name)
+    assert PASSTHROUGH_ERROR in err and "vfpick" not in err
+    assert env.state_at(name, "prepare begin")[-1] == [(vf, True) for vf in sorted(vfs)]
+
+
+def test_restore_filter_output_replaces_the_saved_domain_xml(env):
+    # A plain domain with an ordinary NIC runs and is saved; the saved image is then edited
+    # (ABI-compatible: same MAC, model, guest address) to ask for a pool NIC. libvirt's ABI
+    # check refuses any change in the number of hostdevs or a NIC model, so a restore can never
+    # turn a pool NIC into a hostdev; what matters is that vfpick's XML is the one libvirt used.
+    mac = "52:54:00:5e:00:01"
+    name = env.virsh_define(lv.domain_xml(env.daemon.unique_name("save"), devices=(
+        "<interface type='user'><mac address='%s'/><model type='e1000'/></interface>" % mac)))
+    env.daemon.virsh("start", name)
+    image = str(env.tmp / "saved.img")
+    env.daemon.virsh("save", name, image)
+    saved = env.daemon.virsh("save-image-dumpxml", image).stdout
+    edited = saved.replace("<interface type='user'>",
+                           "<interface type='network'>\n      <source network='fast'/>")
+    assert edited != saved
+    (env.tmp / "edited.xml").write_text(edited)
+    env.daemon.virsh("save-image-define", image, str(env.tmp / "edited.xml"))
+    res = env.daemon.virsh("restore", image, check=False)
+    assert res.returncode != 0
+    err = " ".join(res.stderr.split())
+    # Without vfpick's filter libvirt would say "Network not found: ... 'fast'": it parsed
+    # vfpick's hostdev NIC instead (a hostdev NIC has no model).
+    assert "Target network card model" in err and "Network not found" not in err, err
+    assert "vfpick" not in err
+    restore = [c for c in env.hook_calls(name) if c["argv"][1:3] == ["restore", "begin"]]
+    assert len(restore) == 1
+    filtered = restore[0]["stdin"]  # the hook after vfpick's reads vfpick's output
+    assert "<interface type='network'" not in filtered
+    vfs = vfs_of(filtered)
+    assert len(vfs) == 1 and "<mac address='%s'/>" % mac in filtered
+    claims = env.claims(name)
+    assert [(c["vf"], c["mac"], c["uuid"], c["active"]) for c in claims] == \
+        [(vfs[0], mac, env.uuid(name), False)]
+    # libvirt never called prepare/release for the failed restore: the claim is stale, and
+    # reconcile drops it (the domain's definition does not use that VF)
+    proc = env.cli("reconcile")
+    assert ("drop %s" % vfs[0]).encode() in proc.stdout, proc.stdout
+    assert env.claims(name) == []
+
+
+def test_reconcile_after_virsh_undefine_drops_the_claims(env):
+    gone = env.define(nics=2)
+    kept = env.define(nics=1)
+    vfs = sorted(c["vf"] for c in env.claims(gone))
+    env.daemon.virsh("undefine", gone)
+    before = open(env.state_path, "rb").read()
+    proc = env.cli("reconcile", "--dry-run")
+    assert proc.stdout.count(b"would drop") == 2
+    assert open(env.state_path, "rb").read() == before
+    proc = env.cli("reconcile")
+    assert sorted(re.findall(rb"^drop (\S+) \(", proc.stdout, re.M)) == [v.encode() for v in vfs]
+    assert env.claims(gone) == [] and len(env.claims(kept)) == 1
+    assert env.cli("reconcile").stdout == b"claims agree with libvirt\n"
+
+
+def test_repick_replaces_a_vanished_vf_and_redefines(env):
+    name = env.define(nics=2)
+    before = vfs_of(env.daemon.dumpxml(name, inactive=True))
+    gone, kept = before
+    vanish_vf(env.host, gone)
+    err = start_error(env, name)
+    assert "vfpick: VF %s of domain '%s' no longer exists" % (gone, name) in err, err
+    assert "vfpick repick %s" % name in err
+    proc = env.cli("repick", name)
+    assert ("redefined domain '%s'" % name).encode() in proc.stdout
+    after = vfs_of(env.daemon.dumpxml(name, inactive=True))
+    assert after[1] == kept and after[0] not in before
+    topo = env.host.topology()
+    assert topo.link_of[topo.vfs[after[0]].pf] != topo.link_of[topo.vfs[kept].pf]
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted(after)
+    err = start_error(env, name)
+    assert PASSTHROUGH_ERROR in err and "vfpick" not in err
+
+
+def test_plain_domains_run_untouched_with_the_hook_installed(env):
+    name = env.virsh_define(lv.domain_xml(env.daemon.unique_name("plain")))
+    xml = env.daemon.dumpxml(name, inactive=True)
+    env.daemon.virsh("start", name)
+    assert env.daemon.is_running(name)
+    env.daemon.virsh("destroy", name)
+    ops = [tuple(c["argv"][1:3]) for c in env.hook_calls(name)]
+    assert ops == [("prepare", "begin"), ("start", "begin"), ("started", "begin"),
+                   ("stopped", "end"), ("release", "end")]
+    assert env.daemon.dumpxml(name, inactive=True) == xml
+    assert not os.path.exists(env.state_path)  # vfpick recorded nothing
