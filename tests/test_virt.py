@@ -215,9 +215,6 @@ def test_repick_moves_only_the_nic_whose_vf_vanished(cfg, conn, host):
     assert {c.mac for c in claims_of(cfg, first.uuid)} == set(macs)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: topology.read_pf lists a VF from the PF's virtfnN "
-                   "link even when the VF's physfn link is gone; the hook (topology.physfn) calls "
-                   "that VF vanished and refuses the start, repick keeps it: the start stays refused")
 def test_repick_moves_a_nic_whose_vf_lost_its_physfn_link(cfg, conn, host):
     define_with_vfpick(cfg, conn, "vm1", nics=1)
     gone = hostdev_vfs(libvirt_xml(conn, "vm1"))[0]

@@ -125,7 +125,10 @@ def read_pf(sysfs_root, addr, with_vfs=True):
     )
     vfs = ()
     if with_vfs:
-        vfs = tuple(read_vf(sysfs_root, vf, addr, index, record.numa_node) for index, vf in virtfns)
+        # A VF counts only when its physfn points back: the hook judges existence the same way
+        # (topology.physfn), so discovery and the hook never disagree about a half-gone VF.
+        vfs = tuple(read_vf(sysfs_root, vf, addr, index, record.numa_node) for index, vf in virtfns
+                    if physfn(sysfs_root, vf) == addr)
     return record, vfs
 
 
