@@ -5,8 +5,8 @@ libvirt discards stdout for prepare/start/started, so a start cannot be rewritte
 ``reconnect begin`` re-asserts, and ``migrate begin``/``restore begin`` are filters that
 re-resolve against this host and print the new XML.
 
-This runs on every VM start: prepare/release/reconnect import nothing heavier than json,
-configparser and expat. Never a traceback; exit 0 or 1 only.
+This runs on every VM start: prepare/release/reconnect import nothing heavier than expat and
+``_json`` (no ``re``, lxml, libvirt or typing). Never a traceback; exit 0 or 1 only.
 """
 
 import os
@@ -36,8 +36,6 @@ def _running_others(config, uuid):
     from vfpick import domscan
 
     used = domscan.scan_running(config.libvirt_run_dir)
-    if isinstance(used, tuple):
-        used = used[0]
     return {vf: owner for vf, owner in used.items() if owner[0] != uuid}
 
 
@@ -50,7 +48,7 @@ def _pool_of_pf(config):
 
 
 def _domain_vfs(config, facts):
-    """(vf, mac, pool) for every VF of the domain that vfpick manages or must guard."""
+    """(vf, mac, pf, pool, managed) for every VF of the domain vfpick manages or must guard."""
     from vfpick import topology
 
     meta = {n.mac: n for n in facts.meta_nics}
@@ -66,13 +64,15 @@ def _domain_vfs(config, facts):
     return out
 
 
-def prepare(config, name, data, netlink_factory=None, reassert=False):
-    """Verifies and activates the domain's claims. Raises Refusal (or VfpickError)."""
+def prepare(config, name, facts, netlink_factory=None, reassert=False):
+    """Verifies and activates the domain's claims. Raises Refusal (or VfpickError).
+
+    Returns warnings: with reassert (reconnect), conflicts are reported, not raised.
+    """
     from vfpick import topology
     from vfpick.records import Claim
     from vfpick.state import StateStore
 
-    facts = _facts(data)
     uuid = facts.uuid
     unresolved = [net for net, _ in facts.networks if net in config.pools]
     if unresolved and not reassert:
@@ -87,7 +87,7 @@ def prepare(config, name, data, netlink_factory=None, reassert=False):
     if not uuid:
         raise Refusal("domain '%s' has no <uuid>" % name)
     running = _running_others(config, uuid)
-    settings, warnings = [], []
+    settings, warnings, link_of = [], [], {}
 
     def conflict(message):
         if not reassert:
@@ -115,7 +115,11 @@ def prepare(config, name, data, netlink_factory=None, reassert=False):
             if held is not None:
                 claim = held._replace(active=True, domain=name)
             else:
-                link = topology.for_config(config).link_of.get(pf, pf) if pool else pf
+                # Only a VF nobody claimed yet (hand-edited XML, lost state) needs the links:
+                # the full sysfs scan stays off the common path.
+                if pool and not link_of:
+                    link_of = topology.for_config(config).link_of
+                link = link_of.get(pf, pf)
                 claim = Claim(vf=vf, pf=pf, link=link, pool=pool.name if pool else "",
                               domain=name, uuid=uuid, mac=mac or "", active=True)
             claims.put(claim)
@@ -151,11 +155,10 @@ def _apply_vf_settings(config, settings, netlink_factory):
         nl.set_vf(record.netdev, index, trust=pool.trust, spoofchk=pool.spoofchk)
 
 
-def release(config, name, data):
+def release(config, name, facts):
     """Deactivates the domain's claims; drops them when it has no persistent definition."""
     from vfpick.state import StateStore
 
-    facts = _facts(data)
     if not facts.uuid:
         return
     persistent = os.path.exists(os.path.join(config.libvirt_config_dir, name + ".xml")) \
@@ -234,12 +237,12 @@ def _dispatch(name, op, data, stdout, stderr, config_path, netlink_factory):
             return 0
         raise
     if op == "prepare":
-        prepare(config, name, data, netlink_factory)
+        prepare(config, name, facts, netlink_factory)
     elif op == "reconnect":
-        for warning in prepare(config, name, data, netlink_factory, reassert=True):
+        for warning in prepare(config, name, facts, netlink_factory, reassert=True):
             stderr.write("vfpick: warning: %s\n" % warning)
     elif op == "release":
-        release(config, name, data)
+        release(config, name, facts)
     else:
         _site_packages()
         xml = refilter(config, data)
