@@ -237,24 +237,31 @@ def plan_reconcile(config, claims, views, topo):
 
 def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
     out = sys.stdout if out is None else out
-    conn = connect(uri)
+    store = resolver.store_for(config)
+    conn = connect(uri)  # before touching the state: a daemon that is down changes nothing
     try:
+        if rebuild and not dry_run:
+            moved = store.quarantine()
+            if moved:
+                out.write("moved the old state file aside to %s\n" % moved)
+        before = {} if rebuild and dry_run else dict(store.snapshot().mapping())
+        # libvirt is asked without the state lock: a VM start waits for the hook, which waits
+        # for the lock. So a claim that changed after this snapshot (a define, a prepare) was
+        # written by someone who knew better than our listing: it is left alone.
         views = _domain_views(conn)
     finally:
         conn.close()
     topo = topology.for_config(config)
-    store = resolver.store_for(config)
-    if rebuild:
-        moved = store.quarantine() if not dry_run else None
-        if moved:
-            out.write("moved the old state file aside to %s\n" % moved)
     if dry_run:
-        snapshot = store.snapshot() if not rebuild else _EmptyClaims()
+        snapshot = _EmptyClaims() if rebuild else store.snapshot()
         actions = plan_reconcile(config, snapshot, views, topo)
     else:
         with store.transaction() as claims:
-            actions = plan_reconcile(config, claims, views, topo)
-            for verb, claim, _reason in actions:
+            actions = []
+            for verb, claim, reason in plan_reconcile(config, claims, views, topo):
+                if verb in ("drop", "update") and claims.get(claim.vf) != before.get(claim.vf):
+                    continue
+                actions.append((verb, claim, reason))
                 if verb == "drop":
                     claims.drop(claim.vf)
                 elif verb in ("add", "update"):
