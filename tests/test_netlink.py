@@ -1,4 +1,5 @@
-"""vfpick.netlink: the fake, the pyroute2 encoding/decoding, and the real kernel in a netns.
+"""vfpick.netlink: the fake, the rtnl codec (checked against pyroute2's), the real kernel in a
+netns.
 
 Kernel tests need root, `ip` and veth; they skip with the reason otherwise. netdevsim (the
 only way to have VFs without SR-IOV hardware) is tried and skipped when the kernel lacks it.
@@ -16,7 +17,7 @@ import uuid
 
 import pytest
 
-from vfpick import netlink
+from vfpick import netlink, rtnl
 from vfpick.errors import VfpickError
 from vfpick.netlink import FakeNetlink, LinkEvent, LinkState, NetlinkError, VfState
 
@@ -129,6 +130,23 @@ def test_importing_does_not_import_pyroute2():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def _imported(code, *prefix):
+    """Module names imported by `python -X importtime -c code` (nothing is timed)."""
+    out = subprocess.run(list(prefix) + [sys.executable, "-X", "importtime", "-c", code],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_open_netlink_does_not_import_pyroute2():
+    """The hook's path: the real object, set_vf ready, without pyroute2 (nor socket's enum)."""
+    names = _imported("from vfpick.netlink import open_netlink; open_netlink()")
+    assert "vfpick.rtnl" in names  # the log is read right
+    assert not [n for n in names if n.split(".")[0] == "pyroute2"]
+    assert not names & {"socket", "enum", "ctypes"}
+
+
 # ---------------------------------------------------------------- pyroute2, no kernel
 
 pyroute2 = pytest.importorskip("pyroute2")
@@ -139,36 +157,201 @@ def _decode(batch):
     return list(MarshalRtnl().parse(bytes(batch)))
 
 
-def test_set_vf_request_encoding():
-    """What set_vf sends, byte for byte through pyroute2's own decoder."""
+def _pyroute2_request(ifname, vf):
+    """The bytes pyroute2 0.9 sends for `link("set", ifname=..., vf={...})` (an IPBatch
+    records requests instead of sending them)."""
     from pyroute2 import IPBatch
-    nl = object.__new__(netlink.RealNetlink)  # no socket: an IPBatch records the requests
-    nl._ipr = IPBatch()
-    nl.set_vf("ens1f0", 3, trust=True, spoofchk=False)
-    msgs = _decode(nl._ipr.batch)
-    assert [m["header"]["type"] for m in msgs] == [16, 16]  # RTM_NEWLINK, as `ip link set` does
-    assert [(m["index"], m.get_attr("IFLA_IFNAME")) for m in msgs] == [(0, "ens1f0")] * 2
-    infos = [m.get_attr("IFLA_VFINFO_LIST").get_attrs("IFLA_VF_INFO") for m in msgs]
-    assert [len(i) for i in infos] == [1, 1]
-    sent = [[(name, dict(value)) for name, value in i[0]["attrs"]] for i in infos]
-    assert sent == [[("IFLA_VF_TRUST", {"vf": 3, "trust": 1})],
-                    [("IFLA_VF_SPOOFCHK", {"vf": 3, "spoofchk": 0})]]
+    batch = IPBatch()
+    batch.link("set", ifname=ifname, vf=vf)
+    return bytes(batch.batch)
 
 
-def test_vf_state_from_a_kernel_style_message():
+@pytest.mark.parametrize("setting,value", [("trust", 1), ("trust", 0), ("spoofchk", 0),
+                                           ("spoofchk", 1)])
+def test_set_vf_request_encoding(setting, value):
+    """rtnl's request, through pyroute2's own decoder, carries what pyroute2's request does."""
+    ours = _decode(rtnl.setlink_vf("ens1f0", 3, setting, value, seq=7))
+    theirs = _decode(_pyroute2_request("ens1f0", {"vf": 3, setting: value}))
+    assert [m["header"]["type"] for m in ours + theirs] == [19, 16]  # RTM_SETLINK/NEWLINK
+    assert [(m["header"]["flags"], m["header"]["sequence_number"]) for m in ours] == [(5, 7)]
+
+    def sent(msg):
+        infos = msg.get_attr("IFLA_VFINFO_LIST").get_attrs("IFLA_VF_INFO")
+        return (msg["index"], msg["flags"], msg["change"], msg.get_attr("IFLA_IFNAME"),
+                [[(name, dict(v)) for name, v in info["attrs"]] for info in infos])
+
+    assert sent(ours[0]) == sent(theirs[0]) == (0, 0, 0, "ens1f0", [
+        [("IFLA_VF_" + setting.upper(), {"vf": 3, setting: value})]])
+    # Byte for byte, past the header (type, seq and pid differ): same ifinfomsg, same attrs.
+    assert rtnl.setlink_vf("ens1f0", 3, setting, value)[16:] == \
+        _pyroute2_request("ens1f0", {"vf": 3, setting: value})[16:]
+
+
+def test_getlink_request_encoding():
+    msg, = _decode(rtnl.getlink_vfs("ens1f0", seq=2))
+    assert (msg["header"]["type"], msg["header"]["flags"]) == (18, 1)  # RTM_GETLINK, REQUEST
+    assert (msg["index"], msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_EXT_MASK")) == \
+        (0, "ens1f0", 9)  # RTEXT_FILTER_VF | RTEXT_FILTER_SKIP_STATS
+
+
+# ---------------------------------------------------------------- replies, no kernel
+
+def _nlmsg(kind, payload, seq=1, flags=0):
+    return rtnl._HDR.pack(16 + len(payload), kind, flags, seq, 4242) + payload + \
+        b"\0" * (-len(payload) % 4)
+
+
+def _error(code, seq=1, extack=None, flags=0):
+    """NLMSG_ERROR: -code, then the (capped) request header, then extack TLVs."""
+    payload = rtnl._ERR.pack(-code) + rtnl._HDR.pack(64, 19, 5, seq, 0)
+    if extack is not None:
+        flags |= rtnl.NLM_F_CAPPED | rtnl.NLM_F_ACK_TLVS
+        payload += rtnl._attr(rtnl.NLMSGERR_ATTR_MSG, extack.encode() + b"\0")
+    return _nlmsg(rtnl.NLMSG_ERROR, payload, seq, flags)
+
+
+class Kernel:
+    """A socket that records what is sent and answers each send with the next canned reply:
+    bytes, or a function of the request's seq."""
+
+    def __init__(self, *replies):
+        self.replies, self.sent, self._pending = list(replies), [], []
+
+    def send(self, data):
+        self.sent.append(data)
+        reply = self.replies.pop(0)
+        seq = rtnl._HDR.unpack_from(data)[3]
+        self._pending.append(reply(seq) if callable(reply) else reply)
+        return len(data)
+
+    def recv_into(self, buf, nbytes=0, flags=0):
+        data = self._pending[0]
+        if not flags & rtnl._socket.MSG_PEEK:
+            self._pending.pop(0)
+        buf[:min(len(buf), len(data))] = data[:len(buf)]
+        return len(data)
+
+    def close(self):
+        pass
+
+
+def _real(kernel):
+    nl = object.__new__(netlink.RealNetlink)
+    nl.netns, nl._ipr, nl._rtnl = None, None, rtnl.Rtnl(sock=kernel)
+    return nl
+
+
+def _ack(seq):
+    return _error(0, seq)
+
+
+def test_set_vf_sends_one_request_per_setting_trust_first():
+    kernel = Kernel(_ack, _ack)
+    _real(kernel).set_vf("ens1f0", 3, trust=True, spoofchk=False)
+    assert kernel.sent == [rtnl.setlink_vf("ens1f0", 3, "trust", 1, seq=1),
+                           rtnl.setlink_vf("ens1f0", 3, "spoofchk", 0, seq=2)]
+    kernel = Kernel()
+    _real(kernel).set_vf("ens1f0", 3)  # nothing asked: nothing sent
+    assert kernel.sent == []
+
+
+def test_set_vf_error_names_the_setting():
+    kernel = Kernel(_ack, lambda seq: _error(errno.EPERM, seq))
+    with pytest.raises(NetlinkError) as e:
+        _real(kernel).set_vf("ens1f0", 3, trust=True, spoofchk=False)
+    assert str(e.value) == "cannot set spoofchk off for VF 3 of ens1f0: Operation not permitted"
+    assert (e.value.ifname, e.value.vf, e.value.setting, e.value.errno) == \
+        ("ens1f0", 3, "spoofchk", errno.EPERM)
+    assert len(kernel.sent) == 2
+
+
+def test_set_vf_reports_the_extended_ack():
+    kernel = Kernel(lambda seq: _error(errno.EINVAL, seq, extack="VF 9 out of range"))
+    with pytest.raises(NetlinkError) as e:
+        _real(kernel).set_vf("ens1f0", 9, trust=False)
+    assert str(e.value) == "cannot set trust off for VF 9 of ens1f0: VF 9 out of range"
+    assert e.value.errno == errno.EINVAL
+
+
+def test_an_uncapped_error_with_extack_skips_the_echoed_request():
+    request = rtnl.setlink_vf("ens1f0", 1, "trust", 1, seq=1)
+    payload = rtnl._ERR.pack(-errno.EOPNOTSUPP) + request + \
+        rtnl._attr(rtnl.NLMSGERR_ATTR_MSG, b"no VFs here\0")
+    err = rtnl.error_of(rtnl.NLM_F_ACK_TLVS, payload)
+    assert (err.errno, err.strerror) == (errno.EOPNOTSUPP, "no VFs here")
+
+
+def test_acks_of_other_requests_are_skipped():
+    kernel = Kernel(lambda seq: _error(errno.EPERM, seq + 99) + _error(0, seq))
+    _real(kernel).set_vf("ens1f0", 0, trust=True)
+
+
+@pytest.mark.parametrize("reply", [
+    b"",                                                  # nothing at all
+    b"\x14\0\0\0\x02\0",                                  # a header cut short
+    _nlmsg(rtnl.NLMSG_ERROR, b"\0\0")[:18],               # length says 18, error needs 4
+    _nlmsg(rtnl.NLMSG_ERROR, rtnl._ERR.pack(0))[:-2],     # length beyond the datagram
+    rtnl._HDR.pack(8, rtnl.NLMSG_ERROR, 0, 1, 0) + bytes(8),  # length below a header
+    _nlmsg(rtnl.NLMSG_ERROR, rtnl._ERR.pack(5)),          # a positive "errno"
+], ids=["empty", "short-header", "short-error", "past-end", "tiny-length", "positive"])
+def test_a_malformed_reply_is_a_netlink_error(reply):
+    def answer(seq):  # the seq where the kernel puts it, when the header is complete
+        if len(reply) >= 16:
+            return reply[:8] + rtnl._HDR.pack(0, 0, 0, seq, 0)[8:12] + reply[12:]
+        return reply
+
+    with pytest.raises(NetlinkError) as e:
+        _real(Kernel(answer)).set_vf("ens1f0", 3, trust=True)
+    assert str(e.value).startswith("cannot set trust on for VF 3 of ens1f0: malformed ")
+    assert e.value.errno == errno.EPROTO
+
+
+def test_a_damaged_extack_keeps_the_errno():
+    payload = rtnl._ERR.pack(-errno.EBUSY) + rtnl._HDR.pack(16, 19, 5, 1, 0) + b"\x40\0\x01\0ab"
+    err = rtnl.error_of(rtnl.NLM_F_CAPPED | rtnl.NLM_F_ACK_TLVS, payload)
+    assert (err.errno, err.strerror) == (errno.EBUSY, os.strerror(errno.EBUSY))
+
+
+def _newlink(vfs, seq, ifname="ens1f0"):
+    """A kernel-style RTM_NEWLINK, encoded by pyroute2: vfs = [(vf, spoofchk, trust)]."""
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
     msg = ifinfmsg()
+    msg["header"]["type"], msg["header"]["sequence_number"] = 16, seq
     msg["index"] = 7
-    msg["attrs"] = [("IFLA_IFNAME", "ens1f0"), ("IFLA_VFINFO_LIST", {"attrs": [
-        ("IFLA_VF_INFO", {"attrs": [("IFLA_VF_SPOOFCHK", {"vf": vf, "spoofchk": spoof}),
-                                    ("IFLA_VF_TRUST", {"vf": vf, "trust": trust})]})
-        for vf, spoof, trust in ((0, 1, 0), (1, 0xFFFFFFFF, 1))]})]
+    msg["attrs"] = [("IFLA_IFNAME", ifname), ("IFLA_MTU", 1500), ("IFLA_VFINFO_LIST", {
+        "attrs": [("IFLA_VF_INFO", {"attrs": [
+            ("IFLA_VF_MAC", {"vf": vf, "mac": "52:54:00:00:%02x:%02x" % divmod(vf, 256)}),
+            ("IFLA_VF_SPOOFCHK", {"vf": vf, "spoofchk": spoof}),
+            ("IFLA_VF_TRUST", {"vf": vf, "trust": trust})]}) for vf, spoof, trust in vfs]})]
     msg.encode()
-    decoded = ifinfmsg(msg.data)
-    decoded.decode()
-    assert netlink.vf_state_from_msg(decoded, 0) == VfState(False, True)
-    assert netlink.vf_state_from_msg(decoded, 1) == VfState(True, None)  # -1: not reported
-    assert netlink.vf_state_from_msg(decoded, 2) is None
+    return bytes(msg.data)
+
+
+def test_get_vf_decodes_a_kernel_style_reply():
+    vfs = [(0, 1, 0), (1, 0xFFFFFFFF, 1), (2, 0, 0xFFFFFFFF)]
+    nl = _real(Kernel(*[lambda seq: _newlink(vfs, seq)] * 4))
+    assert nl.get_vf("ens1f0", 0) == VfState(False, True)
+    assert nl.get_vf("ens1f0", 1) == VfState(True, None)  # -1: the driver does not say
+    assert nl.get_vf("ens1f0", 2) == VfState(None, False)
+    with pytest.raises(NetlinkError) as e:
+        nl.get_vf("ens1f0", 3)
+    assert str(e.value) == "cannot read VF 3 of ens1f0: the kernel reports no such VF"
+    assert nl._rtnl._sock.sent[0] == rtnl.getlink_vfs("ens1f0", seq=1)
+
+
+def test_get_vf_errors():
+    nl = _real(Kernel(lambda seq: _error(errno.ENODEV, seq), lambda seq: _newlink([], seq)[:40]))
+    with pytest.raises(NetlinkError, match="^cannot read VF 0 of nope: No such device$"):
+        nl.get_vf("nope", 0)
+    with pytest.raises(NetlinkError, match="^cannot read VF 0 of ens1f0: malformed "):
+        nl.get_vf("ens1f0", 0)
+
+
+def test_a_big_reply_is_read_whole():
+    vfs = [(vf, 1, 0) for vf in range(600)]  # > the 32 KiB first buffer
+    nl = _real(Kernel(lambda seq: _newlink(vfs, seq)))
+    assert len(_newlink(vfs, 1)) > 1 << 15
+    assert nl.get_vf("ens1f0", 599) == VfState(False, True)
 
 
 def test_watch_reports_overflow_as_resync():
@@ -254,6 +437,33 @@ def test_set_vf_on_a_missing_pf(real):
     with pytest.raises(NetlinkError) as e:
         real.set_vf("nope0", 1, spoofchk=True)
     assert str(e.value) == "cannot set spoofchk on for VF 1 of nope0: No such device"
+    assert e.value.errno == errno.ENODEV
+    with pytest.raises(NetlinkError, match="^cannot read VF 1 of nope0: No such device$"):
+        real.get_vf("nope0", 1)
+
+
+@pytest.mark.parametrize("ifname,vf", [("va", 3), ("nope0", 0)])
+def test_set_vf_fails_as_pyroute2_does(netns, real, ifname, vf):
+    """Same errno and text as pyroute2's request (RTM_NEWLINK) for our RTM_SETLINK."""
+    from pyroute2 import IPRoute, NetlinkError as KernelError
+    with IPRoute(netns=netns, flags=0, ext_ack=True) as ipr:
+        with pytest.raises(KernelError) as theirs:
+            ipr.link("set", ifname=ifname, vf={"vf": vf, "trust": 1})
+    with pytest.raises(NetlinkError) as ours:
+        real.set_vf(ifname, vf, trust=True)
+    assert ours.value.errno == theirs.value.code
+    assert str(ours.value).endswith(": " + netlink._reason(theirs.value)[1])
+
+
+def test_set_vf_in_a_netns_without_pyroute2(netns):
+    code = ("import sys; from vfpick.netlink import open_netlink, NetlinkError\n"
+            "try: open_netlink(%r).set_vf('va', 3, trust=True)\n"
+            "except NetlinkError as e: print(e)\n"
+            "assert not [m for m in sys.modules if m.startswith('pyroute2')]" % netns)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "cannot set trust on for VF 3 of va: Operation not supported\n"
 
 
 def test_get_vf_on_a_link_without_vfs(real):

@@ -132,8 +132,8 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
 
 def _site_packages():
     """The installed hook runs with ``-S`` (no ``site``: start-up speed on every VM start), so
-    site-packages is not on sys.path; the filters (lxml) and the VF settings (pyroute2) need
-    it. Appended after the baked package dir, so an installed copy never shadows it."""
+    site-packages is not on sys.path; the migrate/restore filters (lxml) need it. Appended
+    after the baked package dir, so an installed copy never shadows it."""
     if sys.flags.no_site and "site" not in sys.modules:
         import site
 
@@ -144,7 +144,7 @@ def _apply_vf_settings(config, settings, netlink_factory):
     from vfpick import topology
 
     if netlink_factory is None:
-        _site_packages()
+        # set_vf is standard library only (vfpick.rtnl): no site-packages, no pyroute2.
         from vfpick.netlink import open_netlink as netlink_factory
     nl = netlink_factory()
     for vf, pf, pool in settings:

@@ -1,9 +1,10 @@
 """The narrow rtnetlink interface: VF trust/spoofchk on a PF, link state, link events.
 
-Nothing else in vfpick imports pyroute2: it costs ~200 ms to import and the qemu hook runs on
-every VM start, so only RealNetlink imports it, i.e. only when a pool sets trust/spoofchk or
-the watcher runs. For the same reason socket and queue are imported where used: importing
-this module costs the hook only errno, os and collections.
+set_vf and get_vf speak rtnetlink themselves (vfpick.rtnl: standard library only, ~1 ms):
+the qemu hook calls set_vf on every VM start of a pool with trust/spoofchk, and pyroute2
+costs ~200 ms to import. pyroute2 is imported only by link_state and watch_links (the
+long-running watcher), on first use. For the same reason socket and queue are imported where
+used: importing this module costs the hook only errno, os and collections.
 FakeNetlink has the same methods, in memory, for tests of other modules.
 """
 
@@ -56,20 +57,6 @@ def _reason(exc):
     return code, (text or (os.strerror(code) if code else str(exc)))
 
 
-def vf_state_from_msg(msg, vf_index):
-    """VfState of VF vf_index in a decoded RTM_NEWLINK (pyroute2 ifinfmsg), None if absent."""
-    vflist = msg.get_attr("IFLA_VFINFO_LIST")
-    for info in (vflist.get_attrs("IFLA_VF_INFO") if vflist is not None else ()):
-        values = {}
-        for name in SETTINGS:
-            attr = info.get_attr("IFLA_VF_" + name.upper())
-            if attr is not None and attr["vf"] == vf_index:
-                values[name] = None if attr[name] == _UNREPORTED else bool(attr[name])
-        if values:
-            return VfState(values.get("trust"), values.get("spoofchk"))
-    return None
-
-
 def link_state_from_msg(msg):
     carrier = msg.get_attr("IFLA_CARRIER")
     return LinkState(msg.get_attr("IFLA_IFNAME"), None if carrier is None else bool(carrier),
@@ -84,55 +71,77 @@ class _Closing:
         self.close()
 
 
+def _pyroute2(what):
+    try:
+        import pyroute2
+    except ImportError as e:
+        raise NetlinkError("pyroute2 is needed for %s: %s" % (what, e))
+    return pyroute2
+
+
 class RealNetlink(_Closing):
-    """rtnetlink through pyroute2. netns: a named network namespace (tests, containers)."""
+    """The kernel. netns: a named network namespace (tests, containers).
+
+    set_vf/get_vf: vfpick.rtnl on a socket opened here. link_state/watch_links: pyroute2,
+    imported and connected on first use."""
 
     def __init__(self, netns=None):
+        from vfpick import rtnl
+
+        self.netns, self._ipr = netns, None
         try:
-            from pyroute2 import IPRoute
-        except ImportError as e:
-            raise NetlinkError("pyroute2 is needed for VF trust/spoofchk and link events: %s" % e)
-        self.netns = netns
-        try:
-            # groups=0: this socket only asks; multicast noise would pile up unread in it.
-            # flags=0: a missing netns is an error, not silently created.
-            self._ipr = IPRoute(groups=0, netns=netns, flags=0, ext_ack=True)
+            self._rtnl = rtnl.Rtnl(netns)
         except OSError as e:
             raise NetlinkError("cannot open rtnetlink%s: %s" % (
                 " in netns %s" % netns if netns else "", _reason(e)[1]), errno=e.errno)
 
     def close(self):
-        self._ipr.close()
+        self._rtnl.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
         """Set trust/spoofchk (True/False; None leaves it alone) of VF vf_index of the PF."""
-        from pyroute2 import NetlinkError as KernelError
         # One request per setting: the kernel stops at the first failing one, and the
         # error must name the setting that failed.
         for setting, value, word in _requested(trust, spoofchk):
             try:
-                # ifname without index: the kernel looks the PF up itself, one round trip.
-                self._ipr.link("set", ifname=pf_ifname, vf={"vf": vf_index, setting: int(value)})
-            except (KernelError, OSError) as e:
+                self._rtnl.set_vf(pf_ifname, vf_index, setting, int(value))
+            except OSError as e:
                 code, text = _reason(e)
                 raise NetlinkError("cannot set %s %s for VF %d of %s: %s" % (
                     setting, word, vf_index, pf_ifname, text), pf_ifname, vf_index, setting, code)
 
+    def get_vf(self, pf_ifname, vf_index):
+        what = "read VF %d of %s" % (vf_index, pf_ifname)
+        try:
+            found = self._rtnl.get_vf(pf_ifname, vf_index)
+        except OSError as e:
+            code, text = _reason(e)
+            raise NetlinkError("cannot %s: %s" % (what, text), pf_ifname, vf_index, errno=code)
+        if found is None:
+            raise NetlinkError("cannot %s: the kernel reports no such VF" % what,
+                               pf_ifname, vf_index, errno=errno.ENOENT)
+        return VfState(*(None if found.get(name, _UNREPORTED) == _UNREPORTED
+                         else bool(found[name]) for name in SETTINGS))
+
     def _get(self, ifname, what, **kwarg):
+        if self._ipr is None:
+            IPRoute = _pyroute2("link state and link events").IPRoute
+            try:
+                # groups=0: this socket only asks; multicast noise would pile up unread in it.
+                # flags=0: a missing netns is an error, not silently created.
+                self._ipr = IPRoute(groups=0, netns=self.netns, flags=0, ext_ack=True)
+            except OSError as e:
+                raise NetlinkError("cannot open rtnetlink%s: %s" % (
+                    " in netns %s" % self.netns if self.netns else "", _reason(e)[1]),
+                    errno=e.errno)
         from pyroute2 import NetlinkError as KernelError
         try:
             return self._ipr.link("get", ifname=ifname, **kwarg)[0]
         except (KernelError, OSError) as e:
             code, text = _reason(e)
             raise NetlinkError("cannot %s: %s" % (what, text), ifname=ifname, errno=code)
-
-    def get_vf(self, pf_ifname, vf_index):
-        what = "read VF %d of %s" % (vf_index, pf_ifname)
-        state = vf_state_from_msg(self._get(pf_ifname, what, ext_mask=1), vf_index)  # 1: VFs
-        if state is None:
-            raise NetlinkError("cannot %s: the kernel reports no such VF" % what,
-                               pf_ifname, vf_index, errno=errno.ENOENT)
-        return state
 
     def link_state(self, ifname):
         return link_state_from_msg(self._get(ifname, "read the link state of %s" % ifname))
@@ -144,16 +153,17 @@ class RealNetlink(_Closing):
         states after calling it and no change in between is missed.
         """
         import socket
-        from pyroute2 import netns as nsmod
+        from vfpick import rtnl
+
+        _pyroute2("link events")  # the events are decoded with it
+        sock = None
         try:
-            if self.netns:
-                sock = nsmod.create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                           0, flags=0)  # proto 0: NETLINK_ROUTE
-            else:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+            sock = socket.socket(fileno=rtnl.open_socket(self.netns).detach())
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((0, _RTMGRP_LINK))
         except OSError as e:
+            if sock is not None:
+                sock.close()
             raise NetlinkError("cannot subscribe to link events: %s" % _reason(e)[1],
                                errno=e.errno)
         sock.settimeout(timeout)
@@ -296,5 +306,6 @@ class _FakeWatch(_Watch):
 
 
 def open_netlink(netns=None):
-    """The real implementation (imports pyroute2). Raises NetlinkError when unavailable."""
+    """The real implementation (pyroute2 only on first link_state/watch_links).
+    Raises NetlinkError when rtnetlink or the netns cannot be opened."""
     return RealNetlink(netns)
