@@ -13,6 +13,7 @@ from vfpick import pci
 from vfpick.errors import ConfigError
 
 DEFAULT_PATH = "/etc/vfpick.ini"
+MAX_CONFIG_BYTES = 1 << 20
 
 Config = namedtuple(
     "Config",
@@ -229,9 +230,12 @@ def parse(text, path="<config>"):
 def load(path):
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read(1 << 20)
+            text = f.read(MAX_CONFIG_BYTES + 1)
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError("cannot read config %s: %s (pass --config FILE or set VFPICK_CONFIG)"
                           % (path, reason)) from None
+    if len(text) > MAX_CONFIG_BYTES:
+        # Never parse a prefix: settings past the cut would silently fall back to defaults.
+        raise ConfigError("%s: larger than 1 MiB; is this the right file?" % path)
     return parse(text, path)

@@ -236,6 +236,9 @@ def scan(data, limit=MAX_BYTES):
                        + ", line %d, column %d" % (exc.lineno, exc.offset))
     except RecursionError:
         raise XmlError("domain XML is nested too deeply")
+    except (LookupError, ValueError) as exc:
+        # expat raises these for an unknown or unusable encoding= in the XML declaration.
+        raise XmlError("domain XML cannot be decoded: %s" % " ".join(str(exc).split()))
     if scanner.base is None:
         raise XmlError("<domstatus> holds no <domain>")
     return DomainFacts(

@@ -240,7 +240,7 @@ def _dispatch(name, op, data, stdout, stderr, config_path, netlink_factory):
         prepare(config, name, facts, netlink_factory)
     elif op == "reconnect":
         for warning in prepare(config, name, facts, netlink_factory, reassert=True):
-            stderr.write("vfpick: warning: %s\n" % warning)
+            stderr.write("vfpick: warning: %s\n" % " ".join(warning.split()))
     elif op == "release":
         release(config, name, facts)
     else:

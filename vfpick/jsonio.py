@@ -42,6 +42,19 @@ def loads(text, object_pairs_hook=None):
         raise ValueError("Expecting value at offset %d" % e.value) from None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    except Exception:  # noqa: BLE001
+        # The C scanner builds its error through json.decoder; without json imported,
+        # CPython 3.11 surfaces a SystemError instead. On this (rare) error path, let the
+        # json module give the precise message.
+        import json
+
+        try:
+            json.loads(text, object_pairs_hook=object_pairs_hook)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+        except ValueError:
+            raise
+        raise ValueError("invalid JSON") from None
     if text[end:].strip(" \t\n\r"):
         raise ValueError("extra data after JSON at offset %d" % end)
     return value

@@ -28,6 +28,14 @@ def libvirt_network_exists(config, name):
     return os.path.exists(os.path.join(networks_dir, name + ".xml"))
 
 
+def _unicast_mac(text):
+    mac = domscan.normalize_mac(text)
+    parts = mac.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and set(p) <= set("0123456789abcdef") for p in parts):
+        return False
+    return not int(parts[0], 16) & 1  # libvirt refuses multicast MACs on interfaces
+
+
 def _new_mac(taken, rng):
     # 52:54:00 is the prefix libvirt and qemu use for generated MACs.
     while True:
@@ -72,6 +80,9 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
     pool_nics = []
     for iface in doc.network_interfaces():
         if iface.network in config.pools:
+            if iface.mac is not None and not _unicast_mac(iface.mac):
+                raise XmlError("interface %d (network '%s') has an invalid mac address %r (want six hex pairs, unicast, e.g. 52:54:00:aa:00:01)"
+                               % (iface.index + 1, iface.network, iface.mac))
             pool_nics.append(iface)
         elif not iface.network or not network_exists(iface.network):
             raise UnknownPool(

@@ -194,18 +194,36 @@ class StateStore:
 
     def _open_dir(self, create):
         try:
-            return os.open(self.state_dir, _DIR_FLAGS)
+            dfd = os.open(self.state_dir, _DIR_FLAGS)
         except FileNotFoundError:
             if not create:
                 return None
         except OSError as exc:
             raise self._dir_error(exc)
+        else:
+            return self._guard_dir(dfd, create)
         try:
             os.makedirs(self.state_dir, 0o700, exist_ok=True)  # exist_ok: a racing first run
             dfd = os.open(self.state_dir, _DIR_FLAGS)
         except OSError as exc:
             raise self._dir_error(exc)
         os.fchmod(dfd, 0o700)  # makedirs' mode went through the umask
+        return dfd
+
+    def _guard_dir(self, dfd, writing):
+        """Whoever can write the directory can rename a forged claims.json into place."""
+        st = os.fstat(dfd)
+        if st.st_uid != os.geteuid():
+            os.close(dfd)
+            raise StateError("state directory %s is owned by uid %d, not %d; fix with chown"
+                             % (self.state_dir, st.st_uid, os.geteuid()))
+        if writing and stat.S_IMODE(st.st_mode) & 0o077:
+            try:
+                os.fchmod(dfd, 0o700)
+            except OSError as exc:
+                os.close(dfd)
+                raise StateError("cannot make state directory %s private (0700): %s"
+                                 % (self.state_dir, _why(exc)))
         return dfd
 
     def _dir_error(self, exc):
