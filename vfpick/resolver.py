@@ -81,7 +81,8 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
     for iface in doc.network_interfaces():
         if iface.network in config.pools:
             if iface.mac is not None and not _unicast_mac(iface.mac):
-                raise XmlError("interface %d (network '%s') has an invalid mac address %r (want six hex pairs, unicast, e.g. 52:54:00:aa:00:01)"
+                raise XmlError("interface %d (network '%s') has an invalid mac address %r "
+                               "(want six hex pairs, unicast, e.g. 52:54:00:aa:00:01)"
                                % (iface.index + 1, iface.network, iface.mac))
             pool_nics.append(iface)
         elif not iface.network or not network_exists(iface.network):
