@@ -193,3 +193,38 @@ def test_hook_import_budget():
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     added = set(out.stdout.split())
     assert not added & {"lxml", "lxml.etree", "re", "typing", "dataclasses", "inspect", "xml.dom"}
+
+
+def test_running_scan_cache_follows_status_file_changes(tmp_path):
+    """The cache must never hide a domain that started, stopped or changed VFs."""
+    import time as _time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cache = str(tmp_path / "running.cache")
+
+    def status(name, uuid, bus):
+        return ("<domstatus state='running'><domain type='qemu'><name>%s</name><uuid>%s</uuid>"
+                "<devices><hostdev mode='subsystem' type='pci' managed='yes'><source>"
+                "<address domain='0x0000' bus='%s' slot='0x00' function='0x1'/></source></hostdev>"
+                "</devices></domain></domstatus>" % (name, uuid, bus))
+
+    def write(name, text):
+        # libvirt replaces status files by rename: a new inode each time.
+        tmp = run_dir / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / (name + ".xml"))
+
+    uuid_a = "6c8d5e4f-0000-4000-8000-00000000000a"
+    write("a", status("a", uuid_a, "0x3c"))
+    assert dict(domscan.scan_running(str(run_dir), cache_path=cache)) == {"0000:3c:00.1": (uuid_a, "a")}
+    _time.sleep(0.3)  # past the racy window: the next scans trust the cache for unchanged files
+    assert dict(domscan.scan_running(str(run_dir), cache_path=cache)) == {"0000:3c:00.1": (uuid_a, "a")}
+    write("a", status("a", uuid_a, "0x3d"))  # same size, new inode, inside the racy window
+    assert dict(domscan.scan_running(str(run_dir), cache_path=cache)) == {"0000:3d:00.1": (uuid_a, "a")}
+    os.unlink(run_dir / "a.xml")
+    assert dict(domscan.scan_running(str(run_dir), cache_path=cache)) == {}
+    with open(cache, "w") as f:
+        f.write("{garbage")
+    write("a", status("a", uuid_a, "0x3e"))
+    assert dict(domscan.scan_running(str(run_dir), cache_path=cache)) == {"0000:3e:00.1": (uuid_a, "a")}

@@ -139,7 +139,8 @@ def test_corrupt_or_unreadable_state_is_refused_by_every_command_and_kept(host, 
     rc, _, err = run_hook(host, "vm", "migrate", "begin", xml)
     assert rc == 1 and path in err
     assert _fingerprint(path) == before
-    assert sorted(os.listdir(host.state_dir)) == listing
+    # running.cache (what libvirt's status files held) is a cache, not state: it may appear.
+    assert sorted(set(os.listdir(host.state_dir)) - {"running.cache"}) == listing
 
 
 def test_state_dir_that_is_a_file_is_refused(host):

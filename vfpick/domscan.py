@@ -229,6 +229,7 @@ def scan(data, limit=MAX_BYTES):
     parser.StartElementHandler = scanner.start
     parser.EndElementHandler = scanner.end
     parser.CharacterDataHandler = scanner.chars
+    parser.buffer_text = True  # one call per text run, not one per line
     try:
         parser.Parse(data, True)
     except expat.ExpatError as exc:
@@ -272,14 +273,54 @@ def _read_bounded(path, limit):
         os.close(fd)
 
 
-def scan_running(run_dir, limit=MAX_BYTES):
+# A status file is parsed again only when its (inode, size, mtime, ctime) changed. libvirt
+# replaces status files by rename, so a rewrite gets a new inode; a file whose timestamps are
+# within RACY_NS of the cache's own write time is not trusted (timestamps are jiffy-coarse:
+# the "racy git" problem) and is parsed again next time.
+RACY_NS = 250 * 1000 * 1000
+
+
+def _load_cache(cache_path, run_dir):
+    from vfpick import jsonio
+
+    try:
+        with open(cache_path, "rb") as f:
+            doc = jsonio.loads(f.read(1 << 24).decode("utf-8"))
+        if doc.get("v") == 1 and doc.get("dir") == run_dir and isinstance(doc.get("files"), dict):
+            return doc
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        pass
+    return None
+
+
+def _save_cache(cache_path, run_dir, files, now_ns):
+    from vfpick import jsonio
+
+    tmp = "%s.%d.tmp" % (cache_path, os.getpid())
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(jsonio.dumps_compact({"v": 1, "dir": run_dir, "written_ns": now_ns,
+                                          "files": files}).encode("utf-8"))
+        os.replace(tmp, cache_path)  # a cache: no fsync; a torn or lost one is just re-read
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def scan_running(run_dir, limit=MAX_BYTES, cache_path=None):
     """RunningVfs {vf: (uuid, name)} of PCI devices used by running domains.
 
     Reads libvirt's status files ``run_dir/NAME.xml`` (``<domstatus>``) without calling
     libvirt (the hook must not). VFs from <interface type='hostdev'>, <hostdev> and libvirt
     hostdev networks (``<actual type='hostdev'>``) all count. A missing run dir means no
     running domains. Unreadable or malformed files land in ``.skipped``.
+    cache_path: where to keep what each status file held, keyed by its stat (see RACY_NS).
     """
+    import time
+
     used = RunningVfs()
     try:
         names = sorted(os.listdir(run_dir))
@@ -288,19 +329,37 @@ def scan_running(run_dir, limit=MAX_BYTES):
     except OSError as exc:
         used.skipped.append((run_dir, exc.strerror or str(exc)))
         return used
+    cache = _load_cache(cache_path, run_dir) if cache_path else None
+    old = cache["files"] if cache else {}
+    trusted_before = (cache.get("written_ns", 0) - RACY_NS) if cache else 0
+    now_ns = time.time_ns()
+    files, dirty = {}, cache is None and cache_path is not None
     for fname in names:
         if not fname.endswith(".xml") or fname.startswith("."):
             continue
         path = os.path.join(run_dir, fname)
+        entry = None
         try:
-            facts = scan(_read_bounded(path, limit), limit)
+            st = os.stat(path, follow_symlinks=False)
+            key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            hit = old.get(fname)
+            if hit and hit[0] == key and max(st.st_mtime_ns, st.st_ctime_ns) < trusted_before:
+                entry = hit
+            else:
+                facts = scan(_read_bounded(path, limit), limit)
+                name = facts.name if facts.name is not None else fname[:-4]
+                entry = [key, facts.uuid, name, [vf for vf, _ in facts.hostdev_vfs + facts.actual_vfs]]
+                dirty = True
         except OSError as exc:
             used.skipped.append((path, exc.strerror or str(exc)))
             continue
         except XmlError as exc:
             used.skipped.append((path, str(exc)))
             continue
-        owner = (facts.uuid, facts.name if facts.name is not None else fname[:-4])
-        for vf, _mac in facts.hostdev_vfs + facts.actual_vfs:
+        files[fname] = entry
+        owner = (entry[1], entry[2])
+        for vf in entry[3]:
             used.setdefault(vf, owner)
+    if cache_path and (files or old) and (dirty or set(files) != set(old)):
+        _save_cache(cache_path, run_dir, files, now_ns)
     return used

@@ -35,7 +35,8 @@ def _facts(data):
 def _running_others(config, uuid):
     from vfpick import domscan
 
-    used = domscan.scan_running(config.libvirt_run_dir)
+    used = domscan.scan_running(config.libvirt_run_dir,
+                                cache_path=os.path.join(config.state_dir, "running.cache"))
     return {vf: owner for vf, owner in used.items() if owner[0] != uuid}
 
 

@@ -59,7 +59,9 @@ def store_for(config):
 
 def running_vfs(config):
     """{vf: uuid} of VFs that running domains use, from libvirt's status XML."""
-    return {vf: owner[0] for vf, owner in domscan.scan_running(config.libvirt_run_dir).items()}
+    used = domscan.scan_running(config.libvirt_run_dir,
+                                cache_path=os.path.join(config.state_dir, "running.cache"))
+    return {vf: owner[0] for vf, owner in used.items()}
 
 
 def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
