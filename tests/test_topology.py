@@ -92,3 +92,13 @@ def test_bench_host_is_1024_vfs(make_host):
     topo = make_host("bench-1024").topology()
     assert len(topo.pfs) == 8 and len(topo.vfs) == 1024
     assert len(set(topo.card_of.values())) == 4
+
+
+def test_light_discovery_matches_full_for_placement(make_host):
+    host = make_host("mixed-speed")
+    full = host.topology()
+    light = topology.discover(host.sysfs, None, None, vf_details=False)
+    assert list(light.vfs) == list(full.vfs)
+    assert all((light.vfs[a].pf, light.vfs[a].index, light.vfs[a].numa_node)
+               == (full.vfs[a].pf, full.vfs[a].index, full.vfs[a].numa_node) for a in full.vfs)
+    assert light.links == full.links and light.card_of == full.card_of

@@ -82,8 +82,13 @@ def read_vf(sysfs_root, addr, pf_addr=None, index=None, pf_numa=-1):
               netdev=netdevs[0] if netdevs else None)
 
 
-def read_pf(sysfs_root, addr, with_vfs=True):
-    """PF record for *addr* (and its VFs), or None when it is not an SR-IOV PF."""
+def read_pf(sysfs_root, addr, with_vfs=True, vf_details=True):
+    """PF record for *addr* (and its VFs), or None when it is not an SR-IOV PF.
+
+    vf_details=False skips each VF's numa_node, driver and net/ (the VF takes its PF's node,
+    driver and netdev are None): placement needs none of them, and on a 1024-VF host those
+    reads are most of a resolve.
+    """
     dev = os.path.join(sysfs_root, "bus", "pci", "devices", addr)
     if not os.path.exists(os.path.join(dev, "sriov_totalvfs")):
         return None, ()
@@ -127,8 +132,11 @@ def read_pf(sysfs_root, addr, with_vfs=True):
     if with_vfs:
         # A VF counts only when its physfn points back: the hook judges existence the same way
         # (topology.physfn), so discovery and the hook never disagree about a half-gone VF.
-        vfs = tuple(read_vf(sysfs_root, vf, addr, index, record.numa_node) for index, vf in virtfns
-                    if physfn(sysfs_root, vf) == addr)
+        vfs = tuple(
+            read_vf(sysfs_root, vf, addr, index, record.numa_node) if vf_details
+            else VF(addr=vf, pf=addr, index=index, numa_node=record.numa_node, driver=None,
+                    netdev=None)
+            for index, vf in virtfns if physfn(sysfs_root, vf) == addr)
     return record, vfs
 
 
@@ -168,7 +176,7 @@ def _pf_label(pf):
     return pf.netdev or pf.addr
 
 
-def discover(sysfs_root, pf_addrs=None, link_sections=None):
+def discover(sysfs_root, pf_addrs=None, link_sections=None, vf_details=True):
     """Topology of *pf_addrs* (default: every SR-IOV PF on the host).
 
     link_sections: {name: PF addrs} from ``[link]`` sections; they win over phys_port_id.
@@ -180,7 +188,7 @@ def discover(sysfs_root, pf_addrs=None, link_sections=None):
         pf_addrs = all_pfs(sysfs_root)
     pfs, vfs = {}, {}
     for addr in sorted(set(pf_addrs), key=pci.sort_key):
-        record, pf_vfs = read_pf(sysfs_root, addr)
+        record, pf_vfs = read_pf(sysfs_root, addr, vf_details=vf_details)
         if record is None:
             continue
         pfs[addr] = record
@@ -223,4 +231,5 @@ def for_config(config, extra_pfs=()):
     addrs = {a for pool in config.pools.values() for a in pool.pfs}
     addrs.update(a for pfs in config.links.values() for a in pfs)
     addrs.update(extra_pfs)
-    return discover(config.sysfs_root, addrs, config.links)
+    # Placement and status need no per-VF driver/netdev/node reads (see read_pf).
+    return discover(config.sysfs_root, addrs, config.links, vf_details=False)
