@@ -7,6 +7,6 @@ setup(
     packages=find_packages(include=["vfpick", "vfpick.*"]),
     python_requires=">=3.9",
     install_requires=["lxml", "pyroute2", "pyudev", "libvirt-python"],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis"], "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["vfpick = vfpick.cli:main"]},
 )
