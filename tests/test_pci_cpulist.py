@@ -34,3 +34,9 @@ def test_from_libvirt_attrs(attrs, expect):
 def test_cpulist(text, expect):
     got = cpulist.parse(text)
     assert (set(got) if got is not None else None) == expect
+
+
+@pytest.mark.parametrize("text", ["0000:3b:02.1", "0000:3B:02.1", "3b:02.1", "0000:3b:20.0", "0000:3b:1f.7",
+                                  "0000:3b:02.8", "0000:3b:02.10", "", "0000-3b:02.1", "ffff:ff:1f.7"])
+def test_is_canonical_agrees_with_normalize(text):
+    assert pci.is_canonical(text) == (pci.normalize(text) == text)

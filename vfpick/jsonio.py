@@ -64,12 +64,18 @@ def _refuse(obj):
     raise TypeError("%r is not JSON serializable" % (obj,))
 
 
+_encoder = None
+
+
 def dumps_compact(value):
     """One-line JSON of dicts, lists, strings, numbers, bools, None (keys kept in order)."""
     if _json is None:
         import json
 
         return json.dumps(value, separators=(", ", ": "))
-    encode = _json.make_encoder({}, _refuse, _json.encode_basestring_ascii, None, ": ", ", ",
-                                False, False, False)
-    return "".join(encode(value, 0))
+    global _encoder
+    if _encoder is None:
+        # markers=None: no cycle check (our values are trees), and one encoder serves every call.
+        _encoder = _json.make_encoder(None, _refuse, _json.encode_basestring_ascii, None, ": ",
+                                      ", ", False, False, False)
+    return "".join(_encoder(value, 0))

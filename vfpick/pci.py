@@ -28,6 +28,16 @@ def normalize(text):
     return "%04x:%02x:%02x.%s" % (domain, bus, slot, function)
 
 
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+def is_canonical(addr):
+    """True when *addr* is exactly normalize()'s form; cheap enough for every claim on load."""
+    return (isinstance(addr, str) and len(addr) == 12 and addr[4] == ":" and addr[7] == ":"
+            and addr[10] == "." and addr[11] in "01234567" and addr[8] in "01"
+            and _LOWER_HEX.issuperset(addr[:4] + addr[5:7] + addr[8:10]))
+
+
 def sort_key(addr):
     """Numeric order, so 0000:0a:00.0 sorts before 0000:10:00.0 (hex, not text)."""
     domain, bus, rest = addr.split(":")

@@ -76,16 +76,19 @@ class ClaimSet:
             raise RuntimeError("claims are read-only outside their transaction")
 
 
+_STRING_FIELDS = tuple(f for f in Claim._fields if f != "active")
+assert Claim._fields[-1] == "active"  # zip() above pairs the leading fields with the strings
+
+
 def _claim_problem(claim):
     if not isinstance(claim, Claim):
         return "not a Claim"
-    for field, value in zip(Claim._fields, claim):
-        if field == "active":
-            if not isinstance(value, bool):
-                return "'active' is not a boolean"
-        elif not isinstance(value, str):
+    if not isinstance(claim.active, bool):
+        return "'active' is not a boolean"
+    for field, value in zip(_STRING_FIELDS, claim):
+        if not isinstance(value, str):
             return "'%s' is not a string" % field
-    if pci.normalize(claim.vf) != claim.vf:
+    if not pci.is_canonical(claim.vf):
         return "'vf' %r is not a canonical PCI address" % claim.vf
     return None
 
