@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+import domgen
 from test_domscan import HOSTILE, SECRET_MARKERS  # one hostile table for both parsers
 from vfpick.errors import XmlError
 from vfpick.hostdev import NS, Assignment, DomainXml, ManagedIface, NetIface, Overrides
@@ -249,64 +250,26 @@ EXTRAS = ["<vlan><tag id='7'/></vlan>", "<alias name='ua-x'/>", "<boot order='1'
           "<driver name='vhost'/>", "<link state='up'/>"]
 
 iface_st = st.tuples(
-    st.sampled_from(["pool", "pool-mac", "default-net", "bridge", "hostdev"]),
+    st.sampled_from(["fast", "fast-mac", "default", "bridge", "passthru"]),
     st.lists(st.sampled_from(EXTRAS), max_size=4),
     st.booleans(),  # assign it (only meaningful for pool interfaces)
 )
-layout_st = st.sampled_from([("\n", "  "), ("\n", "\t"), ("\n", "    "), ("", "")])
+indent_st = st.sampled_from(["  ", "\t", "    ", ""])  # "": the whole domain on one line
 head_st = st.sampled_from([
     "", "<title>t</title>", "<metadata><other:x xmlns:other='urn:o'/></metadata>",
     "<description>d &amp; e</description><metadata/>",
 ])
 
 
-def _build(ifaces, layout, head, with_uuid):
-    nl, unit = layout
-    ind = lambda n: nl + unit * n if nl else ""  # noqa: E731
-    parts = ["<?xml version='1.0'?>\n<domain type='kvm'>", ind(1), "<name>prop</name>"]
-    if with_uuid:
-        parts += [ind(1), "<uuid>00000000-0000-4000-8000-000000000001</uuid>"]
-    if head:
-        parts += [ind(1), head]
-    parts += [ind(1), "<memory unit='KiB'>1024</memory>", ind(1), "<devices>",
-              ind(2), "<disk type='file'><source file='/x'/></disk>"]
-    for n, (kind, extras, _assign) in enumerate(ifaces):
-        mac = "<mac address='52:54:00:00:ff:%02x'/>" % n
-        kids = {"pool": ["<source network='fast'/>"],
-                "pool-mac": [mac, "<source network='fast'/>"],
-                "default-net": [mac, "<source network='default'/>"],
-                "bridge": [mac, "<source bridge='br0'/>"],
-                "hostdev": [mac, "<source><address type='pci' domain='0x0000' bus='0x81' "
-                                 "slot='0x10' function='0x%d'/></source>" % (n % 8)]}[kind]
-        itype = {"pool": "network", "pool-mac": "network", "default-net": "network"}.get(kind, kind)
-        parts += [ind(2), "<interface type='%s'>" % itype]
-        for kid in kids + extras:
-            parts += [ind(3), kid]
-        parts += [ind(2), "</interface>"]
-    parts += [ind(2), "<console type='pty'/>", ind(1), "</devices>", nl, "</domain>", nl]
-    return "".join(parts).encode()
-
-
-def _skeleton(data):
-    """The document minus interfaces and <metadata>, whitespace-insensitive."""
-    root = etree.fromstring(data)
-    for el in root.findall("devices/interface") + root.findall("metadata"):
-        el.getparent().remove(el)
-    for el in root.iter():
-        if el.text is not None and not el.text.strip():
-            el.text = None
-        if el.tail is not None and not el.tail.strip():
-            el.tail = None
-    return etree.tostring(root, method="c14n")
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(iface_st, max_size=6), layout_st, head_st, st.booleans())
-def test_apply_is_fixed_point_and_local(ifaces, layout, head, with_uuid):
-    src = _build(ifaces, layout, head, with_uuid)
+@given(st.lists(iface_st, max_size=6), indent_st, head_st, st.booleans())
+def test_apply_is_fixed_point_and_local(ifaces, indent, head, with_uuid):
+    src = domgen.build([(kind, extras) for kind, extras, _ in ifaces], indent, head,
+                       uuid="00000000-0000-4000-8000-000000000001" if with_uuid else None,
+                       declaration=True)
     assignments = {}
     for n, (kind, _extras, assign) in enumerate(ifaces):
-        if kind.startswith("pool") and assign:
+        if kind in domgen.POOL_KINDS and assign:
             assignments[n] = A("52:54:00:00:ff:%02x" % n, "0000:3b:%02x.%d" % (n // 8, n % 8))
     doc = DomainXml.parse(src)
     doc.apply(assignments)
@@ -314,7 +277,7 @@ def test_apply_is_fixed_point_and_local(ifaces, layout, head, with_uuid):
     again = DomainXml.parse(out)
     again.apply(assignments)
     assert again.to_bytes() == out
-    assert _skeleton(out) == _skeleton(src)
+    assert domgen.skeleton(out) == domgen.skeleton(src)
 
     src_ifaces = etree.fromstring(src).findall("devices/interface")
     out_ifaces = etree.fromstring(out).findall("devices/interface")

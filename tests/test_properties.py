@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from lxml import etree
 
+import domgen
 import memtopo
 from vfpick import domscan, policy, resolver, simhost
 from vfpick import config as configmod
@@ -338,45 +339,14 @@ iface_st = st.tuples(st.sampled_from(["fast", "slow", "fast-mac", "default", "br
                      st.lists(st.sampled_from(EXTRAS), max_size=3, unique=True))
 
 
-def _domain(ifaces, with_uuid, indent, head):
-    nl = "\n" if indent else ""
-    ind = lambda n: nl + indent * n  # noqa: E731
-    parts = ["<domain type='kvm'>", ind(1), "<name>prop-vm</name>"]
-    if with_uuid:
-        parts += [ind(1), "<uuid>0f0f0f0f-0000-4000-8000-00000000abcd</uuid>"]
-    if head:
-        parts += [ind(1), head]
-    parts += [ind(1), "<memory unit='KiB'>1024</memory>", ind(1), "<devices>",
-              ind(2), "<disk type='file' device='disk'><source file='/x.img'/></disk>"]
-    for n, (kind, extras) in enumerate(ifaces):
-        mac = "<mac address='52:54:00:01:ff:%02x'/>" % n
-        kids = {"fast": ["<source network='fast'/>"],
-                "slow": ["<source network='slow'/>"],
-                "fast-mac": [mac, "<source network='fast'/>"],
-                "default": [mac, "<source network='default'/>"],
-                "bridge": [mac, "<source bridge='br0'/>"],
-                "passthru": [mac, "<source><address type='pci' domain='0x0000' bus='0x81' "
-                                  "slot='0x10' function='0x%d'/></source>" % (n % 8)]}[kind]
-        itype = {"bridge": "bridge", "passthru": "hostdev"}.get(kind, "network")
-        parts += [ind(2), "<interface type='%s'>" % itype]
-        for kid in kids + extras:
-            parts += [ind(3), kid]
-        parts += [ind(2), "</interface>"]
-    parts += [ind(2), "<console type='pty'/>", ind(1), "</devices>", nl, "</domain>", nl]
-    return "".join(parts).encode()
+def _domain(ifaces, with_uuid, indent, head, name="prop-vm"):
+    return domgen.build(ifaces, indent, head, name=name,
+                        uuid="0f0f0f0f-0000-4000-8000-00000000abcd" if with_uuid else None)
 
 
 def _skeleton(data):
-    """Everything but interfaces, <metadata> and <uuid>, whitespace-insensitive."""
-    root = etree.fromstring(data)
-    for el in root.findall("devices/interface") + root.findall("metadata") + root.findall("uuid"):
-        el.getparent().remove(el)
-    for el in root.iter():
-        if el.text is not None and not el.text.strip():
-            el.text = None
-        if el.tail is not None and not el.tail.strip():
-            el.tail = None
-    return etree.tostring(root, method="c14n")
+    """Everything but interfaces, <metadata> and <uuid> (a missing one gets assigned)."""
+    return domgen.skeleton(data, drop=("devices/interface", "metadata", "uuid"))
 
 
 def _claims(cfg):
@@ -401,7 +371,7 @@ def test_resolve_keeps_non_pool_parts_and_is_a_fixed_point(simcfg, ifaces, with_
     _reset(simcfg)
     # Other domains hold some VFs first, so the picks work around real claims.
     for i in range(others):
-        other = _domain([("fast", [])], False, "", "").replace(b"prop-vm", b"other%d" % i)
+        other = _domain([("fast", [])], False, "", "", name="other%d" % i)
         resolver.resolve(simcfg, other, rng=random.Random(i))
     before = _claims(simcfg)
     src = _domain(ifaces, with_uuid, indent, head)
@@ -417,7 +387,7 @@ def test_resolve_keeps_non_pool_parts_and_is_a_fixed_point(simcfg, ifaces, with_
     src_if = etree.fromstring(src).findall("devices/interface")
     out_if = etree.fromstring(out).findall("devices/interface")
     assert len(src_if) == len(out_if)
-    pool_kinds = ("fast", "slow", "fast-mac")
+    pool_kinds = domgen.POOL_KINDS
     for (kind, _), old, new in zip(ifaces, src_if, out_if):
         if kind in pool_kinds:
             assert new.get("type") == "hostdev"
