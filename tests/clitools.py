@@ -24,6 +24,19 @@ def example(name):
         return f.read()
 
 
+def hostdev_vfs(xml):
+    """VFs of the domain's <interface type='hostdev'>, read with lxml (not the code under test)."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    out = []
+    for iface in root.findall("devices/interface[@type='hostdev']"):
+        a = iface.find("source/address")
+        out.append("%04x:%02x:%02x.%d" % tuple(int(a.get(k), 16)
+                                              for k in ("domain", "bus", "slot", "function")))
+    return out
+
+
 def status_json(host):
     return json.loads(vfpick(host, "status", "--json", check=0).stdout)
 

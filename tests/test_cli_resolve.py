@@ -8,20 +8,10 @@ import sys
 import pytest
 from lxml import etree
 
-from clitools import (REPO, assert_user_error, claims_file, domain, example, status_json,
-                      vfpick)
+from clitools import (REPO, assert_user_error, claims_file, domain, example, hostdev_vfs,
+                      status_json, vfpick)
 
 NS = {"v": "http://vfpick.org/xmlns/libvirt/domain/1.0"}
-
-
-def hostdev_vfs(xml):
-    root = etree.fromstring(xml)
-    out = []
-    for iface in root.findall("devices/interface[@type='hostdev']"):
-        a = iface.find("source/address")
-        out.append("%04x:%02x:%02x.%d" % (int(a.get("domain"), 16), int(a.get("bus"), 16),
-                                          int(a.get("slot"), 16), int(a.get("function"), 16)))
-    return out
 
 
 def links_of(host, vfs):
@@ -162,7 +152,7 @@ HOSTILE = [
 def test_hostile_or_malformed_xml_is_one_line_and_claims_nothing(host, xml, words):
     host.write_config()
     proc = vfpick(host, "resolve", "-", input=xml)
-    err = assert_user_error(proc)
+    assert_user_error(proc, words)
     assert b"root:" not in proc.stdout + proc.stderr
     assert proc.stdout == b""
     assert claims_file(host) is None

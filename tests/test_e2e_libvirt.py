@@ -20,7 +20,7 @@ import pytest
 from lxml import etree
 
 import libvirtd as lv
-from clitools import status_json, vfpick
+from clitools import hostdev_vfs, status_json, vfpick
 
 HOOKS_DIR = "/etc/libvirt/hooks"
 PASSTHROUGH_ERROR = "host doesn't support passthrough of host PCI devices"
@@ -116,16 +116,6 @@ def env(libvirtd, hook_recorder, make_host, tmp_path):
     assert not os.path.exists(os.path.join(HOOKS_DIR, "qemu.d", "vfpick"))
 
 
-def vfs_of(xml):
-    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-    out = []
-    for iface in root.findall("devices/interface[@type='hostdev']"):
-        a = iface.find("source/address")
-        out.append("%04x:%02x:%02x.%d" % tuple(int(a.get(k), 16)
-                                              for k in ("domain", "bus", "slot", "function")))
-    return out
-
-
 def start_error(env, name):
     res = env.daemon.virsh("start", name, check=False)
     assert res.returncode != 0, "virsh start %s succeeded" % name
@@ -150,7 +140,7 @@ def vanish_vf(host, vf):
 def test_define_puts_two_nics_on_distinct_links_and_records_the_claims(env):
     name = env.define(nics=2)
     xml = env.daemon.dumpxml(name, inactive=True)
-    vfs = vfs_of(xml)
+    vfs = hostdev_vfs(xml)
     topo = env.host.topology()
     assert len(vfs) == 2 and all(vf in topo.vfs for vf in vfs)
     assert len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 2
@@ -190,7 +180,7 @@ def test_a_domain_hand_edited_onto_another_domains_vf_is_refused(env):
     root.remove(root.find("metadata"))
     env.virsh_define(etree.tostring(root))
     err = start_error(env, thief)
-    vf = vfs_of(etree.tostring(root))[0]
+    vf = hostdev_vfs(etree.tostring(root))[0]
     assert "vfpick: VF %s of domain '%s' is held by domain '%s'" % (vf, thief, owner) in err, err
     assert "vfpick repick %s" % thief in err
     assert PASSTHROUGH_ERROR not in err
@@ -210,7 +200,7 @@ def test_plain_virsh_define_of_pool_interfaces_is_refused_until_repicked(env):
     # the command it names works, and then the start gets past vfpick
     proc = env.cli("repick", name)
     assert ("redefined domain '%s'" % name).encode() in proc.stdout
-    vfs = vfs_of(env.daemon.dumpxml(name, inactive=True))
+    vfs = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
     assert len(vfs) == 2 and sorted(c["vf"] for c in env.claims(name)) == sorted(vfs)
     err = start_error(env, name)
     assert PASSTHROUGH_ERROR in err and "vfpick" not in err
@@ -245,7 +235,7 @@ def test_restore_filter_output_replaces_the_saved_domain_xml(env):
     assert len(restore) == 1
     filtered = restore[0]["stdin"]  # the hook after vfpick's reads vfpick's output
     assert "<interface type='network'" not in filtered
-    vfs = vfs_of(filtered)
+    vfs = hostdev_vfs(filtered)
     assert len(vfs) == 1 and "<mac address='%s'/>" % mac in filtered
     claims = env.claims(name)
     assert [(c["vf"], c["mac"], c["uuid"], c["active"]) for c in claims] == \
@@ -274,7 +264,7 @@ def test_reconcile_after_virsh_undefine_drops_the_claims(env):
 
 def test_repick_replaces_a_vanished_vf_and_redefines(env):
     name = env.define(nics=2)
-    before = vfs_of(env.daemon.dumpxml(name, inactive=True))
+    before = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
     gone, kept = before
     vanish_vf(env.host, gone)
     err = start_error(env, name)
@@ -282,7 +272,7 @@ def test_repick_replaces_a_vanished_vf_and_redefines(env):
     assert "vfpick repick %s" % name in err
     proc = env.cli("repick", name)
     assert ("redefined domain '%s'" % name).encode() in proc.stdout
-    after = vfs_of(env.daemon.dumpxml(name, inactive=True))
+    after = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
     assert after[1] == kept and after[0] not in before
     topo = env.host.topology()
     assert topo.link_of[topo.vfs[after[0]].pf] != topo.link_of[topo.vfs[kept].pf]

@@ -2,14 +2,13 @@
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 from lxml import etree
 
-from clitools import REPO, assert_user_error, claims_file, domain, status_json, vfpick
+from clitools import REPO, assert_user_error, claims_file, domain, hostdev_vfs, status_json, vfpick
 from vfpick import hook
 
 HOOK = os.path.join(REPO, "hooks", "qemu")
@@ -159,15 +158,12 @@ def test_migrate_begin_rewrites_other_hosts_vfs_onto_this_hosts_links(make_host)
     incoming = vfpick(source, "resolve", "-", input=domain("mig", nics=2), check=0).stdout
     target = make_host("two-dual-port")
     target.write_config()
-    # Fill the VFs the source picked, so the addresses that exist here are not free.
+    # The source's VF addresses do not exist on this host: every NIC must move.
     proc = run_hook(target, "mig", "migrate", "begin", incoming)
     assert proc.returncode == 0, proc.stderr
     out = etree.fromstring(proc.stdout)
     topo = target.topology()
-    vfs = []
-    for iface in out.findall("devices/interface[@type='hostdev']"):
-        a = iface.find("source/address")
-        vfs.append("%04x:%02x:%02x.%d" % tuple(int(a.get(k), 16) for k in ("domain", "bus", "slot", "function")))
+    vfs = hostdev_vfs(proc.stdout)
     assert all(vf in topo.vfs for vf in vfs)
     assert len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 2
     assert {c["vf"] for c in claims_of(target, "mig")} == set(vfs)

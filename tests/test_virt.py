@@ -13,7 +13,7 @@ import os
 import pytest
 from lxml import etree
 
-from clitools import domain
+from clitools import domain, hostdev_vfs
 from vfpick import cli, resolver, virt
 from vfpick.errors import DomainNotFound, LibvirtFailure, StateCorrupt, UnknownPool
 
@@ -50,16 +50,6 @@ def claims(cfg):
 
 def claims_of(cfg, uuid):
     return [c for c in claims(cfg) if c.uuid == uuid]
-
-
-def hostdev_vfs(xml):
-    root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
-    out = []
-    for iface in root.findall("devices/interface[@type='hostdev']"):
-        a = iface.find("source/address")
-        out.append("%04x:%02x:%02x.%d" % tuple(int(a.get(k), 16)
-                                              for k in ("domain", "bus", "slot", "function")))
-    return out
 
 
 def libvirt_xml(conn, name):

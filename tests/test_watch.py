@@ -12,7 +12,7 @@ import pytest
 libvirt = pytest.importorskip("libvirt")
 
 import libvirtd as lv  # noqa: E402
-from clitools import REPO, domain, status_json  # noqa: E402
+from clitools import REPO, domain, hostdev_vfs, status_json  # noqa: E402
 from vfpick import domscan, resolver, watch  # noqa: E402
 from vfpick.records import Claim  # noqa: E402
 
@@ -136,10 +136,6 @@ def make_watcher(cfg, conns, clock=None):
 def drain(w):
     while not w.queue.empty():
         w.dispatch(w.queue.get_nowait())
-
-
-def hostdev_vfs(xml):
-    return [vf for vf, _ in domscan.scan(xml.encode() if isinstance(xml, str) else xml).hostdev_vfs]
 
 
 def claims_of(cfg, uuid):
