@@ -245,3 +245,9 @@ def test_failure_to_apply_vf_settings_refuses_the_start_and_changes_nothing(host
                     netlink_factory=RecordingNetlink(fail="cannot set trust on for VF 0 of ens1f0"))
     assert code == 1 and err.getvalue().startswith("vfpick: cannot set trust")
     assert claims_file(host) == before
+
+
+def test_hook_input_bound_is_the_parsers_bound():
+    from vfpick import domscan
+
+    assert hook.MAX_XML == domscan.MAX_BYTES

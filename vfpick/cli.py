@@ -11,10 +11,11 @@ import sys
 from vfpick import config as configmod
 from vfpick.errors import DomainNotFound, VfpickError
 
-MAX_INPUT = 4 << 20
 
 
 def _read_input(path):
+    from vfpick.domscan import MAX_BYTES as MAX_INPUT  # one past it is enough to refuse
+
     try:
         if path == "-":
             data = sys.stdin.buffer.read(MAX_INPUT + 1)

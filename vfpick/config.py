@@ -44,6 +44,20 @@ _LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
+def pool_of_pf(config):
+    """{PF address: Pool}; a PF in several pools belongs to the first one listed."""
+    pools = {}
+    for pool in config.pools.values():
+        for addr in pool.pfs:
+            pools.setdefault(addr, pool)
+    return pools
+
+
+def running_cache_path(config):
+    """Where the scan of libvirt's status files is cached (see domscan.scan_running)."""
+    return os.path.join(config.state_dir, "running.cache")
+
+
 def config_path(explicit=None, environ=None):
     """--config beats VFPICK_CONFIG beats /etc/vfpick.ini."""
     if explicit:

@@ -12,6 +12,7 @@ This runs on every VM start: prepare/release/reconnect import nothing heavier th
 import os
 import sys
 
+# domscan.MAX_BYTES, not imported: the no-op ops (start, started, stopped) stay import-free.
 MAX_XML = 4 << 20
 
 
@@ -34,26 +35,18 @@ def _facts(data):
 
 def _running_others(config, uuid):
     from vfpick import domscan
+    from vfpick.config import running_cache_path
 
-    used = domscan.scan_running(config.libvirt_run_dir,
-                                cache_path=os.path.join(config.state_dir, "running.cache"))
+    used = domscan.scan_running(config.libvirt_run_dir, cache_path=running_cache_path(config))
     return {vf: owner for vf, owner in used.items() if owner[0] != uuid}
-
-
-def _pool_of_pf(config):
-    pools = {}
-    for pool in config.pools.values():
-        for addr in pool.pfs:
-            pools.setdefault(addr, pool)
-    return pools
 
 
 def _domain_vfs(config, facts):
     """(vf, mac, pf, pool, managed) for every VF of the domain vfpick manages or must guard."""
-    from vfpick import topology
+    from vfpick import config as configmod, topology
 
     meta = {n.mac: n for n in facts.meta_nics}
-    pool_of_pf = _pool_of_pf(config)
+    pool_of_pf = configmod.pool_of_pf(config)
     out = []
     for vf, mac in facts.hostdev_vfs:
         nic = meta.get(mac) if mac else None

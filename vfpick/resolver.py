@@ -10,7 +10,7 @@ import os
 import random
 from collections import namedtuple
 
-from vfpick import domscan, policy, topology
+from vfpick import config as configmod, domscan, policy, topology
 from vfpick.errors import UnknownPool, XmlError
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import StateStore
@@ -60,7 +60,7 @@ def store_for(config):
 def running_vfs(config):
     """{vf: uuid} of VFs that running domains use, from libvirt's status XML."""
     used = domscan.scan_running(config.libvirt_run_dir,
-                                cache_path=os.path.join(config.state_dir, "running.cache"))
+                                cache_path=configmod.running_cache_path(config))
     return {vf: owner[0] for vf, owner in used.items()}
 
 

@@ -7,7 +7,7 @@ libvirt-python is imported here only, and only by these commands: never on the h
 import sys
 from collections import namedtuple
 
-from vfpick import domscan, resolver, topology
+from vfpick import config as configmod, domscan, resolver, topology
 from vfpick.errors import DomainNotFound, LibvirtFailure, VfpickError
 from vfpick.records import Claim
 
@@ -186,10 +186,7 @@ def plan_reconcile(config, claims, views, topo):
     (conflict: reported, never applied; the Claim is the holder's).
     """
     actions = []
-    pool_of_pf = {}
-    for pool in config.pools.values():
-        for addr in pool.pfs:
-            pool_of_pf.setdefault(addr, pool.name)
+    pool_of_pf = {addr: pool.name for addr, pool in configmod.pool_of_pf(config).items()}
     for claim in claims.all():
         if claim.uuid not in views:
             actions.append(("drop", claim, "libvirt has no domain %s" % claim.uuid))
