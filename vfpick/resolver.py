@@ -121,6 +121,7 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
             by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, None)))
 
         mapping = claims.mapping()
+        numa_nodes = doc.numa_nodes(topo.node_cpus)
         previous = claims.for_uuid(uuid)
         assignments, picks, held, warnings = {}, {}, [], []
         for pool_name in sorted(by_pool, key=list(config.pools).index):
@@ -130,7 +131,7 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
             request = Request(
                 uuid=uuid, pool=pool_name, nics=tuple(nic for _, nic in entries),
                 distinct=distinct, strict=strict, numa=numa, policy=pool.policy,
-                numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(held),
+                numa_nodes=numa_nodes, held=tuple(held),
             )
             chosen = policy.pick(topo, pool.pfs, mapping, busy, request)
             if len(chosen) > 1 and not policy.distinct_met(topo, chosen, distinct):

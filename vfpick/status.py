@@ -12,6 +12,12 @@ def _counts(vfs, claims, busy):
             "free": len(vfs) - claimed - in_use}
 
 
+def _summed(rows):
+    # Pool and link figures are sums of the PF rows, so the table always adds up.
+    rows = list(rows)
+    return {key: sum(r[key] for r in rows) for key in ("total", "claimed", "unmanaged_in_use", "free")}
+
+
 def status_report(config, topo, claims, busy):
     """{"pools": [...], "claims": [...]}: per pool, link and PF the counts; per claim the holder."""
     pools = []
@@ -27,14 +33,11 @@ def status_report(config, topo, claims, busy):
             vfs = [vf for vf in pf.vfs if vf in topo.vfs]
             entry["pfs"].append(dict({"pf": pf_addr, "netdev": pf.netdev, "numa_node": pf.numa_node,
                                       "card": topo.card_of[pf_addr]}, **_counts(vfs, claims, busy)))
-        pool_vfs = []
         for entry in links.values():
-            for key in ("total", "claimed", "unmanaged_in_use", "free"):
-                entry[key] = sum(p[key] for p in entry["pfs"])
-            pool_vfs.extend(vf for p in entry["pfs"] for vf in topo.pfs[p["pf"]].vfs)
+            entry.update(_summed(entry["pfs"]))
         pools.append(dict({"name": pool.name, "distinct": pool.distinct, "strict": pool.strict,
                            "numa": pool.numa, "policy": pool.policy, "links": list(links.values())},
-                          **_counts(pool_vfs, claims, busy)))
+                          **_summed(links.values())))
     claim_rows = []
     for claim in sorted(claims.values(), key=lambda c: (c.domain, pci.sort_key(c.vf))):
         row = claim._asdict()
