@@ -232,6 +232,26 @@ def plan_reconcile(config, claims, views, topo):
     return actions
 
 
+def apply_reconcile(config, store, before, views, topo):
+    """Applies plan_reconcile under the lock; returns the actions taken.
+
+    before: {vf: Claim} read before libvirt was asked (libvirt is asked without the lock: a
+    VM start waits for the hook, which waits for the lock). A claim that changed since (a
+    define, a prepare) was written by someone who knew better than our listing: left alone.
+    """
+    with store.transaction() as claims:
+        actions = []
+        for verb, claim, reason in plan_reconcile(config, claims, views, topo):
+            if verb in ("drop", "update") and claims.get(claim.vf) != before.get(claim.vf):
+                continue
+            actions.append((verb, claim, reason))
+            if verb == "drop":
+                claims.drop(claim.vf)
+            elif verb in ("add", "update"):
+                claims.put(claim)
+    return actions
+
+
 def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
     out = sys.stdout if out is None else out
     store = resolver.store_for(config)
@@ -242,10 +262,7 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
             if moved:
                 out.write("moved the old state file aside to %s\n" % moved)
         before = {} if rebuild and dry_run else dict(store.snapshot().mapping())
-        # libvirt is asked without the state lock: a VM start waits for the hook, which waits
-        # for the lock. So a claim that changed after this snapshot (a define, a prepare) was
-        # written by someone who knew better than our listing: it is left alone.
-        views = _domain_views(conn)
+        views = _domain_views(conn)  # after the snapshot: see apply_reconcile
     finally:
         conn.close()
     topo = topology.for_config(config)
@@ -253,16 +270,7 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
         snapshot = _EmptyClaims() if rebuild else store.snapshot()
         actions = plan_reconcile(config, snapshot, views, topo)
     else:
-        with store.transaction() as claims:
-            actions = []
-            for verb, claim, reason in plan_reconcile(config, claims, views, topo):
-                if verb in ("drop", "update") and claims.get(claim.vf) != before.get(claim.vf):
-                    continue
-                actions.append((verb, claim, reason))
-                if verb == "drop":
-                    claims.drop(claim.vf)
-                elif verb in ("add", "update"):
-                    claims.put(claim)
+        actions = apply_reconcile(config, store, before, views, topo)
     for verb, claim, reason in actions:
         out.write("%s%s %s (%s, pool %s): %s\n" % ("would " if dry_run else "", verb, claim.vf,
                                                    claim.domain, claim.pool, reason))

@@ -175,19 +175,10 @@ class Watcher:
 
     def sync(self):
         """Reconcile the claims with libvirt, then resolve every domain with pool interfaces."""
-        before = {(c.vf, c.uuid) for c in self.store.snapshot().all()}
+        before = dict(self.store.snapshot().mapping())
         views = virt._domain_views(self.conn)
         topo = topology.for_config(self.config)
-        with self.store.transaction() as claims:
-            done = []
-            for verb, claim, reason in virt.plan_reconcile(self.config, claims, views, topo):
-                if verb == "drop":
-                    if (claim.vf, claim.uuid) not in before:
-                        continue  # claimed after the domains were listed: a define in flight
-                    claims.drop(claim.vf)
-                elif verb in ("add", "update"):
-                    claims.put(claim)
-                done.append((verb, claim, reason))
+        done = virt.apply_reconcile(self.config, self.store, before, views, topo)
         for verb, claim, reason in done:
             self.log("reconcile: %s %s (%s, pool %s): %s" % (verb, claim.vf, claim.domain, claim.pool, reason))
         for uuid, view in sorted(views.items()):
