@@ -976,18 +976,59 @@ def read_calls(*recorders: HookRecorder, name: Optional[str] = None) -> List[Hoo
 
 # --------------------------------------------------------------------------- pytest glue
 
-_shared: Dict[str, object] = {"daemon": None, "refs": 0}
+_shared: Dict[str, object] = {"daemon": None, "refs": 0, "lock": None}
+
+# One system libvirtd per machine: a second pytest session (another checkout, a CI run beside a
+# developer's) would take the first one's daemon for a crashed leftover and stop it. Sessions
+# take this lock before they start a daemon and keep it until theirs is stopped.
+SESSION_LOCK = Path("/run/vfpick-test-libvirtd.lock")
+SESSION_LOCK_TIMEOUT = float(os.environ.get("VFPICK_TEST_LIBVIRTD_WAIT", "2700"))
+
+
+def _take_session_lock(timeout: float = SESSION_LOCK_TIMEOUT) -> int:
+    import fcntl
+
+    fd = os.open(str(SESSION_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise HarnessError("another test session (pid %s) has held %s for over %d s"
+                                   % (holder, SESSION_LOCK, timeout))
+            if not told:
+                sys.stderr.write("waiting for another test session's libvirtd (%s)\n" % SESSION_LOCK)
+                told = True
+            time.sleep(0.5)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+
+def _drop_session_lock() -> None:
+    fd = _shared["lock"]
+    _shared["lock"] = None
+    if fd is not None:
+        os.close(fd)  # type: ignore[arg-type]
 
 
 def acquire_shared_daemon(workdir: Union[str, Path]) -> LibvirtDaemon:
     """The process-wide daemon (started on first use).  Raises Unavailable."""
     d = _shared["daemon"]
     if d is None:
+        if unavailable_reason() is None and _shared["lock"] is None:
+            _shared["lock"] = _take_session_lock()
         d = LibvirtDaemon(workdir)
         try:
             d.start()
         except BaseException:
             d.close()
+            _drop_session_lock()
             raise
         _shared["daemon"] = d
     _shared["refs"] = int(_shared["refs"]) + 1
@@ -1000,7 +1041,10 @@ def release_shared_daemon() -> None:
         d = _shared["daemon"]
         _shared["daemon"] = None
         _shared["refs"] = 0
-        d.close()  # type: ignore[union-attr]
+        try:
+            d.close()  # type: ignore[union-attr]
+        finally:
+            _drop_session_lock()
 
 
 def libvirtd_fixture(name: str = "libvirtd", scope: str = "session"):
