@@ -16,8 +16,10 @@ import pytest
 
 from vfpick import hostevents, netlink, simhost
 from vfpick.hostevents import HostEvent, HostMonitor
-from vfpick.netlink import FakeNetlink, LinkEvent
+from vfpick.netlink import LinkEvent
 from vfpick.records import Claim
+
+from fakenetlink import FakeNetlink
 
 VF_A, VF_B = "0000:3b:02.0", "0000:3b:02.1"
 PF0 = "0000:3b:00.0"
