@@ -273,6 +273,11 @@ def _read_bounded(path, limit):
         os.close(fd)
 
 
+def scan_file(path, limit=MAX_BYTES):
+    """scan() of one domain or status XML file; OSError when it cannot be read."""
+    return scan(_read_bounded(path, limit), limit)
+
+
 # A status file is parsed again only when its (inode, size, mtime, ctime) changed. libvirt
 # replaces status files by rename, so a rewrite gets a new inode; a file whose timestamps are
 # within RACY_NS of the cache's own write time is not trusted (timestamps are jiffy-coarse:
