@@ -68,3 +68,22 @@ def test_missing_dirs_mean_no_domains(host):
     config = host.write_config()._replace(libvirt_config_dir=os.path.join(host.base, "nope"),
                                           libvirt_run_dir=os.path.join(host.base, "nope2"))
     assert stale.stale_uuids(config, [claim("a")]) == {UUIDS["a"]}
+
+
+def test_status_marks_claims_of_undefined_domains(host):
+    """Two resolved domains, one 'defined' (its XML in libvirt_config_dir): status marks the other."""
+    from clitools import domain, status_json, vfpick
+
+    host.write_config()
+    for name in ("kept", "gone"):
+        out = vfpick(host, "resolve", "-", input=domain(name, uuid=UUIDS["a" if name == "kept" else "b"]),
+                     check=0).stdout
+        if name == "kept":
+            write(host.config_dir, "kept.xml", out.decode())
+    assert {(c["domain"], c["stale"]) for c in status_json(host)["claims"]} == {
+        ("kept", False), ("gone", True)}
+    lines = vfpick(host, "status", check=0).stdout.decode().splitlines()
+    [gone] = [line for line in lines if line.startswith("gone")]
+    [kept] = [line for line in lines if line.startswith("kept")]
+    assert "STALE" in gone and "vfpick reconcile" in gone
+    assert "STALE" not in kept

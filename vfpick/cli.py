@@ -50,12 +50,13 @@ def cmd_resolve(args):
 
 
 def cmd_status(args):
-    from vfpick import resolver, status, topology
+    from vfpick import resolver, stale, status, topology
 
     cfg = _load_config(args)
     topo = topology.for_config(cfg)
     claims = resolver.store_for(cfg).snapshot().mapping()
-    report = status.status_report(cfg, topo, claims, resolver.running_vfs(cfg))
+    report = status.status_report(cfg, topo, claims, resolver.running_vfs(cfg),
+                                  stale.stale_uuids(cfg, claims.values()))
     print(status.to_json(report) if args.json else status.render_status(report))
     return 0
 

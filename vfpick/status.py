@@ -18,8 +18,11 @@ def _summed(rows):
     return {key: sum(r[key] for r in rows) for key in ("total", "claimed", "unmanaged_in_use", "free")}
 
 
-def status_report(config, topo, claims, busy):
-    """{"pools": [...], "claims": [...]}: per pool, link and PF the counts; per claim the holder."""
+def status_report(config, topo, claims, busy, stale=frozenset()):
+    """{"pools": [...], "claims": [...]}: per pool, link and PF the counts; per claim the holder.
+
+    stale: UUIDs of domains libvirt no longer defines (vfpick.stale.stale_uuids).
+    """
     pools = []
     for pool in config.pools.values():
         links = {}
@@ -44,6 +47,7 @@ def status_report(config, topo, claims, busy):
         row["present"] = claim.vf in topo.vfs
         link = topo.links.get(claim.link)
         row["link_up"] = link.up if link else None
+        row["stale"] = claim.uuid in stale
         claim_rows.append(row)
     return {"pools": pools, "claims": claim_rows}
 
@@ -85,6 +89,8 @@ def render_status(report):
                 notes.append("VF GONE")
             if c["link_up"] is False:
                 notes.append("LINK DOWN")
+            if c["stale"]:
+                notes.append("STALE (domain undefined: vfpick reconcile)")
             rows.append([c["domain"], c["uuid"], c["mac"], c["vf"], c["pf"], c["link"], c["pool"],
                          "yes" if c["active"] else "no", " ".join(notes)])
         lines += _table(rows, ["domain", "uuid", "mac", "vf", "pf", "link", "pool", "active", ""])

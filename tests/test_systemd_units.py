@@ -1,0 +1,40 @@
+"""The shipped systemd units load in systemd (systemd-analyze verify) and run the right command."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNITS = os.path.join(REPO, "etc", "systemd")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_units_verify(tmp_path):
+    # ExecStart must name an executable that exists here: point it at this interpreter's vfpick.
+    vfpick = os.path.join(os.path.dirname(sys.executable), "vfpick")
+    if not os.path.exists(vfpick):
+        pytest.skip("no installed vfpick entry point beside %s" % sys.executable)
+    paths = []
+    for unit in sorted(os.listdir(UNITS)):  # one run: systemd-analyze takes seconds to start
+        with open(os.path.join(UNITS, unit)) as f:
+            text = f.read().replace("/usr/local/bin/vfpick", vfpick)
+        path = tmp_path / unit
+        path.write_text(text)
+        paths.append(str(path))
+    proc = subprocess.run(["systemd-analyze", "verify"] + paths, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_reconcile_service_runs_reconcile():
+    with open(os.path.join(UNITS, "vfpick-reconcile.service")) as f:
+        lines = f.read().splitlines()
+    [exec_start] = [line for line in lines if line.startswith("ExecStart=")]
+    assert exec_start.split()[1:3] == ["reconcile", "--connect"]
+    assert "Type=oneshot" in lines
+    with open(os.path.join(UNITS, "vfpick-reconcile.timer")) as f:
+        timer = f.read().splitlines()
+    assert "WantedBy=timers.target" in timer and any(t.startswith("OnUnitActiveSec=") for t in timer)
