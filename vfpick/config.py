@@ -17,9 +17,11 @@ MAX_CONFIG_BYTES = 1 << 20
 
 Config = namedtuple(
     "Config",
-    "path state_dir sysfs_root libvirt_run_dir libvirt_config_dir connect pools links",
+    "path state_dir sysfs_root libvirt_run_dir libvirt_config_dir connect pools links "
+    "lock_timeout",
 )
-Config.__doc__ = """pools: {name: Pool} in file order; links: {name: tuple of PF addrs}."""
+Config.__doc__ = """pools: {name: Pool} in file order; links: {name: tuple of PF addrs}.
+lock_timeout: seconds any command or the hook waits for the claims lock."""
 
 Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk")
 Pool.__doc__ = """pfs: PF PCI addresses in the order the file lists them (``pack`` uses it).
@@ -38,7 +40,9 @@ _MAIN_KEYS = {
     "libvirt_run_dir": "/run/libvirt/qemu",
     "libvirt_config_dir": "/etc/libvirt/qemu",
     "connect": "qemu:///system",
+    "lock_timeout": "30",
 }
+_NOT_PATHS = {"connect", "lock_timeout"}
 _POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk"}
 _LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -111,6 +115,17 @@ def _mapped(where, section, key, value, mapping):
     if value not in mapping:
         raise where.error(section, key, "%r is not one of %s" % (value, ", ".join(mapping)))
     return mapping[value]
+
+
+def _seconds(where, section, key, value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    # "nan" fails every comparison; one day is far past any sane wait.
+    if not 0 <= seconds <= 86400:
+        raise where.error(section, key, "%r is not a number of seconds from 0 to 86400" % value)
+    return seconds
 
 
 def _name(where, section, kind, name):
@@ -196,7 +211,7 @@ def parse(text, path="<config>"):
                 value = value.strip()
                 if not value:
                     raise where.error(section, key, "empty value")
-                if key != "connect" and not os.path.isabs(value):
+                if key not in _NOT_PATHS and not os.path.isabs(value):
                     raise where.error(section, key, "%r is not an absolute path" % value)
                 main[key] = value
         elif kind == "pool" and name.strip():
@@ -206,6 +221,7 @@ def parse(text, path="<config>"):
         else:
             raise where.error(section, None, "unknown section (use [vfpick], [pool NAME], [link NAME])")
 
+    main["lock_timeout"] = _seconds(where, "vfpick", "lock_timeout", main["lock_timeout"])
     sysfs_root = main["sysfs_root"]
     links, linked = {}, {}
     for section, name, items in links_raw:

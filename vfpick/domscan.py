@@ -286,27 +286,27 @@ RACY_NS = 250 * 1000 * 1000
 
 
 def _load_cache(cache_path, run_dir):
-    from vfpick import jsonio
+    import json
 
     try:
         with open(cache_path, "rb") as f:
-            doc = jsonio.loads(f.read(1 << 24).decode("utf-8"))
+            doc = json.loads(f.read(1 << 24).decode("utf-8"))
         if doc.get("v") == 1 and doc.get("dir") == run_dir and isinstance(doc.get("files"), dict):
             return doc
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         pass
     return None
 
 
 def _save_cache(cache_path, run_dir, files, now_ns):
-    from vfpick import jsonio
+    import json
 
     tmp = "%s.%d.tmp" % (cache_path, os.getpid())
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as f:
-            f.write(jsonio.dumps_compact({"v": 1, "dir": run_dir, "written_ns": now_ns,
-                                          "files": files}).encode("utf-8"))
+            f.write(json.dumps({"v": 1, "dir": run_dir, "written_ns": now_ns,
+                                "files": files}).encode("utf-8"))
         os.replace(tmp, cache_path)  # a cache: no fsync; a torn or lost one is just re-read
     except (OSError, ValueError):
         try:

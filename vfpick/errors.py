@@ -45,6 +45,10 @@ class StateError(VfpickError):
     """The state file cannot be read or written."""
 
 
+class LockTimeout(StateError):
+    """The claims lock was not free within lock_timeout; the message names the lock and holder."""
+
+
 class StateCorrupt(StateError):
     """The state file exists but does not parse; it is kept untouched."""
 

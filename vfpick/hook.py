@@ -88,7 +88,7 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
             raise Refusal(message)
         warnings.append(message)
 
-    with StateStore(config.state_dir).transaction() as claims:
+    with StateStore.for_config(config).transaction() as claims:
         for vf, mac, pf, pool, _managed in vfs:
             held = claims.get(vf)
             if held is not None and held.uuid != uuid:
@@ -157,7 +157,7 @@ def release(config, name, facts):
         return
     persistent = os.path.exists(os.path.join(config.libvirt_config_dir, name + ".xml")) \
         if "/" not in name else False
-    with StateStore(config.state_dir).transaction() as claims:
+    with StateStore.for_config(config).transaction() as claims:
         mine = claims.for_uuid(facts.uuid)
         if not mine:
             return

@@ -54,7 +54,7 @@ def _effective(pool, overrides):
 
 
 def store_for(config):
-    return StateStore(config.state_dir)
+    return StateStore.for_config(config)
 
 
 def running_vfs(config):

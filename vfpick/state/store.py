@@ -1,17 +1,20 @@
 """The claims store: one JSON file, an flock'd lock file beside it, atomic replace.
 
-Imported by the qemu hook on every VM start, so only cheap modules (no typing,
-dataclasses, tempfile, contextlib). ``stat`` is free: ``os`` has already loaded it.
+Imported by the qemu hook only for vfpick's own domains (never for the others), so it may use
+``json``; still no typing, dataclasses, tempfile or contextlib. ``stat`` is free: ``os`` has
+already loaded it.
 """
 
 import errno
 import fcntl
+import json
 import os
 import stat
+import time
 import types
 
-from vfpick import jsonio, pci
-from vfpick.errors import StateCorrupt, StateError
+from vfpick import pci
+from vfpick.errors import LockTimeout, StateCorrupt, StateError
 from vfpick.records import Claim
 
 STATE = "claims.json"
@@ -20,6 +23,7 @@ LOCK = "claims.lock"
 # crash leftover is simply replaced on the next write instead of piling up.
 TEMP = STATE + ".tmp"
 VERSION = 1
+DEFAULT_LOCK_TIMEOUT = 30.0
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # flock on this process's own lock blocks forever (each open() is a new lock owner),
@@ -102,10 +106,15 @@ def _no_duplicate_keys(pairs):
     return obj
 
 
+def _no_constant(name):
+    raise ValueError("%s is not valid JSON" % name)
+
+
 def _parse(raw):
     """{vf: Claim} from the file's bytes; ValueError saying why it is not a state file."""
     try:
-        doc = jsonio.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                         parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply")
     if not isinstance(doc, dict):
@@ -136,12 +145,65 @@ def _parse(raw):
 
 
 def _serialize(claimset):
-    # One claim per line: readable and diffable, and written without importing json.
-    rows = [jsonio.dumps_compact(dict(zip(Claim._fields, c))) for c in claimset.all()]
+    # One claim per line: readable and diffable.
+    rows = [json.dumps(dict(zip(Claim._fields, c))) for c in claimset.all()]
     body = ",\n  ".join(rows)
     text = '{\n "version": %d,\n "claims": [%s%s%s]\n}\n' % (
         VERSION, "\n  " if rows else "", body, "\n " if rows else "")
     return text.encode("utf-8")
+
+
+def _flock_bounded(fd, how, timeout):
+    """True once the flock is taken, False after *timeout* seconds.
+
+    Polls with LOCK_NB: a blocking flock can only be interrupted by a signal, and signal
+    handlers belong to the main thread (the watcher is not) and to the caller."""
+    deadline = None
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + timeout
+        if now >= deadline:
+            return False
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 0.02)
+
+
+def _lock_holders(fd):
+    """PIDs holding an flock on *fd*'s file, from /proc/locks (empty when it cannot tell)."""
+    st = os.fstat(fd)
+    inode = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids = []
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters carry a "->".
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
+                    pids.append(int(fields[4]))
+    except (OSError, ValueError):
+        return []
+    return sorted(set(pids))
+
+
+def _describe(pids):
+    if not pids:
+        return "held by another process (its pid is not visible here)"
+    out = []
+    for pid in pids:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = b" ".join(f.read(200).split(b"\0")).decode("utf-8", "replace").strip()
+        except OSError:
+            cmd = ""
+        out.append("pid %d%s" % (pid, " (%s)" % cmd[:80] if cmd else ""))
+    return "held by " + ", ".join(out)
 
 
 class StateStore:
@@ -150,10 +212,15 @@ class StateStore:
     _fault: test seam called while writing with "after-temp-open", "after-temp-write" or
     "after-rename"; what it raises is handled as a failure at that point."""
 
-    def __init__(self, state_dir, _fault=None):
+    def __init__(self, state_dir, lock_timeout=DEFAULT_LOCK_TIMEOUT, _fault=None):
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, STATE)
+        self.lock_timeout = lock_timeout
         self._fault = _fault or (lambda stage: None)
+
+    @classmethod
+    def for_config(cls, config):
+        return cls(config.state_dir, lock_timeout=config.lock_timeout)
 
     def transaction(self):
         """Context manager yielding a writable ClaimSet under the exclusive lock."""
@@ -239,11 +306,19 @@ class StateStore:
         if key in _held:
             raise RuntimeError("nested claims transaction on %s would deadlock" % self.state_dir)
         lfd = self._open_at(dfd, LOCK, os.O_RDWR | os.O_CREAT, "lock file")
+        path = os.path.join(self.state_dir, LOCK)
         try:
-            fcntl.flock(lfd, how)
+            locked = _flock_bounded(lfd, how, self.lock_timeout)
+            holders = [] if locked else _lock_holders(lfd)
         except OSError as exc:
             os.close(lfd)
-            raise StateError("cannot lock %s: %s" % (os.path.join(self.state_dir, LOCK), _why(exc)))
+            raise StateError("cannot lock %s: %s" % (path, _why(exc)))
+        if not locked:
+            os.close(lfd)
+            raise LockTimeout(
+                "waited %g s for the claims lock %s, %s; it is freed when that process ends "
+                "(raise [vfpick] lock_timeout if such waits are expected)"
+                % (self.lock_timeout, path, _describe(holders)))
         _held.add(key)
         return lfd
 
