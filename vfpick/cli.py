@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from vfpick import config as configmod
+from vfpick import __version__, config as configmod
 from vfpick.errors import DomainNotFound, VfpickError
 
 
@@ -167,7 +167,18 @@ def cmd_watch(args):
     from vfpick import watch
 
     cfg = _load_config(args)
-    return watch.cmd_watch(cfg, args.connect or cfg.connect)
+    return watch.cmd_watch(cfg, args.connect or cfg.connect, metrics_listen=args.metrics_listen)
+
+
+def cmd_metrics(args):
+    from vfpick import metrics
+
+    cfg = _load_config(args)
+    if args.textfile:
+        metrics.write_textfile(cfg, args.textfile)
+    else:
+        sys.stdout.buffer.write(metrics.exposition(cfg))
+    return 0
 
 
 def cmd_install_hook(args):
@@ -195,6 +206,7 @@ def build_parser():
         "distinct links, load spread over the host's links.")
     parser.add_argument("--config", metavar="FILE",
                         help="config file (default: $VFPICK_CONFIG or /etc/vfpick.ini)")
+    parser.add_argument("--version", action="version", version="vfpick " + __version__)
     # --config is accepted before or after the command (`vfpick install-hook --config F`).
     common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
@@ -241,7 +253,15 @@ def build_parser():
     p = sub.add_parser("watch", parents=[common],
                        help="resolve pool interfaces of domains defined with plain virsh define")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.add_argument("--metrics-listen", metavar="ADDR:PORT",
+                   help="also serve Prometheus metrics on http://ADDR:PORT/metrics")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("metrics", parents=[common],
+                       help="Prometheus metrics: VFs per pool, link and state; degraded domains")
+    p.add_argument("--textfile", metavar="DIR",
+                   help="write DIR/vfpick.prom atomically (node_exporter's textfile collector)")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")

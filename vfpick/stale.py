@@ -9,47 +9,62 @@ to release a VF that a domain still uses.
 """
 
 import os
+from collections import namedtuple
 
 from vfpick import domscan
 from vfpick.errors import XmlError
+
+DomainIndex = namedtuple("DomainIndex", "defined running unsure")
+DomainIndex.__doc__ = """What the domain dirs hold. defined / running: {uuid: DomainFacts} of
+``libvirt_config_dir`` / ``libvirt_run_dir``; unsure: names of files that could not be scanned."""
 
 
 class _Unknown(Exception):
     """The directory could not be listed: nothing can be said about what it holds."""
 
 
-def _uuids_in(directory):
-    """(uuids, names of files that could not be scanned) of the domain XML files in *directory*."""
+def _scan_dir(directory, unsure):
+    """{uuid: DomainFacts} of the domain XML files in *directory*; adds unscannable names to *unsure*."""
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
-        return set(), set()
+        return {}
     except OSError:
         raise _Unknown(directory) from None
-    uuids, unsure = set(), set()
+    found = {}
     for fname in names:
         if not fname.endswith(".xml") or fname.startswith("."):
             continue
-        path = os.path.join(directory, fname)
         try:
-            facts = domscan.scan_file(path)
+            facts = domscan.scan_file(os.path.join(directory, fname))
         except (OSError, XmlError):
             unsure.add(fname[:-4])
             continue
         if facts.uuid:
-            uuids.add(facts.uuid)
+            found[facts.uuid] = facts
         else:
             unsure.add(facts.name or fname[:-4])
-    return uuids, unsure
+    return found
 
 
-def stale_uuids(config, claims):
-    """frozenset of the UUIDs of *claims* (iterable of Claim) whose domain libvirt no longer has."""
+def domain_index(config):
+    """DomainIndex of the config's domain dirs, or None when one of them cannot be listed."""
+    unsure = set()
     try:
-        defined, unsure = _uuids_in(config.libvirt_config_dir)
-        running, unsure_running = _uuids_in(config.libvirt_run_dir)
+        defined = _scan_dir(config.libvirt_config_dir, unsure)
+        running = _scan_dir(config.libvirt_run_dir, unsure)
     except _Unknown:
+        return None
+    return DomainIndex(defined, running, frozenset(unsure))
+
+
+def stale_uuids(config, claims, index=None):
+    """frozenset of the UUIDs of *claims* (iterable of Claim) whose domain libvirt no longer has.
+
+    index: a DomainIndex already read (default: read the dirs now).
+    """
+    index = index or domain_index(config)
+    if index is None:
         return frozenset()
-    known = defined | running
-    unsure |= unsure_running
-    return frozenset(c.uuid for c in claims if c.uuid not in known and c.domain not in unsure)
+    return frozenset(c.uuid for c in claims if c.uuid not in index.defined
+                     and c.uuid not in index.running and c.domain not in index.unsure)

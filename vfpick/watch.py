@@ -256,8 +256,15 @@ class Watcher:
 _REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}
 
 
-def cmd_watch(config, uri):
+def cmd_watch(config, uri, metrics_listen=None):
     watcher = Watcher(config, uri)
+    server = None
+    if metrics_listen:
+        from vfpick import metrics  # prometheus_client: only when asked for
+
+        server = metrics.serve(config, metrics_listen, watcher.log)
+        addr, port = server.server_address[:2]
+        watcher.log("serving metrics on http://%s:%d/metrics" % ("[%s]" % addr if ":" in addr else addr, port))
 
     def stop(signum, _frame):
         watcher.log("signal %d: stopping" % signum)
@@ -269,3 +276,6 @@ def cmd_watch(config, uri):
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -1,0 +1,248 @@
+"""Prometheus metrics: ``vfpick metrics [--textfile DIR]`` and ``vfpick watch --metrics-listen``.
+
+Built with prometheus_client (a CollectorRegistry of our own, never the global one, so no
+process/platform collectors leak in). ``gather`` does the I/O (sysfs, state, domain dirs),
+``families`` turns that into metric families without any. Every scrape reads afresh: the
+numbers are what the host and the state file say now, not what the watcher last saw.
+Never imported by the hook.
+
+Family names and labels are an interface (dashboards and etc/prometheus/vfpick-alerts.yml).
+"""
+
+import os
+import platform
+from collections import Counter, namedtuple
+
+from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+import vfpick
+from vfpick import config as configmod, policy, resolver, stale, topology
+from vfpick.errors import VfpickError
+
+TEXTFILE_NAME = "vfpick.prom"
+BYTES_PER_MBIT = 1000 * 1000 // 8
+VF_STATES = ("free", "reserved", "active")
+
+Facts = namedtuple("Facts", "config topo claims busy index")
+Facts.__doc__ = """Everything one scrape reads. claims: {vf: Claim}; busy: {vf: uuid} of VFs running
+domains use; index: stale.DomainIndex of the domain dirs, or None when they cannot be listed."""
+
+
+def gather(config):
+    claims = resolver.store_for(config).snapshot().mapping()
+    return Facts(config=config, topo=topology.for_config(config), claims=claims,
+                 busy=resolver.running_vfs(config), index=stale.domain_index(config))
+
+
+def vf_state(vf, claims, busy):
+    """free | reserved (claimed, domain not running) | active (a running domain uses it).
+
+    A VF a running domain uses without a vfpick claim counts as active: it is not free, and
+    reconcile records it as that domain's claim.
+    """
+    claim = claims.get(vf)
+    if claim is not None:
+        return "active" if claim.active else "reserved"
+    return "active" if vf in busy else "free"
+
+
+def distinct_level(pool, facts):
+    """The distinct level that applies to *pool*'s NICs of a domain: its metadata override
+    (a policy naming the pool beats one without) or the pool's default. An invalid override is
+    ignored here: resolve refuses such a domain, metrics only report."""
+    level = pool.distinct
+    if facts is None:
+        return level
+    for wanted in (None, pool.name):
+        for pool_name, distinct, _strict, _numa in facts.policy_overrides:
+            if pool_name == wanted and distinct in configmod.DISTINCT:
+                level = distinct
+    return level
+
+
+def _domain_facts(index, uuid):
+    if index is None:
+        return None
+    # The live XML is what runs now; the definition is what runs next.
+    return index.running.get(uuid) or index.defined.get(uuid)
+
+
+def degraded(topo, pools, domain_claims, domain_facts):
+    """True when a NIC of the domain sits on a down (or vanished) link, or shares with another
+    NIC of the domain what its pool's distinct level (after the domain's override) forbids."""
+    present = [c for c in domain_claims if c.pf in topo.link_of]
+    if len(present) < len(domain_claims):
+        return True
+    if any(not topo.links[topo.link_of[c.pf]].up for c in present):
+        return True
+    for claim in present:
+        pool = pools.get(claim.pool)
+        level = distinct_level(pool, domain_facts) if pool else "none"
+        if level == "none":
+            continue
+        unit = policy.unit_of(topo, level, claim.pf)
+        others = [policy.unit_of(topo, level, c.pf) for c in present if c.vf != claim.vf]
+        if unit in others:
+            return True
+    return False
+
+
+def families(facts):
+    """The metric families for *facts* (no I/O)."""
+    config, topo, claims = facts.config, facts.topo, facts.claims
+
+    vfs = GaugeMetricFamily("vfpick_vfs", "VFs of a pool PF by state (free, reserved: claimed by "
+                            "a stopped domain, active: used by a running domain)",
+                            labels=["pool", "link", "pf", "state"])
+    for pool in config.pools.values():
+        for pf_addr in pool.pfs:
+            pf = topo.pfs.get(pf_addr)
+            if pf is None:
+                continue
+            counts = Counter(vf_state(vf, claims, facts.busy) for vf in pf.vfs if vf in topo.vfs)
+            for state in VF_STATES:
+                vfs.add_metric([pool.name, topo.link_of[pf_addr], pf_addr, state], counts[state])
+
+    up = GaugeMetricFamily("vfpick_link_up", "1 when the physical link carries a signal",
+                           labels=["link"])
+    speed = GaugeMetricFamily("vfpick_link_speed_bytes", "Link speed in bytes per second "
+                              "(absent while the kernel does not know it, e.g. link down)",
+                              labels=["link"])
+    for link in topo.links.values():
+        up.add_metric([link.name], 1 if link.up else 0)
+        if link.speed:
+            speed.add_metric([link.name], link.speed * BYTES_PER_MBIT)
+
+    by_uuid = {}
+    for claim in claims.values():
+        by_uuid.setdefault(claim.uuid, []).append(claim)
+    nics, bad = Counter(), {}
+    for uuid, domain_claims in by_uuid.items():
+        name = domain_claims[0].domain
+        for claim in domain_claims:
+            nics[(name, claim.pool)] += 1
+        is_bad = degraded(topo, config.pools, domain_claims, _domain_facts(facts.index, uuid))
+        bad[name] = bad.get(name, False) or is_bad  # names clash only for stale claims
+    domain_nics = GaugeMetricFamily("vfpick_domain_nics", "VFs a domain holds from a pool",
+                                    labels=["domain", "pool"])
+    for (name, pool_name), count in sorted(nics.items()):
+        domain_nics.add_metric([name, pool_name], count)
+    domain_degraded = GaugeMetricFamily(
+        "vfpick_domain_degraded", "1 when a domain's NICs share what its distinct level forbids "
+        "or one sits on a down link", labels=["domain"])
+    for name, is_bad in sorted(bad.items()):
+        domain_degraded.add_metric([name], 1 if is_bad else 0)
+
+    stale_set = stale.stale_uuids(config, claims.values(), facts.index) if facts.index else ()
+    claims_stale = GaugeMetricFamily(
+        "vfpick_claims_stale", "Claims whose domain libvirt no longer has (vfpick reconcile drops them)",
+        value=sum(1 for c in claims.values() if c.uuid in stale_set))
+
+    return [vfs, up, speed, domain_nics, domain_degraded, claims_stale, build_info()]
+
+
+def build_info():
+    return InfoMetricFamily("vfpick_build", "vfpick version and the Python that runs it",
+                            value={"version": vfpick.__version__, "python": platform.python_version()})
+
+
+class _Families:
+    """A collector; ``load`` is called on every scrape and returns the families."""
+
+    def __init__(self, load):
+        self.load = load
+
+    def collect(self):
+        return self.load()
+
+
+def registry_for(load):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(load))
+    return registry
+
+
+def exposition(config):
+    """The text exposition of *config*'s host, as bytes."""
+    snapshot = families(gather(config))
+    return generate_latest(registry_for(lambda: snapshot))
+
+
+def write_textfile(config, directory):
+    """Writes DIRECTORY/vfpick.prom atomically (temp file + rename, by prometheus_client)."""
+    if not os.path.isdir(directory):
+        raise VfpickError("--textfile %s: not a directory (node_exporter's "
+                          "--collector.textfile.directory)" % directory)
+    # Gathered before anything is written: a failure leaves no temp file behind.
+    snapshot = families(gather(config))
+    path = os.path.join(directory, TEXTFILE_NAME)
+    try:
+        write_to_textfile(path, registry_for(lambda: snapshot))
+    except OSError as e:
+        _remove_temp_files(path)
+        raise VfpickError("cannot write %s: %s" % (path, e.strerror or e)) from None
+    return path
+
+
+def _remove_temp_files(path):
+    # write_to_textfile names its temp file PATH.PID.THREAD; older versions leave it on error.
+    directory, prefix = os.path.split(path)
+    prefix += ".%d." % os.getpid()
+    for name in os.listdir(directory):
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------ /metrics for `vfpick watch`
+REQUEST_TIMEOUT = 10  # seconds a client may take to send its request: a stuck one frees its thread
+
+
+def parse_listen(text):
+    """'ADDR:PORT' or '[V6ADDR]:PORT' -> (addr, port)."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise VfpickError("--metrics-listen %r: want ADDR:PORT, e.g. 127.0.0.1:9731 or [::1]:9731"
+                          % text)
+    return host, int(port)
+
+
+def _live(config, log):
+    def load():
+        try:
+            return families(gather(config))
+        except VfpickError as e:
+            # The scrape still answers, with build info only: the gap shows in Prometheus and
+            # the reason in the journal, and the watcher goes on.
+            log("metrics: %s" % e)
+            return [build_info()]
+    return load
+
+
+def serve(config, listen, log):
+    """Serves /metrics on *listen* from a daemon thread; returns the server (``shutdown()``)."""
+    import socket
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from prometheus_client import MetricsHandler
+
+    host, port = parse_listen(listen)
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    handler = MetricsHandler.factory(registry_for(_live(config, log)))
+    handler.timeout = REQUEST_TIMEOUT
+    try:
+        server = Server((host, port), handler)
+    except OSError as e:
+        raise VfpickError("--metrics-listen %s: %s" % (listen, e.strerror or e)) from None
+    threading.Thread(target=server.serve_forever, daemon=True, name="vfpick-metrics").start()
+    return server
