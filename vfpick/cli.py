@@ -139,7 +139,8 @@ def cmd_define(args):
     from vfpick import virt
 
     cfg = _load_config(args)
-    result = virt.cmd_define(cfg, _read_input(args.file), args.connect or cfg.connect)
+    result = virt.cmd_define(cfg, _read_input(args.file), args.connect or cfg.connect,
+                             start=args.start)
     for w in result.warnings:
         _warn(w)
     return 0
@@ -233,6 +234,8 @@ def build_parser():
 
     p = sub.add_parser("define", parents=[common], help="resolve, then define through libvirt")
     p.add_argument("file", metavar="FILE|-")
+    p.add_argument("--start", action="store_true",
+                   help="then start it (a failed start keeps the definition and its claims)")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
     p.set_defaults(func=cmd_define)
 

@@ -93,17 +93,39 @@ def describe(result):
     return lines
 
 
-def cmd_define(config, path_data, uri, out=None):
+def cmd_define(config, path_data, uri, out=None, start=False):
+    """Resolves and defines; with *start*, starts it too (one-call clients: virt-install)."""
     # sys.stdout at call time, not at import (a redirected or captured stdout)
     out = sys.stdout if out is None else out
     conn = connect(uri)
     try:
         result = define_resolved(config, conn, path_data)
+        # A domain with nothing to resolve may have come without a <uuid>: libvirt made one.
+        dom = lookup(conn, result.uuid or result.name)
+        out.write("defined domain '%s' (%s)\n" % (dom.name(), dom.UUIDString()))
+        out.write("".join(line + "\n" for line in describe(result)))
+        if start:
+            _start(dom, result)
+            out.write("started domain '%s'\n" % dom.name())
     finally:
         conn.close()
-    out.write("defined domain '%s' (%s)\n" % (result.name, result.uuid))
-    out.write("".join(line + "\n" for line in describe(result)))
     return result
+
+
+def _start(dom, result):
+    """Starts the just-defined domain. No claim lock is held here: the prepare hook takes it.
+
+    A refused start keeps the definition and its reserved claims: the domain is defined like
+    any other and `virsh start` can try again once the cause is fixed.
+    """
+    libvirt = _libvirt()
+    try:
+        dom.create()
+    except libvirt.libvirtError as e:
+        raise LibvirtFailure("domain '%s' is defined%s but libvirt could not start it: %s; "
+                             "fix that, then: virsh start %s"
+                             % (dom.name(), " (its VFs stay reserved)" if result.picks else "",
+                                _message(e), dom.name())) from None
 
 
 def cmd_repick(config, who, uri, out=None):
