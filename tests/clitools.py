@@ -1,19 +1,45 @@
-"""Running vfpick as a user does: a subprocess, config from VFPICK_CONFIG."""
+"""Running vfpick as a user does: the installed console script, config from VFPICK_CONFIG.
 
+What runs is the installed package (tests/README.md): VFPICK is the `vfpick` script pip put
+beside the interpreter running the tests, and HOOK is hooks/qemu copied out of the checkout,
+so it imports vfpick the way an installed hook does.
+"""
+
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
+VFPICK = os.path.join(os.path.dirname(sys.executable), "vfpick")
+
+
+def _hook_outside_the_checkout():
+    # hooks/qemu run in place puts its checkout on sys.path; a copy elsewhere cannot.
+    where = tempfile.mkdtemp(prefix="vfpick-test-hook-")
+    atexit.register(shutil.rmtree, where, True)
+    path = os.path.join(where, "qemu")
+    shutil.copy2(os.path.join(REPO, "hooks", "qemu"), path)
+    return path
+
+
+HOOK = _hook_outside_the_checkout()
+
+
+def cli_env(host, **extra):
+    """The caller's environment with the host's config; no PYTHONPATH games."""
+    return dict(os.environ, VFPICK_CONFIG=host.config_path, **extra)
 
 
 def vfpick(host, *args, input=None, check=None, env=None):
-    full_env = dict(os.environ, VFPICK_CONFIG=host.config_path, PYTHONPATH=REPO)
+    full_env = cli_env(host)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "vfpick"] + list(args), input=input,
-                          capture_output=True, env=full_env, cwd=REPO, timeout=120)
+    proc = subprocess.run([VFPICK] + list(args), input=input,
+                          capture_output=True, env=full_env, cwd=host.base, timeout=120)
     if check is not None:
         assert proc.returncode == check, (proc.returncode, proc.stdout[-2000:], proc.stderr)
     return proc

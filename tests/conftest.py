@@ -1,10 +1,52 @@
+import filecmp
 import os
 import sys
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# The package under test is the INSTALLED one (tests/README.md), as users get it: the checkout
+# leaves sys.path (pytest run from the repo puts its cwd there), and so does every `python -c`
+# or `python -m` a test starts (PYTHONSAFEPATH: no cwd or script dir first on sys.path).
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != os.path.realpath(REPO)]
 sys.path.insert(0, HERE)
+os.environ["PYTHONSAFEPATH"] = "1"
+if "PYTHONPATH" in os.environ:
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in os.environ["PYTHONPATH"].split(os.pathsep)
+        if p and os.path.realpath(p) != os.path.realpath(REPO))
+
+
+def _installed_package_problem():
+    """Why the importable vfpick is not an up-to-date install of this checkout, or None."""
+    import vfpick
+
+    installed = os.path.dirname(os.path.realpath(vfpick.__file__))
+    source = os.path.join(os.path.realpath(REPO), "vfpick")
+    if installed == source:
+        return "vfpick is imported from the checkout (%s), not from an installed package" % source
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            if name.endswith(".pyc"):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), source)
+            there = os.path.join(installed, rel)
+            if not os.path.exists(there):
+                return "the installed package %s lacks %s" % (installed, rel)
+            if not filecmp.cmp(os.path.join(dirpath, name), there, shallow=False):
+                return "the installed %s differs from vfpick/%s" % (there, rel)
+    return None
+
+
+def pytest_sessionstart(session):
+    problem = _installed_package_problem()
+    if problem:
+        pytest.exit("%s: reinstall it (scripts/setup, or %s -m pip install -q --no-deps %s); "
+                    "if it persists, setup.py does not ship that file"
+                    % (problem, sys.executable, REPO), returncode=4)
 
 from vfpick import config as configmod  # noqa: E402
 from vfpick import simhost, topology  # noqa: E402

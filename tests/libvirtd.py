@@ -26,7 +26,8 @@ harness: skip (``pytest.skip``) with a message saying how to stop it, unless
 ``VFPICK_TEST_LIBVIRTD=reuse`` is set, in which case it is used as is (hooks
 added later are only seen if the daemon found a hook when it started, and
 ``restart()`` skips).  ``VFPICK_TEST_LIBVIRTD=skip`` skips every real-libvirtd
-test.  A daemon left behind by a crashed earlier session of this harness (see
+test.  ``VFPICK_REQUIRE_LIBVIRTD=1`` (set by .ci/run) turns each of those skips into a
+failure: a CI run cannot go green without the real libvirtd tests.  A daemon left behind by a crashed earlier session of this harness (see
 MARKER) is recognised and stopped.
 """
 
@@ -67,6 +68,7 @@ HOOK_MARK = "vfpick-test-harness-hook"
 # systemd-like environment for the daemons (the hooks inherit PATH from it).
 DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENV_MODE = "VFPICK_TEST_LIBVIRTD"     # "" (own daemon) | "reuse" | "skip"
+REQUIRE_ENV = "VFPICK_REQUIRE_LIBVIRTD"  # "1": no usable libvirtd is a failure, not a skip
 
 _BINARIES = ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64")
 
@@ -83,6 +85,23 @@ class Unavailable(Exception):
 
 def _which(name: str) -> Optional[str]:
     return shutil.which(name, path=DAEMON_PATH)
+
+
+def required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """pytest.skip(reason), or pytest.fail when the real libvirtd is required."""
+    try:
+        import pytest
+    except ImportError:  # pragma: no cover - the harness used outside pytest
+        raise HarnessError(reason)
+
+    if required():
+        pytest.fail("%s=1 and the real-libvirtd test cannot run: %s" % (REQUIRE_ENV, reason),
+                    pytrace=False)
+    pytest.skip(reason)
 
 
 def unavailable_reason() -> Optional[str]:
@@ -616,12 +635,8 @@ class LibvirtDaemon:
     def restart(self) -> None:
         """Stop and start libvirtd (virtlogd keeps running): it re-reads the hooks dir."""
         if self.reused:
-            try:
-                import pytest
-            except ImportError:  # pragma: no cover
-                raise HarnessError("cannot restart a reused libvirtd")
-            pytest.skip("%s=reuse: the harness cannot restart a libvirtd it did not start"
-                        % ENV_MODE)
+            skip_or_fail("%s=reuse: the harness cannot restart a libvirtd it did not start"
+                         % ENV_MODE)
         self.stop_libvirtd()
         self._start_libvirtd()
         self._write_marker()
@@ -1049,7 +1064,7 @@ def release_shared_daemon() -> None:
 
 def libvirtd_fixture(name: str = "libvirtd", scope: str = "session"):
     """A pytest fixture (default: session-scoped, named "libvirtd") yielding the shared
-    LibvirtDaemon; skips the test when libvirt cannot run here.  Several modules (or
+    LibvirtDaemon; skips the test when libvirt cannot run here (fails it when required()).  Several modules (or
     conftest + a test module) may define it: they share one daemon."""
     import pytest
 
@@ -1058,7 +1073,7 @@ def libvirtd_fixture(name: str = "libvirtd", scope: str = "session"):
         try:
             d = acquire_shared_daemon(tmp_path_factory.mktemp("libvirtd"))
         except Unavailable as exc:
-            pytest.skip(str(exc))
+            skip_or_fail(str(exc))
         try:
             yield d
         finally:

@@ -8,8 +8,8 @@ import sys
 import pytest
 from lxml import etree
 
-from clitools import (REPO, assert_user_error, claims_file, domain, example, hostdev_vfs,
-                      status_json, vfpick)
+from clitools import (REPO, VFPICK, assert_user_error, claims_file, cli_env, domain, example,
+                      hostdev_vfs, status_json, vfpick)
 
 NS = {"v": "http://vfpick.org/xmlns/libvirt/domain/1.0"}
 
@@ -133,18 +133,21 @@ def test_libvirt_network_passes_untouched(host):
     assert claims_file(host) is None or status_json(host)["claims"] == []
 
 
+# (input, what the one line must say): the reason, so a refusal for the wrong reason fails.
 HOSTILE = [
-    (b"<domain><name>x</name>", "malformed"),
-    (b"not xml at all", ""),
-    (b"", ""),
+    (b"<domain><name>x</name>", "malformed domain XML: no element found"),
+    (b"not xml at all", "malformed domain XML: syntax error, line 1"),
+    (b"", "domain XML is empty"),
     (b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>"
      b"<domain type='qemu'><name>&x;</name><devices><interface type='network'>"
-     b"<source network='fast'/></interface></devices></domain>", ""),
+     b"<source network='fast'/></interface></devices></domain>",
+     "must not contain a DOCTYPE or entity declaration"),
     (b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;"
      b"&a;&a;&a;'><!ENTITY c '&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;'><!ENTITY d '&c;&c;&c;&c;&c;&c;&c;&c;"
-     b"&c;&c;'>]><domain><name>&d;</name></domain>", ""),
-    (b"<network><name>x</name></network>", ""),
-    (b"<domain>" + b"<a>" * 5000 + b"</a>" * 5000 + b"</domain>", ""),
+     b"&c;&c;'>]><domain><name>&d;</name></domain>",
+     "must not contain a DOCTYPE or entity declaration"),
+    (b"<network><name>x</name></network>", "not a libvirt domain: the root element is <network>"),
+    (b"<domain>" + b"<a>" * 5000 + b"</a>" * 5000 + b"</domain>", "nested deeper than 64 elements"),
 ]
 
 
@@ -215,7 +218,7 @@ def test_parallel_resolves_never_double_a_vf(make_host):
     host = make_host("bench-1024")
     host.write_config()
     script = ("import subprocess, sys\n"
-              "procs = [subprocess.Popen([sys.executable, '-m', 'vfpick', 'resolve', '-'],"
+              "procs = [subprocess.Popen([%r, 'resolve', '-'],"
               " stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)"
               " for _ in range(%d)]\n"
               "for i, p in enumerate(procs):\n"
@@ -223,8 +226,8 @@ def test_parallel_resolves_never_double_a_vf(make_host):
               "print(sum(p.wait() != 0 for p in procs))\n")
     n = 24
     xml = domain("NAME", nics=2)
-    proc = subprocess.run([sys.executable, "-c", script % (n, xml)], capture_output=True,
-                          env=dict(os.environ, VFPICK_CONFIG=host.config_path, PYTHONPATH=REPO),
+    proc = subprocess.run([sys.executable, "-c", script % (VFPICK, n, xml)], capture_output=True,
+                          env=cli_env(host),
                           timeout=300)
     assert proc.stdout.strip() == b"0", proc.stderr
     claims = status_json(host)["claims"]

@@ -189,8 +189,7 @@ def test_hook_import_budget():
     code = ("import sys; before = set(sys.modules); import vfpick.domscan as d; "
             "d.scan(b'<domain/>'); d.scan_running('/nonexistent'); "
             "print(' '.join(sorted(set(sys.modules) - before)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     added = set(out.stdout.split())
     assert not added & {"lxml", "lxml.etree", "re", "typing", "dataclasses", "inspect", "xml.dom"}
 

@@ -93,8 +93,8 @@ class Env:
 @pytest.fixture
 def env(libvirtd, hook_recorder, make_host, tmp_path):
     if not libvirtd.hooks_live:
-        pytest.skip("the libvirtd in use found no hook at its start: hooks installed now are "
-                    "not called (see docs/libvirt-testing.md)")
+        lv.skip_or_fail("the libvirtd in use found no hook at its start: hooks installed now "
+                        "are not called (see docs/libvirt-testing.md)")
     host = make_host()
     host.run_dir = str(lv.RUN_DIR)          # the hook reads running domains here
     host.config_dir = str(lv.CONFIG_DIR)    # and checks the persistent definition here

@@ -20,6 +20,7 @@ from vfpick.netlink import LinkEvent
 from vfpick.records import Claim
 
 from fakenetlink import FakeNetlink
+from waiting import WAIT, wait_until
 
 VF_A, VF_B = "0000:3b:02.0", "0000:3b:02.1"
 PF0 = "0000:3b:00.0"
@@ -134,14 +135,12 @@ def test_start_pumps_both_sources_and_survives_a_broken_one():
         raise OSError("monitor gone")
 
     threads = hostevents.start(q.put, stop, logged.append, open_netlink=lambda: nl, udev=udev)
-    deadline = time.monotonic() + 5
-    while not nl._watchers and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: nl._watchers, "the link watch subscribed")
     nl.set_link("ens1f0", carrier=False)
-    got = [q.get(timeout=5), q.get(timeout=5)]
+    got = [q.get(timeout=WAIT), q.get(timeout=WAIT)]
     stop.set()
     for t in threads:
-        t.join(5)
+        t.join(WAIT)
         assert not t.is_alive()
     assert ("host", HostEvent("pci", "remove", VF_A, VF_A)) in got
     assert ("host", LinkEvent("new", "ens1f0", 1, False, "up")) in got
@@ -184,7 +183,6 @@ def _pump(q, watch):
 
 
 def test_real_rtnetlink_carrier_changes_warn_about_claims(netns, mon):
-    pytest.importorskip("pyroute2")
     stop, q = threading.Event(), queue.Queue()
     nl = netlink.open_netlink(netns)
     try:
@@ -194,7 +192,7 @@ def test_real_rtnetlink_carrier_changes_warn_about_claims(netns, mon):
         _ip("-n", netns, "link", "set", "ens1f0", "up")      # carrier up: quiet
         time.sleep(0.3)
         _ip("-n", netns, "link", "set", "peer0", "down")     # ens1f0 loses carrier
-        deadline, lines = time.monotonic() + 5, []
+        deadline, lines = time.monotonic() + WAIT, []
         while time.monotonic() < deadline and not any("link down" in x for x in lines):
             try:
                 lines += mon(q.get(timeout=0.2))
@@ -204,7 +202,7 @@ def test_real_rtnetlink_carrier_changes_warn_about_claims(netns, mon):
             "warning: link down on PF ens1f0 (%s, link ens1f0): 2 claimed VFs affected: %s "
             "(domain web1, running), %s (domain web1)" % (PF0, mon.claims[0].vf, mon.claims[1].vf)]
         _ip("-n", netns, "link", "set", "peer0", "up")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and not any("up again" in x for x in lines):
             try:
                 lines += mon(q.get(timeout=0.2))
@@ -218,11 +216,10 @@ def test_real_rtnetlink_carrier_changes_warn_about_claims(netns, mon):
 
 def test_real_kernel_uevents_for_net_devices():
     _need_root_ip()
-    pytest.importorskip("pyudev")
     stop = threading.Event()
     try:
         watch = hostevents.udev_events(stop, source="kernel", timeout=0.1)
-    except Exception as e:
+    except OSError as e:  # the kernel refuses a uevent socket here (a sandbox): nothing to test
         pytest.skip("no uevent monitor here: %s" % e)
     name = "vfpk%s" % uuidmod.uuid4().hex[:6]
     made = _ip("link", "add", name, "type", "veth", "peer", "name", name + "p", check=False)
@@ -230,7 +227,7 @@ def test_real_kernel_uevents_for_net_devices():
         pytest.skip("cannot create a veth pair: %s" % made.stderr.strip())
     _ip("link", "del", name, check=False)
     seen = []
-    timer = threading.Timer(5, stop.set)
+    timer = threading.Timer(WAIT, stop.set)
     timer.start()
     try:
         for event in watch:

@@ -17,13 +17,12 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clitools import REPO, assert_user_error, claims_file, domain, status_json, vfpick
+from clitools import HOOK, REPO, assert_user_error, claims_file, domain, status_json, vfpick
 from vfpick import cli, hook
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz"))
 import targets  # noqa: E402
 
-HOOK = os.path.join(REPO, "hooks", "qemu")
 NS = "http://vfpick.org/xmlns/libvirt/domain/1.0"
 OPS = [("prepare", "begin"), ("release", "end"), ("reconnect", "begin"), ("migrate", "begin"),
        ("restore", "begin")]

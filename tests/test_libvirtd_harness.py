@@ -6,7 +6,7 @@ Skipped when libvirt is not installed or we are not root (see libvirtd.unavailab
 """
 
 import os
-import time
+import shutil
 
 import pytest
 
@@ -26,9 +26,34 @@ HOOK_ENV_ALLOWED = {"LC_ALL", "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LD_P
                     "LD_LIBRARY_PATH"}
 
 
-def test_unavailable_reason_is_none_here_or_explains():
+def test_unavailable_reason_is_none_here_or_explains(monkeypatch):
+    monkeypatch.setenv(lv.ENV_MODE, "skip")
+    assert lv.unavailable_reason() == "VFPICK_TEST_LIBVIRTD=skip"
+    monkeypatch.delenv(lv.ENV_MODE)
     reason = lv.unavailable_reason()
-    assert reason is None or "libvirt" in reason or "root" in reason or "skip" in reason
+    # What the harness needs, checked here without its code: root, the four binaries, the
+    # qemu driver module, the libvirt-qemu user (scripts/setup makes them all).
+    if os.geteuid() != 0:
+        assert reason == "real libvirtd tests need root (system libvirtd, /etc/libvirt/hooks)"
+        return
+    missing = [b for b in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64")
+               if not shutil.which(b, path=lv.DAEMON_PATH)]
+    if missing:
+        assert reason.startswith("libvirt/qemu not installed (missing %s)" % ", ".join(missing))
+        return
+    assert reason is None or "run scripts/setup" in reason, reason
+    if lv.required():
+        assert reason is None, reason
+
+
+def test_required_turns_a_skip_into_a_failure(monkeypatch):
+    monkeypatch.setenv(lv.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="VFPICK_REQUIRE_LIBVIRTD=1 and the real-"
+                       "libvirtd test cannot run: no daemon"):
+        lv.skip_or_fail("no daemon")
+    monkeypatch.setenv(lv.REQUIRE_ENV, "0")
+    with pytest.raises(pytest.skip.Exception, match="^no daemon$"):
+        lv.skip_or_fail("no daemon")
 
 
 def test_daemon_answers_and_is_ours(libvirtd):
@@ -38,7 +63,6 @@ def test_daemon_answers_and_is_ours(libvirtd):
     if not libvirtd.reused:
         assert libvirtd.owns_libvirtd
         assert lv.find_processes("libvirtd") == [(libvirtd.libvirtd_pid, "libvirtd")]
-        assert libvirtd.start_seconds is not None and libvirtd.start_seconds < 60
         assert libvirtd.hooks_live  # the placeholder hook was there at daemon start
     assert lv.find_processes("virtlogd")
 
@@ -241,7 +265,7 @@ def test_restore_refused_by_hook(libvirtd, hook_recorder, tmp_path):
 
 def test_restart_reconnects_running_domain(libvirtd, hook_recorder):
     if libvirtd.reused:
-        pytest.skip("reused daemon cannot be restarted")
+        lv.skip_or_fail("reused daemon cannot be restarted")
     rec = hook_recorder()
     name = libvirtd.define(lv.domain_xml(libvirtd.unique_name("reconn")))
     libvirtd.virsh("start", name)
@@ -251,12 +275,11 @@ def test_restart_reconnects_running_domain(libvirtd, hook_recorder):
     calls = rec.calls(name)
     assert [c.opsub for c in calls] == [("reconnect", "begin")]
     assert calls[0].run_xml
-    assert libvirtd.stop_seconds is not None and libvirtd.stop_seconds < 30
 
 
 def test_hooks_added_after_a_hookless_start_need_a_restart(libvirtd, hook_recorder):
     if libvirtd.reused:
-        pytest.skip("reused daemon cannot be restarted")
+        lv.skip_or_fail("reused daemon cannot be restarted")
     # restart with no hook at all (the placeholder removed)
     libvirtd.remove_hook(lv.PLACEHOLDER_HOOK)
     try:
@@ -280,7 +303,7 @@ def test_hooks_added_after_a_hookless_start_need_a_restart(libvirtd, hook_record
 
 def test_start_needs_virtlogd(libvirtd, hook_recorder):
     if not libvirtd.owns_virtlogd:
-        pytest.skip("virtlogd was not started by the harness")
+        lv.skip_or_fail("virtlogd was not started by the harness")
     rec = hook_recorder()
     name = libvirtd.define(lv.domain_xml(libvirtd.unique_name("nolog")))
     libvirtd.stop_virtlogd()
@@ -332,8 +355,6 @@ def test_leftover_hooks_are_recognised(libvirtd, tmp_path):
 def test_domain_cleanup_is_complete(libvirtd):
     name = libvirtd.define(lv.domain_xml(libvirtd.unique_name("clean")))
     libvirtd.virsh("start", name)
-    t0 = time.monotonic()
     libvirtd.remove_domain(name)
-    assert time.monotonic() - t0 < 30
     assert name not in libvirtd.list_domains()
     assert not libvirtd.live_xml_path(name).exists()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from clitools import REPO, domain, vfpick
+from clitools import REPO, cli_env, domain, vfpick
 from vfpick.state import StateStore
 
 PKG = os.path.join(REPO, "vfpick")
@@ -26,7 +26,7 @@ def test_state_dir_0700_files_0600_owned_by_the_caller_whatever_the_umask(host, 
                            "sys.argv = ['vfpick', 'resolve', '-']; "
                            "runpy.run_module('vfpick', run_name='__main__')" % umask],
                           input=domain("perm", nics=1), capture_output=True, timeout=60,
-                          env=dict(os.environ, VFPICK_CONFIG=host.config_path, PYTHONPATH=REPO))
+                          env=cli_env(host))
     assert proc.returncode == 0, proc.stderr
     st_dir = os.stat(host.state_dir)
     assert stat.S_IMODE(st_dir.st_mode) == 0o700
@@ -116,7 +116,7 @@ def test_installed_hook_ignores_vfpick_config_and_pythonpath(make_host, tmp_path
 def test_installed_hook_text_bakes_absolute_paths(host, tmp_path):
     host.write_config()
     hooks_dir = str(tmp_path / "hooks")
-    rel = os.path.relpath(host.config_path)
+    rel = os.path.relpath(host.config_path, host.base)  # clitools.vfpick runs in host.base
     vfpick(host, "install-hook", "--hooks-dir", hooks_dir, "--config", rel, check=0)
     text = open(os.path.join(hooks_dir, "qemu.d", "vfpick")).read()
     first = text.splitlines()[0]

@@ -9,7 +9,6 @@ import time
 from vfpick.records import Claim
 from vfpick.state import StateStore
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each worker waits for a "go" file (so all 32 start contending at once), then per round adds
 # its own distinct claim and tries to take every shared VF first-come (get() then put()
@@ -38,8 +37,7 @@ print(json.dumps(won))
 
 
 def _spawn(code, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-c", code] + [str(a) for a in args], env=env,
+    return subprocess.Popen([sys.executable, "-c", code] + [str(a) for a in args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -10,14 +10,13 @@ import io
 import json
 import os
 
+import libvirt
 import pytest
 from lxml import etree
 
 from clitools import domain, hostdev_vfs
 from vfpick import cli, resolver, virt
 from vfpick.errors import DomainNotFound, LibvirtFailure, StateCorrupt, UnknownPool
-
-libvirt = pytest.importorskip("libvirt")
 
 URI = "test:///default"
 NS = {"vfpick": "http://vfpick.org/xmlns/libvirt/domain/1.0"}
