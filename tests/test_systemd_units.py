@@ -3,24 +3,21 @@
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from clitools import REPO, VFPICK
+
 UNITS = os.path.join(REPO, "etc", "systemd")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_units_verify(tmp_path):
     # ExecStart must name an executable that exists here: point it at this interpreter's vfpick.
-    vfpick = os.path.join(os.path.dirname(sys.executable), "vfpick")
-    if not os.path.exists(vfpick):
-        pytest.skip("no installed vfpick entry point beside %s" % sys.executable)
     paths = []
     for unit in sorted(os.listdir(UNITS)):  # one run: systemd-analyze takes seconds to start
         with open(os.path.join(UNITS, unit)) as f:
-            text = f.read().replace("/usr/local/bin/vfpick", vfpick)
+            text = f.read().replace("/usr/local/bin/vfpick", VFPICK)
         path = tmp_path / unit
         path.write_text(text)
         paths.append(str(path))
