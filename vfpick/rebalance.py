@@ -1,0 +1,286 @@
+"""PURE: the rebalance plan, and the distinctness-aware optimum it aims at.
+
+(topology, pools, claims, busy VFs, which domains may move) -> figures and NIC moves. No I/O:
+``vfpick.virt`` gathers the inputs from libvirt and the state, ``vfpick.moves`` applies them.
+
+The load of a link is its claims/speed (speed in Mb/s; unknown counts as the slowest known,
+as in the policy). Only up links count: a NIC on a down link is left where it is and out of
+the figures. The *optimum* is the lowest busiest-link load over every placement of the same
+domains that keeps each domain's NICs on distinct units (its ``distinct`` level): one NIC per
+unit, except that a unit holding k > 1 of the domain's NICs today (best effort, strict=no:
+there were not enough free units) may hold up to k. So a domain never ends on fewer units, nor
+with more NICs on one unit, than it has now. NUMA-required domains stay on their nodes,
+NUMA-preferred ones never move to a remote PF; no NIC moves onto an *avoid* (drained) PF. See
+vfpick/optimum.py for the exact search.
+
+The plan: if the busiest link is more than 5 % over the optimum, find the fewest NICs to move
+(only NICs of movable domains: defined and stopped; the rest are fixed load) so that no link
+exceeds max(1.05 x optimum, the best reachable with the fixed load) — a min-cost flow, exact
+in the number of NICs that change PF. ``max_moves`` caps that number: then the lowest busiest
+load reachable within it. Which VF on the target PF: the lowest free address.
+"""
+
+from collections import namedtuple
+from fractions import Fraction
+
+from vfpick import optimum, pci, policy
+
+SLACK = Fraction(21, 20)  # "within 5 % of the optimum"
+
+Rule = namedtuple("Rule", "distinct strict numa")
+Rule.__doc__ = """A domain's effective distinct/strict/numa for one pool (its overrides or the pool's)."""
+
+Domain = namedtuple("Domain", "uuid name movable rules numa_nodes")
+Domain.__doc__ = """What the planner knows of one domain with claims. movable: defined and
+stopped (libvirt says so, and none of its claims is active). rules: {pool: Rule}; a pool
+missing there uses the pool's own settings. numa_nodes: frozenset, or None (not placed)."""
+
+Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link")
+Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link)."""
+
+Figures = namedtuple("Figures", "load busiest optimum")
+Figures.__doc__ = """load: the busiest up link's claims/speed (Fraction, claims per Mb/s);
+busiest: that link's name (None when nothing is placed); optimum: the distinctness-aware
+optimum for the same population (Fraction), None when no placement keeps them apart."""
+
+Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes")
+Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
+Figures. reachable: the lowest busiest load moving only the movable domains. goal: the load
+the moves aim at (None: nothing to do). moves: tuple of Move, grouped by domain, in the order
+to apply them. skipped: domains whose moves could not be ordered (a cycle of full PFs).
+notes: one-line remarks for the user."""
+
+
+def over(figure, reference):
+    """*figure* over *reference* as a fraction (+0.05 = 5 % over); 0 when both are 0."""
+    if not reference:
+        return 0.0 if not figure else float("inf")
+    return float(figure / reference) - 1
+
+
+def _pool_of_pf(pools):
+    out = {}
+    for pool in pools.values():
+        for addr in pool.pfs:
+            out.setdefault(addr, pool.name)
+    return out
+
+
+def host_for(topology, pools):
+    """optimum.Host of the pools' PFs on up links."""
+    pf_link, pf_vfs, speed = {}, {}, {}
+    for pool in pools.values():
+        speeds = policy._speeds(topology, pool.pfs)
+        for addr in pool.pfs:
+            pf = topology.pfs.get(addr)
+            link = topology.link_of.get(addr)
+            if pf is None or link is None or not topology.links[link].up or addr in pf_link:
+                continue
+            pf_link[addr] = link
+            pf_vfs[addr] = sum(1 for vf in pf.vfs if vf in topology.vfs)
+            speed[link] = speeds[link]
+    return optimum.Host(pf_link, pf_vfs, speed)
+
+
+def _unit(topology, distinct, pf):
+    return policy.unit_of(topology, distinct, pf) if distinct != "none" else "*"
+
+
+def _pf_local(topology, pf, nodes):
+    node = topology.pfs[pf].numa_node
+    if node is None or node < 0:
+        return len(topology.node_cpus) <= 1
+    return node in nodes
+
+
+class _Population:
+    """The claims on the host's up links, grouped into demands (one per domain and pool)."""
+
+    def __init__(self, topology, pools, claims, busy, domains, avoid=frozenset()):
+        self.topology = topology
+        self.host = host_for(topology, pools)
+        pool_of_pf = _pool_of_pf(pools)
+        self.counts = {}      # {pf: claims + busy VFs} on the host
+        self.foreign = {}     # {pf: busy VFs nobody claimed}
+        self.claims_of = {}   # {(uuid, pool): [Claim on the host]}
+        outside = {}          # {uuid: [pf]} claims off the host (down link, other pool)
+        for vf, uuid in busy.items():
+            record = topology.vfs.get(vf)
+            if vf not in claims and record is not None and record.pf in self.host.pf_link:
+                self.foreign[record.pf] = self.foreign.get(record.pf, 0) + 1
+                self.counts[record.pf] = self.counts.get(record.pf, 0) + 1
+        for claim in claims.values():
+            if claim.pf in self.host.pf_link and pool_of_pf.get(claim.pf) == claim.pool:
+                self.claims_of.setdefault((claim.uuid, claim.pool), []).append(claim)
+                self.counts[claim.pf] = self.counts.get(claim.pf, 0) + 1
+            else:
+                outside.setdefault(claim.uuid, []).append(claim.pf)
+        self.demands, self.movable, self.names = {}, set(), {}
+        for (uuid, pool_name), held in sorted(self.claims_of.items()):
+            pool = pools[pool_name]
+            dom = domains.get(uuid)
+            rule = (dom.rules.get(pool_name) if dom else None) or Rule(pool.distinct, pool.strict, pool.numa)
+            nodes = dom.numa_nodes if dom else None
+            current = {}
+            for c in held:
+                current[c.pf] = current.get(c.pf, 0) + 1
+            # Units this domain uses elsewhere (another pool, a down link) stay its own.
+            elsewhere = {_unit(topology, rule.distinct, pf) for pf in outside.get(uuid, ())
+                         if pf in topology.link_of}
+            for (other_uuid, other_pool), other in self.claims_of.items():
+                if other_uuid == uuid and other_pool != pool_name:
+                    elsewhere.update(_unit(topology, rule.distinct, c.pf) for c in other)
+            units = {}
+            for pf in pool.pfs:
+                if pf not in self.host.pf_link:
+                    continue
+                unit = _unit(topology, rule.distinct, pf)
+                if pf not in current:
+                    if pf in avoid or (rule.distinct != "none" and unit in elsewhere):
+                        continue
+                    if rule.numa in ("required", "preferred") and nodes is not None \
+                            and not _pf_local(topology, pf, nodes):
+                        continue
+                units[pf] = unit
+            n = len(held)
+            share = {}  # a unit holding k > 1 NICs today may keep k; others take 1
+            for pf, count in current.items():
+                share[units[pf]] = share.get(units[pf], 0) + count
+            if rule.distinct == "none":
+                share = {"*": n}
+            key = (uuid, pool_name)
+            self.demands[key] = optimum.Demand(key, n, share, units, current)
+            self.names[uuid] = held[0].domain
+            if dom is not None and dom.movable:
+                self.movable.add(key)
+
+    def fixed(self, keys):
+        """{pf: NICs} of the foreign busy VFs and the demands *keys*."""
+        out = dict(self.foreign)
+        for key in keys:
+            for pf, n in self.demands[key].current.items():
+                out[pf] = out.get(pf, 0) + n
+        return out
+
+    def figures(self, counts):
+        load = optimum.max_load(self.host, counts)
+        per_link = optimum.link_fixed(self.host, counts)
+        busiest = max((link for link in per_link if per_link[link]),
+                      key=lambda link: (Fraction(per_link[link], self.host.speed[link]), link),
+                      default=None)
+        return load, busiest
+
+    def optimum(self):
+        load = self.figures(self.counts)[0]
+        return optimum.min_max_load(list(self.demands.values()), self.host, self.foreign,
+                                    upper=load)
+
+
+def figures(topology, pools, claims, busy, domains=None, avoid=frozenset()):
+    """Figures of the current placement (the benchmark's and the command's "before")."""
+    population = _Population(topology, pools, claims, busy, domains or {}, avoid)
+    load, busiest = population.figures(population.counts)
+    return Figures(load, busiest, population.optimum())
+
+
+def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, avoid=frozenset()):
+    """The moves that bring the busiest up link within *slack* of the optimum, fewest first.
+
+    claims: {vf: Claim}; busy: {vf: uuid} VFs running domains use; domains: {uuid: Domain}
+    (a uuid missing there is not movable); avoid: PF addresses no NIC may move to (drained).
+    Returns Plan."""
+    population = _Population(topology, pools, claims, busy, domains, avoid)
+    load, busiest = population.figures(population.counts)
+    before = Figures(load, busiest, population.optimum())
+    notes = []
+    movable = sorted(population.movable)
+    fixed = population.fixed(k for k in population.demands if k not in population.movable)
+    demands = [population.demands[k] for k in movable]
+    host = population.host
+
+    def done(goal=None, reachable=None, placement=None):
+        moves, skipped = _concretize(population, claims, busy, placement or {})
+        counts = dict(population.counts)
+        for m in moves:
+            counts[m.pf] -= 1
+            counts[m.to_pf] = counts.get(m.to_pf, 0) + 1
+        after = Figures(*population.figures(counts), before.optimum)
+        return Plan(before, after, before.optimum, reachable, goal, tuple(moves), skipped, notes)
+
+    if before.optimum is None:
+        notes.append("no placement keeps every domain's NICs apart; nothing to aim at")
+        return done()
+    if load <= before.optimum * slack:
+        notes.append("the busiest link is within %d %% of the optimum already" % round((slack - 1) * 100))
+        return done()
+    reachable = optimum.min_max_load(demands, host, fixed, upper=load)
+    if reachable is None or reachable >= load:
+        notes.append("only running (or unknown) domains could make it better: none of the "
+                     "defined, stopped domains can move to help")
+        return done(reachable=reachable)
+    goal = max(before.optimum * slack, reachable)
+    if goal > before.optimum * slack:
+        notes.append("running domains hold the busiest links: the best that moving stopped "
+                     "domains reaches is %+.0f %% over the optimum" % (over(reachable, before.optimum) * 100))
+    result = optimum.min_moves(demands, host, goal, fixed)
+    if max_moves is not None and result[0] > max_moves:
+        # Fewer moves reach less: the lowest load within the budget (monotone in the goal).
+        values = [v for v in optimum.candidates(host, fixed) if goal < v < load]
+        best = None
+        lo, hi = 0, len(values) - 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            got = optimum.min_moves(demands, host, values[mid], fixed)
+            if got is not None and got[0] <= max_moves:
+                best, hi = (values[mid], got), mid - 1
+            else:
+                lo = mid + 1
+        notes.append("--max-moves %d: %s" % (max_moves, "the goal needs %d NIC moves" % result[0]))
+        if best is None:
+            return done(reachable=reachable)
+        goal, result = best
+    return done(goal, reachable, result[1])
+
+
+def _concretize(population, claims, busy, placement):
+    """Moves per domain from a {key: {pf: NICs}} placement; VFs: lowest free address, VFs free
+    now before VFs another move frees. Returns (moves in apply order, skipped uuids)."""
+    topology = population.topology
+    taken = set(claims) | set(busy)
+    free = {pf: [vf for vf in topology.pfs[pf].vfs if vf in topology.vfs and vf not in taken]
+            for pf in population.host.pf_link}
+    vacated = {pf: [] for pf in free}
+    pending = {}  # uuid -> [(claim leaving, target pf)]
+    for key, target in sorted(placement.items()):
+        demand = population.demands[key]
+        if target == demand.current:
+            continue
+        held = sorted(population.claims_of[key], key=lambda c: (c.pf, pci.sort_key(c.vf)))
+        leaving, arriving = [], []
+        for pf in sorted(set(demand.current) | set(target)):
+            extra = demand.current.get(pf, 0) - target.get(pf, 0)
+            on_pf = [c for c in held if c.pf == pf]
+            if extra > 0:
+                leaving.extend(on_pf[-extra:])
+            elif extra < 0:
+                arriving.extend([pf] * -extra)
+        pending.setdefault(key[0], []).extend(zip(sorted(leaving, key=lambda c: c.mac), arriving))
+    moves = []
+    progress = True
+    while pending and progress:
+        progress = False
+        for uuid in sorted(pending, key=lambda u: (population.names.get(u, ""), u)):
+            wanted = {}
+            for _, pf in pending[uuid]:
+                wanted[pf] = wanted.get(pf, 0) + 1
+            if any(len(free[pf]) + len(vacated[pf]) < n for pf, n in wanted.items()):
+                continue
+            for claim, pf in pending.pop(uuid):
+                source = free[pf] if free[pf] else vacated[pf]
+                vf = source.pop(0)
+                moves.append(Move(uuid, claim.domain, claim.pool, claim.mac, claim.vf, claim.pf,
+                                  claim.link, vf, pf, population.host.pf_link[pf]))
+                vacated[claim.pf].append(claim.vf)
+                vacated[claim.pf].sort(key=pci.sort_key)
+            progress = True
+    return moves, tuple(sorted(pending))
