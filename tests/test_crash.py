@@ -49,12 +49,12 @@ def _parse_state(host):
         return []
     with open(path, "rb") as f:
         doc = json.loads(f.read().decode("utf-8"))
-    assert set(doc) == {"version", "claims"} and doc["version"] == 1
+    assert set(doc) == {"version", "generation", "claims"} and doc["version"] == 2
     vfs = [c["vf"] for c in doc["claims"]]
     assert len(vfs) == len(set(vfs)), "a VF is claimed twice: %s" % sorted(vfs)
     # And the store agrees (it refuses duplicates and bad schema on its own).
     assert len(StateStore(host.state_dir).snapshot().all()) == len(vfs)
-    return [Claim(**c) for c in doc["claims"]]
+    return [Claim(**{k: v for k, v in c.items() if k in Claim._fields[:8]}) for c in doc["claims"]]
 
 
 class Chain:

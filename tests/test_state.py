@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from vfpick.errors import StateCorrupt, StateError
-from vfpick.records import Claim
+from vfpick.records import Claim, VfSettings, Writer
 from vfpick.state import ClaimSet, StateStore
 
 
@@ -51,9 +51,54 @@ def test_round_trip_and_sorting(tmp_path):
     assert snap.for_uuid("u1") == [C, A]
     assert dict(snap.mapping()) == {A.vf: A, B.vf: B, C.vf: C}
     doc = json.loads(read_bytes(store))
-    assert doc["version"] == 1
-    assert [set(c) for c in doc["claims"]] == [set(Claim._fields)] * 3
+    assert doc["version"] == 2 and doc["generation"] == 1
+    assert [set(c) for c in doc["claims"]] == [set(Claim._fields) | {"gen"}] * 3
     assert doc["claims"][0]["active"] is False
+    assert doc["claims"][0]["pending"] is None and doc["claims"][0]["gen"] == 1
+
+
+def test_nested_records_round_trip_as_json_objects(tmp_path):
+    held = A._replace(pending=Writer("b00t", 42, 7), applied=VfSettings(True, None),
+                      restore=VfSettings(False, None))
+    store = store_with(tmp_path, held)
+    assert store.snapshot().get(A.vf) == held
+    row = json.loads(read_bytes(store))["claims"][0]
+    assert row["pending"] == {"boot": "b00t", "pid": 42, "start": 7}
+    assert row["applied"] == {"trust": True, "spoofchk": None}
+    assert row["restore"] == {"trust": False, "spoofchk": None}
+
+
+def test_generation_stamps_changed_claims_only(tmp_path):
+    store = store_with(tmp_path, A, B)                  # generation 1
+    with store.transaction() as cs:
+        assert cs.generation == 1 and cs.gen(A.vf) == cs.gen(B.vf) == 1
+        cs.put(A)                                       # same value: keeps its generation
+        cs.put(B._replace(active=True))
+        assert cs.gen(A.vf) == 1 and cs.gen(B.vf) == 2
+    snap = store.snapshot()
+    assert (snap.generation, snap.gen(A.vf), snap.gen(B.vf), snap.gen(C.vf)) == (2, 1, 2, None)
+    with store.transaction() as cs:
+        cs.drop(A.vf)
+    with store.transaction() as cs:
+        cs.put(A)                                       # the same claim, written again: new
+    assert store.snapshot().gen(A.vf) == 4
+    with store.transaction() as cs:
+        pass                                            # nothing written, nothing counted
+    assert store.snapshot().generation == 4
+
+
+def test_version_1_files_are_read_and_rewritten_as_version_2(tmp_path):
+    store = StateStore(str(tmp_path / "state"))
+    os.makedirs(store.state_dir)
+    with open(store.path, "wb") as f:
+        f.write(_doc(_good, dict(_good, vf=B.vf, uuid="u2")))
+    snap = store.snapshot()
+    assert snap.all() == [B._replace(domain="dom-u1"), A] and snap.generation == 0
+    assert snap.gen(A.vf) == 0
+    with store.transaction() as cs:
+        cs.put(C)
+    doc = json.loads(read_bytes(store))
+    assert doc["version"] == 2 and [c["gen"] for c in doc["claims"]] == [1, 0, 0]
 
 
 def test_put_replaces_drop_and_drop_uuid(tmp_path):
@@ -89,6 +134,10 @@ def test_snapshot_and_finished_transaction_are_read_only(tmp_path):
     claim("3b:02.1"),                 # not canonical
     claim("0000:3b:02.1", active=1),  # not a bool
     claim("0000:3b:02.1", mac=None),  # not a string
+    claim("0000:3b:02.1", pending=(1, 2, 3)),                  # not a Writer
+    claim("0000:3b:02.1", pending=Writer("b", 0, 1)),          # no such pid
+    claim("0000:3b:02.1", applied=VfSettings("on", None)),     # not a bool
+    claim("0000:3b:02.1", restore=VfSettings(1, None)),        # 1 is not a bool either
 ])
 def test_put_refuses_what_load_would_call_corrupt(tmp_path, bad):
     store = store_with(tmp_path, A)
@@ -110,6 +159,9 @@ _claims = st.lists(st.builds(
     Claim, vf=st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.integers(0, 0x1F),
                         st.integers(0, 7)).map(lambda t: "%04x:%02x:%02x.%d" % t),
     pf=_text, link=_text, pool=_text, domain=_text, uuid=_text, mac=_text, active=st.booleans(),
+    pending=st.none() | st.builds(Writer, _text, st.integers(1, 1 << 22), st.integers(0, 1 << 40)),
+    applied=st.none() | st.builds(VfSettings, st.sampled_from((True, False, None)),
+                                  st.sampled_from((True, False, None))),
 ), max_size=8, unique_by=lambda c: c.vf)
 
 
@@ -171,13 +223,18 @@ def test_nested_transaction_raises_instead_of_deadlocking(tmp_path):
 
 # --- corrupt files ---------------------------------------------------------------------------
 
-_good = {k: v for k, v in zip(Claim._fields, A)}
+_good = {k: v for k, v in zip(Claim._fields[:8], A)}  # a version-1 claim
+_good2 = dict(_good, gen=1, pending=None, applied=None, restore=None)
 
 
 def _doc(*claims, **top):
     doc = {"version": 1, "claims": list(claims)}
     doc.update(top)
     return json.dumps(doc).encode()
+
+
+def _doc2(*claims, **top):
+    return _doc(*claims, **dict({"version": 2, "generation": 1}, **top))
 
 
 @pytest.mark.parametrize("raw, why", [
@@ -187,10 +244,21 @@ def _doc(*claims, **top):
     (b"[" * 100000, "nested too deeply"),
     (b"[]", "not a JSON object"),
     (json.dumps([_good]).encode(), "not a JSON object"),
-    (_doc(_good, version=2), "unsupported version 2"),
+    (_doc(_good, version=3), "unsupported version 3"),
+    (_doc(_good, version=2), "top-level keys are claims, version, not claims, generation"),
+    (_doc2(_good), "missing keys applied, gen, pending, restore"),
+    (_doc(_good2), "unknown keys applied, gen, pending, restore"),
+    (_doc2(_good2, generation=-1), "'generation' is not a count"),
+    (_doc2(dict(_good2, gen=True)), "'gen' is not a count"),
+    (_doc2(dict(_good2, gen=2)), "'gen' 2 is past the file's generation 1"),
+    (_doc2(dict(_good2, pending={"pid": 3})), "'pending' is not an object of boot, pid, start"),
+    (_doc2(dict(_good2, pending={"boot": "b", "pid": 0, "start": 1})), "'pending' is not an object"),
+    (_doc2(dict(_good2, applied=[True, False])), "'applied' is not an object of trust, spoofchk"),
+    (_doc2(dict(_good2, restore={"trust": 1, "spoofchk": None})), "'restore' values are not true"),
+    (_doc2(_good2, dict(_good2, uuid="u9")), "VF 0000:3b:02.1 is claimed twice"),
     (_doc(_good, version="1"), "unsupported version '1'"),
     (_doc(_good, version=True), "unsupported version True"),
-    (b'{"claims": []}', "top-level keys"),
+    (b'{"claims": []}', "no 'version' key"),
     (_doc(_good, extra=1), "top-level keys"),
     (b'{"version": 1, "version": 1, "claims": []}', "duplicate key"),
     (_doc(claims={}), "'claims' is not a list"),

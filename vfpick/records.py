@@ -36,9 +36,25 @@ name}; card_of: {pf addr: card id}; node_cpus: {numa node: frozenset of cpus}.
 The mappings are read-only views.
 """
 
-Claim = namedtuple("Claim", "vf pf link pool domain uuid mac active")
+Claim = namedtuple("Claim", "vf pf link pool domain uuid mac active pending applied restore",
+                   defaults=(None, None, None))
 Claim.__doc__ = """One VF held by one domain. Keyed by vf; the domain by uuid
-(names change, UUIDs do not). active: the domain is running on it."""
+(names change, UUIDs do not). active: the domain is running on it.
+
+pending: the Writer of a define/repick that wrote the claim and has not yet heard libvirt's
+answer, else None (see docs/DESIGN.md, "Reconcile"). applied: VfSettings vfpick set on the VF
+at prepare, else None. restore: VfSettings to put back on the VF when the claim ends (a setting
+None: nothing to put back), else None. The claim's write generation is the store's business
+(ClaimSet.gen), not part of the record: two claims that say the same are equal.
+"""
+
+VfSettings = namedtuple("VfSettings", "trust spoofchk")
+VfSettings.__doc__ = """VF trust and spoofchk: True, False, or None (not set / not known)."""
+
+Writer = namedtuple("Writer", "boot pid start")
+Writer.__doc__ = """A process on this host: boot id (/proc/sys/kernel/random/boot_id), pid, and
+its start time in clock ticks after boot (/proc/PID/stat field 22), so a reused pid or a
+reboot never passes for the writer."""
 
 Nic = namedtuple("Nic", "mac keep_vf")
 Nic.__doc__ = """One NIC to place. keep_vf: the VF it already holds when that VF

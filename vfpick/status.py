@@ -4,6 +4,9 @@ import json
 
 from vfpick import pci
 
+# The claim keys of `status --json` (the contract); pending and VF settings are internal.
+CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active")
+
 
 def _counts(vfs, claims, busy):
     claimed = sum(1 for vf in vfs if vf in claims)
@@ -43,7 +46,7 @@ def status_report(config, topo, claims, busy, stale=frozenset()):
                           **_summed(links.values())))
     claim_rows = []
     for claim in sorted(claims.values(), key=lambda c: (c.domain, pci.sort_key(c.vf))):
-        row = claim._asdict()
+        row = {field: getattr(claim, field) for field in CLAIM_KEYS}
         row["present"] = claim.vf in topo.vfs
         link = topo.links.get(claim.link)
         row["link_up"] = link.up if link else None

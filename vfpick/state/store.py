@@ -15,14 +15,17 @@ import types
 
 from vfpick import pci
 from vfpick.errors import LockTimeout, StateCorrupt, StateError
-from vfpick.records import Claim
+from vfpick.records import Claim, VfSettings, Writer
 
 STATE = "claims.json"
 LOCK = "claims.lock"
 # One fixed temp name is safe: it is only written under the exclusive lock, and a
 # crash leftover is simply replaced on the next write instead of piling up.
 TEMP = STATE + ".tmp"
-VERSION = 1
+VERSION = 2
+# Version 1 had no "generation" and claims without gen/pending/applied/restore: still read.
+_V1_FIELDS = Claim._fields[:8]
+_FIELDS = Claim._fields + ("gen",)
 DEFAULT_LOCK_TIMEOUT = 30.0
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -38,9 +41,17 @@ def _why(exc):
 class ClaimSet:
     """The claims, keyed by VF address. Writable only inside its transaction."""
 
-    def __init__(self, claims, writable):
+    def __init__(self, claims, writable, generation=0, gens=None):
         self._claims = claims
         self._writable = writable
+        # generation: the file's, as read. gens: {vf: generation that last changed the claim};
+        # put stamps a changed claim with generation + 1, the file's generation once written.
+        self.generation = generation
+        self._gens = {} if gens is None else gens
+
+    def gen(self, vf):
+        """The generation that last changed the claim of *vf* (0: before version 2), or None."""
+        return self._gens.get(vf) if vf in self._claims else None
 
     def get(self, vf):
         return self._claims.get(vf)
@@ -61,10 +72,14 @@ class ClaimSet:
         problem = _claim_problem(claim)
         if problem:
             raise ValueError("bad claim %r: %s" % (claim, problem))
+        if self._claims.get(claim.vf) == claim:
+            return  # unchanged: keeps its generation
         self._claims[claim.vf] = claim
+        self._gens[claim.vf] = self.generation + 1
 
     def drop(self, vf):
         self._check_writable()
+        self._gens.pop(vf, None)
         return self._claims.pop(vf, None)
 
     def drop_uuid(self, uuid):
@@ -72,6 +87,7 @@ class ClaimSet:
         dropped = self.for_uuid(uuid)
         for claim in dropped:
             del self._claims[claim.vf]
+            self._gens.pop(claim.vf, None)
         return dropped
 
     def _check_writable(self):
@@ -80,8 +96,22 @@ class ClaimSet:
             raise RuntimeError("claims are read-only outside their transaction")
 
 
-_STRING_FIELDS = tuple(f for f in Claim._fields if f != "active")
-assert Claim._fields[-1] == "active"  # zip() above pairs the leading fields with the strings
+_STRING_FIELDS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac")
+assert Claim._fields[:8] == _STRING_FIELDS + ("active",)  # zip() below relies on the order
+
+
+def _is_int(value, least):
+    return type(value) is int and value >= least  # bool is an int: not a count
+
+
+def _settings_problem(name, value):
+    if value is None:
+        return None
+    if not isinstance(value, VfSettings):
+        return "'%s' is not an object of trust, spoofchk" % name
+    if any(v is not None and type(v) is not bool for v in value):
+        return "'%s' values are not true, false or null" % name
+    return None
 
 
 def _claim_problem(claim):
@@ -94,7 +124,45 @@ def _claim_problem(claim):
             return "'%s' is not a string" % field
     if not pci.is_canonical(claim.vf):
         return "'vf' %r is not a canonical PCI address" % claim.vf
-    return None
+    pending = claim.pending
+    if pending is not None and not (isinstance(pending, Writer) and isinstance(pending.boot, str)
+                                    and _is_int(pending.pid, 1) and _is_int(pending.start, 0)):
+        return "'pending' is not an object of boot (string), pid, start (counts)"
+    return _settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
+
+
+def _record(make, value, name, n):
+    """The namedtuple *make* from a JSON object with exactly its fields; null stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(make._fields):
+        raise ValueError("claim %d: '%s' is not an object of %s" % (n, name, ", ".join(make._fields)))
+    return make(**value)
+
+
+def _from_json(entry, n, fields):
+    if set(entry) != set(fields):
+        raise ValueError("claim %d: missing keys %s; unknown keys %s" % (
+            n, ", ".join(sorted(set(fields) - set(entry))) or "none",
+            ", ".join(sorted(set(entry) - set(fields))) or "none"))
+    if fields is _V1_FIELDS:
+        return Claim(**entry), 0
+    gen = entry.pop("gen")
+    if not _is_int(gen, 0):
+        raise ValueError("claim %d: 'gen' is not a count" % n)
+    entry.update(pending=_record(Writer, entry["pending"], "pending", n),
+                 applied=_record(VfSettings, entry["applied"], "applied", n),
+                 restore=_record(VfSettings, entry["restore"], "restore", n))
+    return Claim(**entry), gen
+
+
+def _to_json(claim, gen):
+    row = dict(zip(Claim._fields, claim))
+    for name in ("pending", "applied", "restore"):
+        if row[name] is not None:
+            row[name] = row[name]._asdict()  # a namedtuple would be written as a list
+    row["gen"] = gen
+    return row
 
 
 def _no_duplicate_keys(pairs):
@@ -111,7 +179,8 @@ def _no_constant(name):
 
 
 def _parse(raw):
-    """{vf: Claim} from the file's bytes; ValueError saying why it is not a state file."""
+    """({vf: Claim}, generation, {vf: gen}) from the file's bytes; ValueError saying why it is not a
+    state file."""
     try:
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
                          parse_constant=_no_constant)
@@ -119,37 +188,45 @@ def _parse(raw):
         raise ValueError("nested too deeply")
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
-    if set(doc) != {"version", "claims"}:
-        raise ValueError("top-level keys are %s, not claims, version" % ", ".join(sorted(doc)))
+    if "version" not in doc:
+        raise ValueError("no 'version' key")
     version = doc["version"]
-    if type(version) is not int or version != VERSION:  # bool is an int: True == 1
+    if type(version) is not int or version not in (1, VERSION):  # bool is an int: True == 1
         raise ValueError("unsupported version %r" % (version,))
+    keys = {"version", "claims"} if version == 1 else {"version", "generation", "claims"}
+    if set(doc) != keys:
+        raise ValueError("top-level keys are %s, not %s" % (", ".join(sorted(doc)),
+                                                            ", ".join(sorted(keys))))
+    generation = doc.get("generation", 0)
+    if not _is_int(generation, 0):
+        raise ValueError("'generation' is not a count")
     if not isinstance(doc["claims"], list):
         raise ValueError("'claims' is not a list")
-    claims = {}
+    fields = _V1_FIELDS if version == 1 else _FIELDS
+    claims, gens = {}, {}
     for n, entry in enumerate(doc["claims"]):
         if not isinstance(entry, dict):
             raise ValueError("claim %d is not an object" % n)
-        if set(entry) != set(Claim._fields):
-            raise ValueError("claim %d: missing keys %s; unknown keys %s" % (
-                n, ", ".join(sorted(set(Claim._fields) - set(entry))) or "none",
-                ", ".join(sorted(set(entry) - set(Claim._fields))) or "none"))
-        claim = Claim(**entry)
+        claim, gen = _from_json(dict(entry), n, fields)
         problem = _claim_problem(claim)
         if problem:
             raise ValueError("claim %d: %s" % (n, problem))
+        if gen > generation:
+            raise ValueError("claim %d: 'gen' %d is past the file's generation %d"
+                             % (n, gen, generation))
         if claim.vf in claims:
             raise ValueError("VF %s is claimed twice" % claim.vf)
         claims[claim.vf] = claim
-    return claims
+        gens[claim.vf] = gen
+    return claims, generation, gens
 
 
 def _serialize(claimset):
     # One claim per line: readable and diffable.
-    rows = [json.dumps(dict(zip(Claim._fields, c))) for c in claimset.all()]
+    rows = [json.dumps(_to_json(c, claimset.gen(c.vf))) for c in claimset.all()]
     body = ",\n  ".join(rows)
-    text = '{\n "version": %d,\n "claims": [%s%s%s]\n}\n' % (
-        VERSION, "\n  " if rows else "", body, "\n " if rows else "")
+    text = '{\n "version": %d,\n "generation": %d,\n "claims": [%s%s%s]\n}\n' % (
+        VERSION, claimset.generation + 1, "\n  " if rows else "", body, "\n " if rows else "")
     return text.encode("utf-8")
 
 
@@ -234,7 +311,8 @@ class StateStore:
         lfd = None
         try:
             lfd = self._lock(dfd, fcntl.LOCK_SH)
-            return ClaimSet(self._load(dfd), writable=False)
+            claims, generation, gens = self._load(dfd)
+            return ClaimSet(claims, False, generation, gens)
         finally:
             self._release(dfd, lfd)
 
@@ -344,7 +422,7 @@ class StateStore:
         # O_NONBLOCK: a FIFO planted as the state file must not hang the hook.
         fd = self._open_at(dfd, STATE, os.O_RDONLY | os.O_NONBLOCK, "state file")
         if fd is None:
-            return {}
+            return {}, 0, {}
         try:
             with open(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -408,12 +486,12 @@ class _Transaction:
         try:
             self._lfd = store._lock(self._dfd, fcntl.LOCK_EX)
             # Load before yielding: a corrupt file raises here, so it can never be overwritten.
-            claims = store._load(self._dfd)
+            claims, generation, gens = store._load(self._dfd)
         except BaseException:
             store._release(self._dfd, self._lfd)
             raise
         self._before = dict(claims)
-        self._claims = ClaimSet(claims, writable=True)
+        self._claims = ClaimSet(claims, True, generation, gens)
         return self._claims
 
     def __exit__(self, exc_type, exc, tb):
