@@ -62,7 +62,9 @@ OPTIMUM_EVERY = 15   # churn steps between distinctness-aware checkpoints (a max
 
 
 def _vfpick():
-    if REPO not in sys.path:
+    # Run as a script from the checkout, measure the checkout; imported by the tests, the
+    # vfpick they already imported (the installed package).
+    if "vfpick" not in sys.modules and REPO not in sys.path:
         sys.path.insert(0, REPO)
     from vfpick import policy, records, simhost, topology
     from vfpick.errors import DistinctImpossible, PoolExhausted

@@ -4,15 +4,28 @@ Not timing: these pin placement quality (spread against the distinctness-aware o
 what rebalance reaches, on the benchmark's own simulated hosts.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
-from bench import quality
+import vfpick  # noqa: F401  the installed package: bench/quality.py uses it once imported
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUALITY = os.path.join(REPO, "bench", "quality.py")
+
+
+def _load_quality():
+    # bench/ is a script directory, not an installed package: load the file by its path.
+    spec = importlib.util.spec_from_file_location("vfpick_bench_quality", QUALITY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+quality = _load_quality()
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +63,13 @@ def test_churn_and_rebalance_figures_are_deterministic(topologies):
 
 
 def test_figures_do_not_depend_on_hash_seed():
-    code = ("import sys, tempfile; sys.path.insert(0, %r); from bench import quality; "
+    code = ("import importlib.util, tempfile, vfpick; "
+            "spec = importlib.util.spec_from_file_location('q', %r); "
+            "quality = importlib.util.module_from_spec(spec); spec.loader.exec_module(quality); "
             "t = quality.load_topologies(tempfile.mkdtemp())[2][2]; "
             "print(quality.arrivals_only(t, 'spread', 3000)[0][-5:], "
-            "quality.churn(t, 'random', 1000, 200, optimum_every=25)[-1])" % REPO)
+            "quality.churn(t, 'random', 1000, 200, optimum_every=25)[-1], vfpick.__file__)" % QUALITY)
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=dict(os.environ, PYTHONHASHSEED=str(h))).stdout for h in (1, 2)}
     assert len(outs) == 1
+    assert "site-packages" in outs.pop()  # the installed package, not the checkout
