@@ -88,6 +88,21 @@ def pf_address(sysfs_root, name):
     return addr
 
 
+def _derived_link_clash(sysfs_root, name):
+    """The PF whose own link would be called *name*, or None.
+
+    Derived link names are a PF's uplink netdev, or several joined by '+' (which section
+    names cannot contain), so only a PF's uplink name can collide.
+    """
+    addr = pf_address(sysfs_root, name)
+    if addr is None:
+        return None
+    from vfpick import topology
+
+    ups, _ = topology.uplinks(os.path.join(sysfs_root, "bus", "pci", "devices", addr))
+    return addr if ups and ups[0] == name else None
+
+
 class _Where:
     """Builds 'FILE: [SECTION] KEY: ...' messages."""
 
@@ -230,6 +245,10 @@ def parse(text, path="<config>"):
                 raise where.error(section, key, "unknown key (known: pfs)")
         if "pfs" not in items:
             raise where.error(section, "pfs", "missing: list the PFs that share this link")
+        clash = _derived_link_clash(sysfs_root, name)
+        if clash:
+            raise where.error(section, None, "link name %r is the uplink of PF %s, which vfpick "
+                              "already uses as a link name; choose another name" % (name, clash))
         addrs = _pf_list(where, section, "pfs", items["pfs"], sysfs_root)
         for addr in addrs:
             if addr in linked:

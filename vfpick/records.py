@@ -10,7 +10,8 @@ from collections import namedtuple
 PF = namedtuple(
     "PF",
     "addr netdev driver vendor device numa_node total_vfs num_vfs vfs "
-    "carrier operstate speed phys_port_id phys_switch_id phys_port_name",
+    "carrier operstate speed phys_port_id phys_switch_id phys_port_name ports representors",
+    defaults=(1, 0),
 )
 PF.__doc__ = """A physical function.
 
@@ -18,15 +19,21 @@ addr: canonical PCI address. netdev: interface name or None (no ``net/``).
 numa_node: int, -1 when the kernel does not know. vfs: VF addresses ordered by
 VF index. carrier: True/False, None when unreadable. speed: Mb/s, None when -1
 or unreadable. phys_*: strings, None when absent or unreadable.
+netdev is the uplink: never a switchdev representor that shares the PF's ``net/``.
+ports: uplink netdevs of the function (2 on mlx4-style multi-port functions, where
+vfpick cannot tell which port a VF uses). representors: netdevs in ``net/`` that are
+VF/SF representors (switchdev mode).
 """
 
 VF = namedtuple("VF", "addr pf index numa_node driver netdev")
 VF.__doc__ = """A virtual function. index: N of the PF's ``virtfnN``.
 driver: bound driver name or None. netdev: None when bound to vfio-pci."""
 
-Link = namedtuple("Link", "name pfs up speed")
+Link = namedtuple("Link", "name pfs up speed basis evidence", defaults=(None, None))
 Link.__doc__ = """One physical link (cable). pfs: PF addresses sharing it (NPAR
-partitions, or a ``[link]`` section). speed: Mb/s or None when unknown."""
+partitions, or a ``[link]`` section). speed: Mb/s or None when unknown.
+basis: how its identity was derived: phys_port_id | phys_port_name | link_section | pf.
+evidence: the value that decided it (the port id, ``CARD port NAME``, the section, the PF)."""
 
 Topology = namedtuple("Topology", "pfs vfs links link_of card_of node_cpus")
 Topology.__doc__ = """What sysfs says about the host's SR-IOV devices.

@@ -19,11 +19,29 @@ A spec is plain data (JSON-compatible):
 
 Per PF: ``port`` groups NPAR partitions (same port -> same phys_port_id); ``port_id: false``
 models drivers without phys_port_id; ``speed: null`` or a down carrier writes -1; ``vfio`` lists
-VF indexes bound to vfio-pci (no ``net/``); ``numa`` overrides the card's node (-1 allowed).
+VF indexes bound to vfio-pci (no ``net/``); ``numa`` overrides the card's node (-1 allowed);
+``split`` makes the devlink port name ``p<port>s<split>``; ``ports`` lists more netdevs of the
+same function (mlx4-style multi-port: ``dev_port`` 1, 2, .., each its own phys_port_id).
+
+Per card, what the driver exposes (see docs/hardware.md and vfpick/simnics.py for the drivers):
+``port_name``: ``"port"`` writes the devlink name ``p<port>`` (bnxt_en: the physical port),
+``"function"`` writes ``p<function>`` (mlx5, ice: the port number is the PCI function), null
+writes none (default: ``"port"`` when ``switch_id`` is set, for older specs);
+``eswitch: "switchdev"`` adds one VF representor per VF in the PF's ``net/``, named by
+``rep_name`` (a format with {netdev} {pf} {vf}; default ``{netdev}_{vf}``), whose
+phys_port_name is ``pf<function>vf<N>`` (``c<K>pf..`` with ``rep_controller``);
+``vf_device``: the VFs' PCI device id. Per PF, ``total_vfs`` overrides sriov_totalvfs
+(default: at least 64).
+
+Top level ``iommu``: absent or ``"off"`` writes no ``kernel/iommu_groups`` (IOMMU disabled),
+``"on"`` puts every function in a group of its own (ACS everywhere), ``"shared"`` puts all
+functions of a card, PFs and VFs, in one group (no ACS below the card's port).
 """
 
 import json
 import os
+
+from vfpick import simnics
 
 _DEFAULTS_CARD = {
     "numa": 0,
@@ -32,8 +50,13 @@ _DEFAULTS_CARD = {
     "vendor": "0x8086",
     "device": "0x158b",
     "switch_id": None,
+    "eswitch": "legacy",
+    "rep_name": "{netdev}_{vf}",
+    "rep_controller": None,
+    "vf_device": None,
 }
-_DEFAULTS_PF = {"vfs": 8, "speed": 25000, "carrier": True, "port_id": True, "vfio": ()}
+_DEFAULTS_PF = {"vfs": 8, "speed": 25000, "carrier": True, "port_id": True, "vfio": (),
+                "split": None, "ports": ()}
 
 PRESETS = {
     # Two dual-port 25G cards on two NUMA nodes: the demo host.
@@ -46,7 +69,8 @@ PRESETS = {
                 {"netdev": "ens2f0", "port": 0}, {"netdev": "ens2f1", "port": 1}]},
         ],
     },
-    # One card, two ports each split in two NPAR partitions (functions 0,2 on port 0; 1,3 on 1).
+    # One card, two ports each split in two NPAR partitions (functions 0,2 on port 0; 1,3 on 1),
+    # partitions of a port sharing phys_port_id as i40e's do (upstream qede has none: qede-npar).
     "npar": {
         "nodes": {"0": "0-7"},
         "cards": [
@@ -84,6 +108,9 @@ PRESETS = {
         ],
     },
 }
+
+
+PRESETS.update(simnics.PRESETS)
 
 
 def bench_spec(cards=4, pfs_per_card=2, vfs_per_pf=128, nodes=2):
@@ -152,6 +179,20 @@ class _Writer:
         _symlink("../../../devices/" + rel, self.p("bus", "pci", "devices", addr))
         return rel
 
+    def iommu_groups(self, mode, functions):
+        if mode == "off":
+            return
+        groups = {}
+        for n, (card_no, rel) in enumerate(functions):
+            groups.setdefault(card_no if mode == "shared" else n, []).append(rel)
+        for group, members in enumerate(groups.values()):
+            gdir = self.p("kernel", "iommu_groups", str(group))
+            for rel in members:
+                dev = self.p("devices", rel)
+                _symlink(os.path.relpath(dev, os.path.join(gdir, "devices")),
+                         os.path.join(gdir, "devices", os.path.basename(rel)))
+                _symlink(os.path.relpath(gdir, dev), os.path.join(dev, "iommu_group"))
+
     def netdev(self, dev_rel, ifname, attrs):
         nd = self.p("devices", dev_rel, "net", ifname)
         os.makedirs(nd, exist_ok=True)
@@ -160,6 +201,18 @@ class _Writer:
                 _write(os.path.join(nd, key), value)
         _symlink("../../../" + os.path.basename(dev_rel), os.path.join(nd, "device"))
         _symlink("../../devices/" + dev_rel + "/net/" + ifname, self.p("class", "net", ifname))
+
+
+def _port_name(card, pf, fn):
+    style = card.get("port_name", "port" if card["switch_id"] else None)
+    if style is None:
+        return None
+    number = pf["port"] if style == "port" else fn
+    return "p%d" % number + ("s%d" % pf["split"] if pf["split"] is not None else "")
+
+
+def _port_id(domain, bus, port):
+    return "%02x%02x%04x%02x" % (domain & 0xFF, bus, 0x1E00, port)
 
 
 def build(root, spec):
@@ -175,6 +228,7 @@ def build(root, spec):
         _write(os.path.join(nd, "cpulist"), cpus)
     os.makedirs(w.p("class", "net"), exist_ok=True)
     os.makedirs(w.p("bus", "pci", "devices"), exist_ok=True)
+    functions = []  # (card number, devices/ relative path)
     for card_no, card_in in enumerate(spec["cards"]):
         card = dict(_DEFAULTS_CARD, **card_in)
         bus = int(str(card.get("bus", "%02x" % (0x10 + card_no * 0x20))), 16)
@@ -182,43 +236,50 @@ def build(root, spec):
         bridge = "%04x:%02x:00.0" % (domain, bus - 1)
         parent = os.path.join("pci%04x:%02x" % (domain, bus - 1), bridge)
         os.makedirs(w.p("devices", parent), exist_ok=True)
+        switchdev = card["eswitch"] == "switchdev"
+        switch_id = card["switch_id"]
         vf_seq = 0
         for fn, pf_in in enumerate(card["pfs"]):
             pf = dict(_DEFAULTS_PF, **pf_in)
             numa = pf.get("numa", card["numa"])
             addr = "%04x:%02x:00.%d" % (domain, bus, fn)
             rel = w.device(parent, addr, card["vendor"], card["device"], numa, card["driver"])
+            functions.append((card_no, rel))
             d = w.p("devices", rel)
-            _write(os.path.join(d, "sriov_totalvfs"), str(max(pf["vfs"], 64)))
+            _write(os.path.join(d, "sriov_totalvfs"), str(pf.get("total_vfs") or max(pf["vfs"], 64)))
             _write(os.path.join(d, "sriov_numvfs"), str(pf["vfs"]))
             up = bool(pf["carrier"])
             speed = pf["speed"] if up and pf["speed"] is not None else -1
-            port_id = None
-            if pf["port_id"]:
-                port_id = "%02x%02x%04x%02x" % (domain & 0xFF, bus, 0x1E00, pf["port"])
-            w.netdev(rel, pf["netdev"], {
-                "carrier": "1" if up else "0",
-                "operstate": "up" if up else "down",
-                "speed": str(speed),
-                "phys_port_id": port_id,
-                "phys_switch_id": card["switch_id"],
-                "phys_port_name": "p%d" % pf["port"] if card["switch_id"] else None,
-                "address": "3c:fd:fe:%02x:%02x:%02x" % (bus, fn, card_no),
-            })
+            link = {"carrier": "1" if up else "0", "operstate": "up" if up else "down"}
+            for dev_port, ifname in enumerate([pf["netdev"]] + list(pf["ports"])):
+                port = pf["port"] + dev_port
+                w.netdev(rel, ifname, dict(
+                    link, speed=str(speed), dev_port=str(dev_port),
+                    phys_port_id=_port_id(domain, bus, port) if pf["port_id"] else None,
+                    phys_switch_id=switch_id,
+                    phys_port_name=_port_name(card, pf, fn),
+                    address="3c:fd:fe:%02x:%02x:%02x" % (bus, fn * 4 + dev_port, card_no)))
             vfio = set(pf["vfio"])
             for index in range(pf["vfs"]):
                 vf_bus = bus + 1 + vf_seq // 256
                 vf_addr = "%04x:%02x:%02x.%d" % (domain, vf_bus, (vf_seq % 256) // 8, vf_seq % 8)
                 vf_seq += 1
                 vf_driver = "vfio-pci" if index in vfio else card["vf_driver"]
-                vf_rel = w.device(parent, vf_addr, card["vendor"], card["device"], numa, vf_driver)
+                vf_rel = w.device(parent, vf_addr, card["vendor"], card["vf_device"] or card["device"],
+                                  numa, vf_driver)
+                functions.append((card_no, vf_rel))
                 _symlink("../" + vf_addr, os.path.join(w.p("devices", rel), "virtfn%d" % index))
                 _symlink("../" + addr, os.path.join(w.p("devices", vf_rel), "physfn"))
                 if index not in vfio:
-                    w.netdev(vf_rel, "%sv%d" % (pf["netdev"], index), {
-                        "carrier": "1" if up else "0",
-                        "operstate": "up" if up else "down",
-                    })
+                    w.netdev(vf_rel, "%sv%d" % (pf["netdev"], index), dict(link, dev_port="0"))
+                if switchdev:
+                    controller = card["rep_controller"]
+                    w.netdev(rel, card["rep_name"].format(netdev=pf["netdev"], pf=fn, vf=index), dict(
+                        carrier="1", operstate="up", speed="-1", dev_port="0",
+                        phys_switch_id=switch_id,
+                        phys_port_name=("c%d" % controller if controller is not None else "")
+                        + "pf%dvf%d" % (fn, index)))
+    w.iommu_groups(spec.get("iommu", "off"), functions)
     return w.sys
 
 

@@ -43,6 +43,79 @@ def _netdevs(dev_dir):
         return []
 
 
+_DIGITS = frozenset("0123456789")
+
+
+def _number(text):
+    """(leading decimal digits, rest); no ``re``: the hook imports this module."""
+    i = 0
+    while i < len(text) and text[i] in _DIGITS:
+        i += 1
+    return text[:i], text[i:]
+
+
+def is_physical_port_name(name):
+    """True for a devlink physical port name: ``p<N>``, or ``p<N>s<M>`` for a split port."""
+    if not name or name[0] != "p":
+        return False
+    port, rest = _number(name[1:])
+    if not port:
+        return False
+    if not rest:
+        return True
+    sub, tail = _number(rest[1:])
+    return rest[0] == "s" and bool(sub) and not tail
+
+
+def is_representor_name(name):
+    """True for a switchdev representor's phys_port_name.
+
+    devlink names them ``pf<N>vf<M>``, ``pf<N>sf<M>``, ``pf<N>`` (a host PF seen from a
+    SmartNIC), each with a ``c<K>`` prefix for an external controller; ice before devlink
+    ports said ``pf<N>vfr<M>``.
+    """
+    if not name:
+        return False
+    if name[0] == "c":
+        controller, name = _number(name[1:])
+        if not controller:
+            return False
+    if not name.startswith("pf"):
+        return False
+    pf, rest = _number(name[2:])
+    if not pf:
+        return False
+    if not rest:
+        return True
+    for tag in ("vfr", "vf", "sf"):
+        if rest.startswith(tag):
+            number, tail = _number(rest[len(tag):])
+            return bool(number) and not tail
+    return False
+
+
+def uplinks(dev_dir):
+    """(uplink netdevs, representor count) of a PF's ``net/``.
+
+    In switchdev mode the PF's ``net/`` also holds its VF/SF representors: they are told
+    apart by phys_port_name, never by how names sort. Uplinks with a devlink physical port
+    name come first; more than one uplink left means a multi-port function (mlx4), ordered
+    by dev_port.
+    """
+    names = _netdevs(dev_dir)
+    if not names:
+        return [], 0
+    port_name = {n: _read(os.path.join(dev_dir, "net", n, "phys_port_name")) for n in names}
+    ups = [n for n in names if not is_representor_name(port_name[n])]
+    representors = len(names) - len(ups)
+    if len(ups) > 1:
+        physical = [n for n in ups if is_physical_port_name(port_name[n])]
+        ups = physical or ups
+    if len(ups) > 1:
+        ups.sort(key=lambda n: (_read_int(os.path.join(dev_dir, "net", n, "dev_port")) or 0, n))
+    return ups, representors
+
+
 def is_pf(sysfs_root, addr):
     return os.path.exists(os.path.join(sysfs_root, "bus", "pci", "devices", addr, "sriov_totalvfs"))
 
@@ -103,8 +176,8 @@ def read_pf(sysfs_root, addr, with_vfs=True, vf_details=True):
             if vf_addr:
                 virtfns.append((int(entry[6:]), vf_addr))
     virtfns.sort()
-    netdevs = _netdevs(dev)
-    netdev = netdevs[0] if netdevs else None
+    ups, representors = uplinks(dev)
+    netdev = ups[0] if ups else None
     net = os.path.join(dev, "net", netdev) if netdev else None
 
     def net_attr(name):
@@ -127,6 +200,8 @@ def read_pf(sysfs_root, addr, with_vfs=True, vf_details=True):
         phys_port_id=net_attr("phys_port_id") or None,
         phys_switch_id=net_attr("phys_switch_id") or None,
         phys_port_name=net_attr("phys_port_name") or None,
+        ports=max(1, len(ups)),
+        representors=representors,
     )
     vfs = ()
     if with_vfs:
@@ -176,12 +251,29 @@ def _pf_label(pf):
     return pf.netdev or pf.addr
 
 
+def link_identity(pf, card, section=None):
+    """(key, basis, evidence) of the link *pf* sits on; PFs with equal keys share a link.
+
+    A ``[link]`` section wins; then phys_port_id (NPAR partitions of one port share it);
+    then the devlink physical port name on its card (bnxt_en NPAR partitions have no
+    phys_port_id but say ``p0``/``p1``); else the PF is its own link.
+    """
+    if section is not None:
+        return ("section", section), "link_section", section
+    if pf.phys_port_id:
+        return ("port", pf.phys_switch_id or pci.card_of(pf.addr), pf.phys_port_id), \
+            "phys_port_id", pf.phys_port_id
+    if is_physical_port_name(pf.phys_port_name):
+        return ("port_name", card, pf.phys_port_name), "phys_port_name", \
+            "%s port %s" % (card, pf.phys_port_name)
+    return ("pf", pf.addr), "pf", pf.addr
+
+
 def discover(sysfs_root, pf_addrs=None, link_sections=None, vf_details=True):
     """Topology of *pf_addrs* (default: every SR-IOV PF on the host).
 
-    link_sections: {name: PF addrs} from ``[link]`` sections; they win over phys_port_id.
-    Link identity: phys_port_id when present (NPAR partitions of one port share it), else
-    the PF itself. Card: phys_switch_id when present, else the PCI address sans function.
+    link_sections: {name: PF addrs} from ``[link]`` sections. Link identity: see
+    link_identity. Card: phys_switch_id when present, else the PCI address sans function.
     """
     link_sections = link_sections or {}
     if pf_addrs is None:
@@ -200,21 +292,23 @@ def discover(sysfs_root, pf_addrs=None, link_sections=None, vf_details=True):
     groups = {}
     for addr, pf in pfs.items():
         card_of[addr] = ("switch " + pf.phys_switch_id) if pf.phys_switch_id else pci.card_of(addr)
-        if addr in section_of:
-            key = ("section", section_of[addr])
-        elif pf.phys_port_id:
-            key = ("port", pf.phys_switch_id or pci.card_of(addr), pf.phys_port_id)
-        else:
-            key = ("pf", addr)
-        groups.setdefault(key, []).append(addr)
+        key, basis, evidence = link_identity(pf, card_of[addr], section_of.get(addr))
+        groups.setdefault(key, (basis, evidence, []))[2].append(addr)
 
     links = {}
-    for key, members in groups.items():
-        name = key[1] if key[0] == "section" else "+".join(_pf_label(pfs[a]) for a in members)
+    for key, (basis, evidence, members) in groups.items():
+        if basis == "link_section":
+            name = key[1]
+        else:
+            name = "+".join(_pf_label(pfs[a]) for a in members)
+            if name in link_sections:
+                # A netdev renamed after the config was checked: never merge two links.
+                name = "+".join(members)
         speeds = [pfs[a].speed for a in members if pfs[a].speed]
         links[name] = Link(name=name, pfs=tuple(members),
                            up=any(link_up(pfs[a]) for a in members),
-                           speed=max(speeds) if speeds else None)
+                           speed=max(speeds) if speeds else None,
+                           basis=basis, evidence=evidence)
         for addr in members:
             link_of[addr] = name
 
