@@ -72,6 +72,14 @@ def cmd_topology(args):
     return 0
 
 
+def cmd_check(args):
+    from vfpick import check
+
+    findings = check.run(configmod.config_path(args.config), check.Paths(hooks_dir=args.hooks_dir))
+    print(check.to_json(findings) if args.json else check.render(findings))
+    return check.exit_code(findings)
+
+
 def find_uuid(claims, who):
     """UUID of the domain named or identified by *who* among the claims, or None."""
     lowered = who.lower()
@@ -273,6 +281,13 @@ def build_parser():
     p = sub.add_parser("uninstall-hook", parents=[common], help="remove the hook install-hook installed")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
     p.set_defaults(func=cmd_uninstall_hook)
+
+    p = sub.add_parser("check", parents=[common],
+                       help="preflight: IOMMU, vfio-pci, pool PFs, port identity, hook, daemon, "
+                       "watcher, state dir; exit 1 on any fail")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("simulate", parents=[common], help="write a simulated SR-IOV host (sysfs tree) to try vfpick")
     p.add_argument("dir", metavar="DIR")

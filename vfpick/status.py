@@ -116,17 +116,33 @@ def topology_report(topo, claims):
     return {"pfs": pfs, "links": links, "numa_nodes": nodes}
 
 
+_BASIS = {
+    "phys_port_id": "same phys_port_id %s",
+    "phys_port_name": "devlink port name: %s",
+    "link_section": "[link %s] in the config",
+    "pf": "the PF %s alone (no phys_port_id, no devlink port name)",
+}
+
+
 def render_topology(report):
     lines = ["NUMA nodes: %s" % (", ".join(report["numa_nodes"]) or "none")]
     for link in report["links"]:
-        lines.append("link %s: %s %s" % (link["name"], "up" if link["up"] else "DOWN", _speed(link["speed"])))
+        lines.append("link %s: %s %s  (identity: %s)" % (
+            link["name"], "up" if link["up"] else "DOWN", _speed(link["speed"]),
+            _BASIS.get(link["basis"], "%s") % link["evidence"]))
         for pf in (p for p in report["pfs"] if p["link"] == link["name"]):
             held = sum(1 for v in pf["vfs"] if v["holder"])
             vfio = sum(1 for v in pf["vfs"] if v["driver"] == "vfio-pci")
             lines.append("  pf %s %-10s card %s numa %s driver %s  VFs %s/%s (%d held, %d on vfio-pci)%s" % (
                 pf["addr"], pf["netdev"] or "-", pf["card"], pf["numa_node"], pf["driver"] or "-",
                 pf["num_vfs"], pf["total_vfs"], held, vfio,
-                "  port_id %s" % pf["phys_port_id"] if pf["phys_port_id"] else ""))
+                "  port_name %s" % pf["phys_port_name"] if pf["phys_port_name"] else ""))
+            if pf["representors"]:
+                lines.append("    switchdev: %d VF/SF representors in net/ (not the uplink)"
+                             % pf["representors"])
+            if pf["ports"] > 1:
+                lines.append("    MULTI-PORT: one PCI function drives %d ports; vfpick cannot tell "
+                             "which port a VF uses (counted as one link)" % pf["ports"])
             for vf in pf["vfs"]:
                 if vf["holder"]:
                     lines.append("    vf %s #%s -> %s" % (vf["addr"], vf["index"], vf["holder"]))

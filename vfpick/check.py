@@ -1,0 +1,464 @@
+"""`vfpick check`: a preflight of the host, run before and after install.
+
+Each finding is ``ok``, ``warn`` or ``fail``, one line with its fix. Every outside path is a
+field of ``Paths`` (defaults: the real ones), so tests point them at a temporary tree.
+Nothing here changes the host: it reads sysfs, /proc, the hooks dir and the state dir, and
+asks ``libvirtd --version``.
+"""
+
+import os
+import stat
+import subprocess
+from collections import namedtuple
+
+from vfpick import pci
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+QEMU_D_MIN = (6, 5, 0)  # libvirt runs hooks/qemu.d/* since 6.5.0
+
+Finding = namedtuple("Finding", "check status message fix")
+Finding.__doc__ = """One line of the report. fix: what to do, or "" for ok."""
+
+Paths = namedtuple(
+    "Paths", "hooks_dir run_dir proc_root modules_dir version_commands",
+    defaults=("/etc/libvirt/hooks", "/run", "/proc", None,
+              (("libvirtd", "--version"), ("virtqemud", "--version"))))
+Paths.__doc__ = """Where the host keeps things. modules_dir None: /lib/modules/`uname -r`.
+version_commands: argv lists whose output ends with the daemon's libvirt version."""
+
+DAEMONS = ("libvirtd", "virtqemud")
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(1 << 16)
+    except OSError:
+        return None
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _iso(epoch):
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+# ---------------------------------------------------------------- config
+
+def check_config(config_path):
+    from vfpick import config as configmod
+    from vfpick.errors import VfpickError
+
+    try:
+        config = configmod.load(config_path)
+    except VfpickError as e:
+        return None, Finding("config", FAIL, str(e), "fix the config (sample: etc/vfpick.ini)")
+    pfs = {a for pool in config.pools.values() for a in pool.pfs}
+    return config, Finding("config", OK, "%s: %d pool(s), %d PF(s), %d [link] section(s)"
+                           % (config_path, len(config.pools), len(pfs), len(config.links)), "")
+
+
+# ---------------------------------------------------------------- IOMMU and vfio-pci
+
+def check_iommu(sysfs_root, vfs):
+    groups_dir = os.path.join(sysfs_root, "kernel", "iommu_groups")
+    groups = _listdir(groups_dir)
+    if not groups:
+        return [Finding("iommu", FAIL, "IOMMU off: no groups in %s; VFs cannot be passed to guests"
+                        % groups_dir, "enable VT-d/AMD-Vi in the firmware and boot with "
+                        "intel_iommu=on (or amd_iommu=on) iommu=pt")]
+    out = [Finding("iommu", OK, "IOMMU on: %d groups" % len(groups), "")]
+    shared, missing = [], []
+    for vf in vfs:
+        link = os.path.join(sysfs_root, "bus", "pci", "devices", vf, "iommu_group")
+        try:
+            group = os.path.basename(os.readlink(link))
+        except OSError:
+            missing.append(vf)
+            continue
+        others = [d for d in _listdir(os.path.join(groups_dir, group, "devices")) if d != vf]
+        if others:
+            shared.append((vf, group, others))
+    if missing:
+        out.append(Finding("iommu-groups", FAIL, "%d pool VF(s) in no IOMMU group (%s)"
+                           % (len(missing), ", ".join(missing[:4])),
+                           "check dmesg for DMAR/IOMMU errors on these devices"))
+    if shared:
+        vf, group, others = shared[0]
+        out.append(Finding("iommu-groups", WARN, "%d pool VF(s) share their IOMMU group (VF %s in "
+                           "group %s with %s): VFIO passes a whole group, so these VFs cannot go "
+                           "to different guests" % (len(shared), vf, group, ", ".join(others[:3])),
+                           "put the card in a slot whose upstream ports have ACS (check lspci -vv "
+                           "for ACSCtl), or a platform that isolates it"))
+    elif vfs and not missing:
+        out.append(Finding("iommu-groups", OK, "every pool VF (%d) is in an IOMMU group of its own "
+                           "(ACS)" % len(vfs), ""))
+    return out
+
+
+def _modules_dir(paths):
+    return paths.modules_dir or os.path.join("/lib/modules", os.uname().release)
+
+
+def check_vfio(sysfs_root, paths):
+    if os.path.isdir(os.path.join(sysfs_root, "bus", "pci", "drivers", "vfio-pci")):
+        return Finding("vfio-pci", OK, "vfio-pci driver loaded", "")
+    mods = _modules_dir(paths)
+    if "/vfio-pci.ko" in (_read(os.path.join(mods, "modules.builtin")) or ""):
+        return Finding("vfio-pci", OK, "vfio-pci built into the kernel", "")
+    dep = _read(os.path.join(mods, "modules.dep")) or ""
+    alias = _read(os.path.join(mods, "modules.alias")) or ""
+    if "/vfio-pci.ko" in dep or " vfio_pci\n" in alias:
+        return Finding("vfio-pci", OK, "vfio-pci module available in %s (libvirt loads it for "
+                       "managed hostdevs)" % mods, "")
+    return Finding("vfio-pci", FAIL, "no vfio-pci: not loaded (%s) and not in %s"
+                   % (os.path.join(sysfs_root, "bus/pci/drivers/vfio-pci"), mods),
+                   "install the kernel's modules package (vfio-pci.ko) or build CONFIG_VFIO_PCI")
+
+
+# ---------------------------------------------------------------- pool PFs and port identity
+
+def _speed(mbps):
+    if not mbps:
+        return "speed unknown"
+    return "%dG" % (mbps // 1000) if mbps % 1000 == 0 else "%dM" % mbps
+
+
+def check_pfs(config, topo):
+    from vfpick import topology
+
+    out = []
+    for addr in sorted({a for pool in config.pools.values() for a in pool.pfs}, key=pci.sort_key):
+        pf = topo.pfs.get(addr)
+        if pf is None:
+            out.append(Finding("pf", FAIL, "PF %s of the config is gone" % addr,
+                               "check the card and its driver (lspci -s %s -k)" % addr))
+            continue
+        name = "PF %s (%s)" % (pf.netdev or "no netdev", addr)
+        if not pf.num_vfs:
+            out.append(Finding("pf", FAIL, "%s: SR-IOV off (sriov_numvfs = 0 of %s)"
+                               % (name, pf.total_vfs), "echo N > /sys/bus/pci/devices/%s/"
+                               "sriov_numvfs, and make it persistent (udev rule or systemd unit)"
+                               % addr))
+        elif pf.netdev is None:
+            out.append(Finding("pf", WARN, "%s: no uplink netdev (driver unbound?): link state "
+                               "and speed unknown" % name, "bind the PF to its driver"))
+        elif not topology.link_up(pf):
+            out.append(Finding("pf", WARN, "%s: link down, %d VFs; new picks avoid it" % (name, pf.num_vfs),
+                               "check the cable and the switch port (ip link show %s)" % pf.netdev))
+        elif not pf.speed:
+            out.append(Finding("pf", WARN, "%s: link up, speed unknown: it counts as the pool's "
+                               "slowest link" % name, "ethtool %s" % pf.netdev))
+        else:
+            out.append(Finding("pf", OK, "%s: %d/%s VFs, link up, %s, link %s"
+                               % (name, pf.num_vfs, pf.total_vfs, _speed(pf.speed),
+                                  topo.link_of[addr]), ""))
+    return out
+
+
+def check_port_identity(config, topo):
+    """Multi-PF cards whose PFs say nothing about their port, and multi-port functions."""
+    pool_pfs = {a for pool in config.pools.values() for a in pool.pfs}
+    cards = {}
+    for addr in topo.pfs:
+        cards.setdefault(topo.card_of[addr], []).append(addr)
+    out = []
+    for card, members in sorted(cards.items()):
+        if not pool_pfs & set(members) or len(members) < 2:
+            continue
+        blind = [a for a in members if topo.links[topo.link_of[a]].basis == "pf"]
+        if blind:
+            names = ", ".join(topo.pfs[a].netdev or a for a in blind)
+            out.append(Finding("port-identity", WARN, "card %s: %d PFs (%s) tell no port (no "
+                               "phys_port_id, no devlink port name): vfpick counts each as its own "
+                               "link" % (card, len(blind), names),
+                               "if some are partitions of one port (NPAR), list them in a "
+                               "[link NAME] section"))
+        else:
+            bases = sorted({topo.links[topo.link_of[a]].basis for a in members})
+            out.append(Finding("port-identity", OK, "card %s: %d PFs on %d link(s), by %s"
+                               % (card, len(members), len({topo.link_of[a] for a in members}),
+                                  ", ".join(bases)), ""))
+    for addr in sorted(pool_pfs & set(topo.pfs), key=pci.sort_key):
+        pf = topo.pfs[addr]
+        if pf.ports > 1:
+            out.append(Finding("multi-port", WARN, "PF %s (%s) drives %d ports from one PCI function "
+                               "(mlx4-style): vfpick cannot tell which port a VF uses, so distinct="
+                               "link cannot be kept on it" % (pf.netdev, addr, pf.ports),
+                               "keep this PF out of pools that need distinct=link, or use distinct=card"))
+        if pf.representors:
+            out.append(Finding("switchdev", OK, "PF %s (%s) is in switchdev mode: uplink %s, %d "
+                               "representors ignored" % (pf.netdev, addr, pf.netdev,
+                                                         pf.representors), ""))
+    return out
+
+
+# ---------------------------------------------------------------- the hook and the daemon
+
+def _baked(text, key):
+    """The value install-hook baked for *key* (``python`` shebang, ``package``, ``config``)."""
+    lines = text.splitlines()
+    if key == "python":
+        return lines[0][2:].split()[0] if lines and lines[0].startswith("#!") else None
+    for line in lines:
+        if key == "package" and line.startswith("sys.path.insert(0, "):
+            return line[len("sys.path.insert(0, "):].rstrip(")").strip("'\"")
+        if key == "config" and "config_path=" in line:
+            return line.split("config_path=", 1)[1].rstrip(")").strip("'\"")
+    return None
+
+
+def check_hook(paths, config_path):
+    """(findings, hook mtime or None)."""
+    from vfpick import installhook
+
+    hook = os.path.join(paths.hooks_dir, "qemu.d", "vfpick")
+    install = "vfpick install-hook --config %s%s" % (
+        os.path.abspath(config_path),
+        "" if paths.hooks_dir == Paths().hooks_dir else " --hooks-dir %s" % paths.hooks_dir)
+    text = _read(hook)
+    if text is None:
+        return [Finding("hook", FAIL, "no hook at %s: libvirt does not consult vfpick" % hook,
+                        install + ", then restart libvirtd")], None
+    if installhook.MARKER not in text:
+        return [Finding("hook", FAIL, "%s was not installed by vfpick" % hook,
+                        "move it away, then " + install)], None
+    out = []
+    mode = os.stat(hook).st_mode
+    if not mode & stat.S_IXUSR:
+        out.append(Finding("hook", FAIL, "%s is not executable: libvirt skips it" % hook,
+                           install + " (or chmod 755 %s)" % hook))
+    python, package, baked = (_baked(text, k) for k in ("python", "package", "config"))
+    if not python or not os.access(python, os.X_OK):
+        out.append(Finding("hook", FAIL, "the hook's interpreter %s is gone" % python,
+                           install + " (from the vfpick you run now)"))
+    if not package or not os.path.isfile(os.path.join(package, "vfpick", "hook.py")):
+        out.append(Finding("hook", FAIL, "the hook's package dir %s has no vfpick (removed or "
+                           "moved?)" % package, install))
+    if baked != os.path.abspath(config_path):
+        out.append(Finding("hook-config", FAIL, "the hook uses config %s, not %s" % (baked, config_path),
+                           install))
+    if not out:
+        out.append(Finding("hook", OK, "%s installed, config %s" % (hook, baked), ""))
+    return out, os.stat(hook).st_mtime
+
+
+def _pid_of(paths):
+    """(daemon name, pid) of the running libvirtd/virtqemud: its pid file, else /proc."""
+    for name in DAEMONS:
+        text = _read(os.path.join(paths.run_dir, name + ".pid"))
+        if text and text.strip().isdigit():
+            pid = int(text.strip())
+            if (_read(os.path.join(paths.proc_root, str(pid), "comm")) or "").strip() == name:
+                return name, pid
+    for entry in _listdir(paths.proc_root):
+        if entry.isdigit():
+            comm = (_read(os.path.join(paths.proc_root, entry, "comm")) or "").strip()
+            if comm in DAEMONS:
+                return comm, int(entry)
+    return None, None
+
+
+def process_start(proc_root, pid):
+    """Start time of *pid* (seconds since the epoch), from /proc/PID/stat and /proc/stat btime."""
+    text = _read(os.path.join(proc_root, str(pid), "stat"))
+    boot = [line.split()[1] for line in (_read(os.path.join(proc_root, "stat")) or "").splitlines()
+            if line.startswith("btime ")]
+    if not text or not boot:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()
+    try:
+        return int(boot[0]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (IndexError, ValueError):
+        return None
+
+
+def _other_hooks(paths, before):
+    """Other qemu hooks libvirt would have found at a daemon start at *before*."""
+    found = []
+    main = os.path.join(paths.hooks_dir, "qemu")
+    candidates = [main] + [os.path.join(paths.hooks_dir, "qemu.d", n)
+                           for n in _listdir(os.path.join(paths.hooks_dir, "qemu.d")) if n != "vfpick"]
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IXUSR and st.st_mtime < before:
+            found.append(path)
+    return found
+
+
+def check_daemon(paths, hook_mtime):
+    name, pid = _pid_of(paths)
+    if pid is None:
+        return Finding("daemon", WARN, "no libvirtd or virtqemud running",
+                       "systemctl start libvirtd (or virtqemud)")
+    started = process_start(paths.proc_root, pid)
+    if hook_mtime is None or started is None:
+        return Finding("daemon", OK if started else WARN, "%s running (pid %d)" % (name, pid),
+                       "" if started else "cannot read its start time in %s" % paths.proc_root)
+    # /proc/stat's btime is whole seconds: a second of doubt goes to the daemon.
+    if started + 1 >= hook_mtime:
+        return Finding("daemon", OK, "%s (pid %d) started %s, after the hook was installed (%s)"
+                       % (name, pid, _iso(started), _iso(hook_mtime)), "")
+    others = _other_hooks(paths, started)
+    if others:
+        return Finding("daemon", WARN, "%s (pid %d) started %s, before the hook was installed (%s); "
+                       "it runs qemu.d/vfpick only because it found other qemu hooks at start (%s)"
+                       % (name, pid, _iso(started), _iso(hook_mtime), ", ".join(others)),
+                       "systemctl restart %s to be sure" % name)
+    return Finding("daemon", FAIL, "%s (pid %d) started %s, before the hook was installed (%s), "
+                   "with no qemu hook at all: it ignores the hook, vfpick guards nothing"
+                   % (name, pid, _iso(started), _iso(hook_mtime)), "systemctl restart %s" % name)
+
+
+def _version(text):
+    for word in reversed((text or "").split()):
+        parts = word.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts[:3]) + (0,) * (3 - len(parts[:3]))
+    return None
+
+
+def libvirt_version(paths):
+    """(version tuple, where it came from) or (None, None)."""
+    for argv in paths.version_commands:
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        found = _version(proc.stdout) if proc.returncode == 0 else None
+        if found:
+            return found, " ".join(argv)
+    try:
+        import libvirt
+    except ImportError:
+        return None, None
+    number = libvirt.getVersion()  # the client library: the daemon is usually the same package
+    return (number // 1000000, number // 1000 % 1000, number % 1000), "libvirt-python getVersion()"
+
+
+def check_libvirt_version(paths):
+    version, source = libvirt_version(paths)
+    if version is None:
+        return Finding("libvirt", WARN, "libvirt version unknown (no libvirtd/virtqemud --version, "
+                       "no libvirt-python)", "install libvirt-daemon-system")
+    text = ".".join(map(str, version))
+    if version < QEMU_D_MIN:
+        return Finding("libvirt", FAIL, "libvirt %s (%s) predates 6.5: it runs only hooks/qemu, "
+                       "never qemu.d/vfpick" % (text, source),
+                       "upgrade libvirt, or call qemu.d/vfpick from your hooks/qemu script")
+    return Finding("libvirt", OK, "libvirt %s (%s) runs qemu.d hooks" % (text, source), "")
+
+
+# ---------------------------------------------------------------- watcher and state
+
+def check_watcher(paths):
+    for entry in _listdir(paths.proc_root):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        argv = (_read(os.path.join(paths.proc_root, entry, "cmdline")) or "").split("\0")
+        for i, arg in enumerate(argv):
+            if os.path.basename(arg) == "vfpick" and "watch" in argv[i + 1:]:
+                return Finding("watcher", OK, "vfpick watch running (pid %s)" % entry, "")
+    return Finding("watcher", WARN, "vfpick watch is not running: domains defined with plain "
+                   "virsh define keep unresolved pool interfaces (their start is refused)",
+                   "systemctl enable --now vfpick-watch (etc/systemd/vfpick-watch.service), or "
+                   "define with vfpick define")
+
+
+def check_state(config):
+    from vfpick.errors import VfpickError
+    from vfpick.state import StateStore
+
+    path, uid = config.state_dir, os.geteuid()
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Finding("state", OK, "state dir %s does not exist yet: created 0700 at first use" % path, "")
+    except OSError as e:
+        return Finding("state", FAIL, "cannot stat state dir %s: %s" % (path, e.strerror),
+                       "check the path and its parents")
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return Finding("state", FAIL, "state dir %s is not a plain directory" % path,
+                       "replace it with a directory (mkdir -m 700 %s)" % path)
+    if st.st_uid != uid:
+        return Finding("state", FAIL, "state dir %s is owned by uid %d; vfpick runs as uid %d and "
+                       "refuses it" % (path, st.st_uid, uid), "chown %d %s" % (uid, path))
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        return Finding("state", WARN, "state dir %s has mode %04o: others can read or plant files"
+                       % (path, stat.S_IMODE(st.st_mode)), "chmod 700 %s" % path)
+    claims = os.path.join(path, "claims.json")
+    try:
+        cst = os.lstat(claims)
+    except OSError:
+        cst = None
+    if cst is not None and (cst.st_uid != uid or stat.S_IMODE(cst.st_mode) & 0o077):
+        return Finding("state", WARN, "%s: owner %d, mode %04o" % (claims, cst.st_uid,
+                                                                  stat.S_IMODE(cst.st_mode)),
+                       "chown %d %s && chmod 600 %s" % (uid, claims, claims))
+    try:
+        count = len(StateStore(path).snapshot().all())
+    except VfpickError as e:
+        return Finding("state", FAIL, str(e), "vfpick reconcile --rebuild (the bad file is kept)")
+    return Finding("state", OK, "state dir %s: owner %d, mode %04o, %d claim(s)"
+                   % (path, uid, stat.S_IMODE(st.st_mode), count), "")
+
+
+# ---------------------------------------------------------------- all of it
+
+def run(config_path, paths=None):
+    """Every finding for the host, in report order."""
+    from vfpick import topology
+
+    paths = paths or Paths()
+    config, finding = check_config(config_path)
+    findings = [finding]
+    sysfs_root = config.sysfs_root if config else "/sys"
+    topo = topology.for_config(config) if config else None
+    vfs = sorted({vf for pf in topo.pfs.values() for vf in pf.vfs}) if topo else []
+    findings += check_iommu(sysfs_root, vfs)
+    findings.append(check_vfio(sysfs_root, paths))
+    if config:
+        findings += check_pfs(config, topo)
+        findings += check_port_identity(config, topology.discover(sysfs_root, None, config.links,
+                                                                  vf_details=False))
+    hook_findings, hook_mtime = check_hook(paths, config_path)
+    findings += hook_findings
+    findings.append(check_daemon(paths, hook_mtime))
+    findings.append(check_libvirt_version(paths))
+    findings.append(check_watcher(paths))
+    if config:
+        findings.append(check_state(config))
+    return findings
+
+
+def exit_code(findings):
+    return 1 if any(f.status == FAIL for f in findings) else 0
+
+
+def render(findings):
+    width = max(len(f.check) for f in findings)
+    lines = []
+    for f in findings:
+        line = "%-4s  %-*s  %s" % (f.status, width, f.check, f.message)
+        lines.append(line + ("  -> %s" % f.fix if f.fix else ""))
+    fails = sum(f.status == FAIL for f in findings)
+    warns = sum(f.status == WARN for f in findings)
+    lines.append("%d fail, %d warn, %d ok" % (fails, warns, len(findings) - fails - warns))
+    return "\n".join(lines)
+
+
+def to_json(findings):
+    import json
+
+    return json.dumps({"ok": exit_code(findings) == 0,
+                       "findings": [f._asdict() for f in findings]}, indent=2)
