@@ -172,3 +172,59 @@ def test_renamed_netdev_colliding_with_a_section_keeps_two_links(make_host):
     topo = topology.discover(host.sysfs, None, {"ens5f0": ("0000:86:00.1",)})
     assert sorted(topo.links) == ["0000:86:00.0", "ens5f0"]
     assert topo.links["ens5f0"].pfs == ("0000:86:00.1",)
+
+
+class _RecordingNetlink:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self):
+        return self
+
+    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
+        self.calls.append((pf_ifname, vf_index, trust, spoofchk))
+
+
+@pytest.mark.parametrize("preset, uplinks", [
+    ("mlx5-cx6-switchdev", ["ens3f0np0", "ens3f1np1"]),
+    ("bnxt-switchdev", ["ens1f0np0", "ens1f1np1"]),
+])
+def test_hook_sends_trust_to_the_uplink_not_a_representor(make_host, preset, uplinks):
+    import io
+
+    from vfpick import hook
+
+    host = make_host(preset)
+    host.write_config(pools={"fast": "pfs = %s\ntrust = on\n" % " ".join(host.netdevs())})
+    xml = vfpick(host, "resolve", "-", input=domain("bond", nics=2), check=0).stdout
+    nl, err = _RecordingNetlink(), io.StringIO()
+    code = hook.run(["bond", "prepare", "begin", "-"], stdin=io.BytesIO(xml), stdout=io.BytesIO(),
+                    stderr=err, config_path=host.config_path, netlink_factory=nl)
+    assert code == 0, err.getvalue()
+    assert sorted(name for name, _, _, _ in nl.calls) == uplinks
+
+
+def test_topology_shows_how_each_link_was_derived(make_host):
+    import json
+
+    host = make_host("bnxt-npar")
+    host.write_config()
+    report = json.loads(vfpick(host, "topology", "--json", check=0).stdout)
+    assert {(l["basis"], l["evidence"]) for l in report["links"]} == {
+        ("phys_port_name", "switch 0a0b0c0d0e0f1011 port p0"),
+        ("phys_port_name", "switch 0a0b0c0d0e0f1011 port p1")}
+    text = vfpick(host, "topology", check=0).stdout.decode()
+    assert text.count("(identity: devlink port name: switch 0a0b0c0d0e0f1011 port p") == 2
+
+
+@pytest.mark.parametrize("preset, extra, words", [
+    ("i40e-x710-npar", "", "identity: same phys_port_id 005e1e0000"),
+    ("qede-npar", "[link port0]\npfs = ens4f0 ens4f2\n", "identity: [link port0] in the config"),
+    ("igb-i350", "", "identity: the PF 0000:02:00.0 alone"),
+    ("mlx4-cx3", "", "MULTI-PORT: one PCI function drives 2 ports"),
+    ("mlx5-cx6-switchdev", "", "switchdev: 4 VF/SF representors"),
+])
+def test_topology_text_names_the_basis(make_host, preset, extra, words):
+    host = make_host(preset)
+    host.write_config(extra=extra)
+    assert words in vfpick(host, "topology", check=0).stdout.decode()
