@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from clitools import REPO, assert_user_error, domain, status_json, vfpick
+from clitools import REPO, VFPICK, assert_user_error, cli_env, domain, status_json, vfpick
 from vfpick import __version__, metrics, simhost
 from vfpick.config import DISTINCT
 
@@ -185,8 +185,7 @@ def test_textfile_failures_are_one_line_and_leave_the_dir_as_it_was(host, tmp_pa
 
 
 def test_version():
-    proc = subprocess.run([sys.executable, "-m", "vfpick", "--version"], capture_output=True,
-                          cwd=REPO, timeout=60)
+    proc = subprocess.run([VFPICK, "--version"], capture_output=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.decode() == "vfpick %s\n" % __version__
 
 
@@ -241,9 +240,8 @@ def test_watch_serves_metrics_and_stops_on_sigterm(host):
     host.write_config()
     resolve(host, "web", nics=1)
     port = free_port()
-    env = dict(os.environ, VFPICK_CONFIG=host.config_path, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, "-m", "vfpick", "watch", "--connect", "test:///default",
-                             "--metrics-listen", "127.0.0.1:%d" % port], env=env, cwd=REPO,
+    proc = subprocess.Popen([VFPICK, "watch", "--connect", "test:///default",
+                             "--metrics-listen", "127.0.0.1:%d" % port], env=cli_env(host),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         body = None
