@@ -56,8 +56,16 @@ def test_man_page_lists_every_command_and_flag_of_the_parser(parser_factory):
                 if flag not in ("-h", "--help"):
                     assert flag in text, (name, flag)
     assert "--version" in text and "VFPICK_CONFIG" in text
+    assert "%(" not in text  # argparse's %(default)s expanded as --help does
     if parser_factory is parser_with_extra_command:
         assert "--widget FILE" in text and "(default: 3)" in text
+
+
+def test_every_flag_has_a_help_text_for_the_man_page():
+    parser = cli.build_parser()
+    bare = ["%s %s" % (name, "/".join(a.option_strings)) for name, _, sub in docgen._subcommands(parser)
+            for a in docgen._options(sub) if not a.help]
+    assert not bare, "give these flags help= in vfpick/cli.py: %s" % ", ".join(bare)
 
 
 def test_ini_page_documents_every_key_of_the_config_tables():

@@ -137,6 +137,10 @@ def cmd_simulate(args):
     return 0
 
 
+_JSON_HELP = "JSON instead of a table"
+_HOOKS_DIR_HELP = "libvirt's hooks dir: the hook is DIR/qemu.d/vfpick (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     # argparse's own exit 2 and multi-line usage break the one-line error contract.
     def error(self, message):
@@ -224,7 +228,7 @@ def build_parser():
     sub.required = True
 
     p = sub.add_parser("topology", parents=[common], help="PFs, links, cards, NUMA, VFs and who holds them")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON_HELP)
     p.set_defaults(func=cmd_topology)
 
     p = sub.add_parser("resolve", parents=[common], help="resolve pool interfaces, record claims, print the XML")
@@ -232,7 +236,7 @@ def build_parser():
     p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser("status", parents=[common], help="per pool, link and PF: usage; per claim: the domain")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=_JSON_HELP)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("release", parents=[common], help="drop a domain's claims")
@@ -275,18 +279,21 @@ def build_parser():
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
+                   help=_HOOKS_DIR_HELP)
     p.set_defaults(func=cmd_install_hook)
 
     p = sub.add_parser("uninstall-hook", parents=[common], help="remove the hook install-hook installed")
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
+                   help=_HOOKS_DIR_HELP)
     p.set_defaults(func=cmd_uninstall_hook)
 
     p = sub.add_parser("check", parents=[common],
                        help="preflight: IOMMU, vfio-pci, pool PFs, port identity, hook, daemon, "
                        "watcher, state dir; exit 1 on any fail")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.add_argument("--json", action="store_true", help=_JSON_HELP)
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
+                   help=_HOOKS_DIR_HELP)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("simulate", parents=[common], help="write a simulated SR-IOV host (sysfs tree) to try vfpick")

@@ -74,6 +74,8 @@ def _option_synopsis(action):
 
 def _help(action):
     text = action.help or ""
+    if "%" in text:  # argparse's own expansion: %(default)s, %(metavar)s, %%
+        text = text % dict(vars(action), prog="vfpick")
     if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text \
             and _takes_value(action):
         text += " (default: %s)" % action.default
