@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clitools import REPO, VFPICK, assert_user_error, cli_env, domain, status_json, vfpick
 from vfpick import __version__, metrics, simhost
 from vfpick.config import DISTINCT
+from waiting import WAIT, wait_until
 
 ALERTS = os.path.join(REPO, "etc", "prometheus", "vfpick-alerts.yml")
 NS = "http://vfpick.org/xmlns/libvirt/domain/1.0"
@@ -244,18 +244,17 @@ def test_watch_serves_metrics_and_stops_on_sigterm(host):
                              "--metrics-listen", "127.0.0.1:%d" % port], env=cli_env(host),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        body = None
-        for _ in range(100):  # bounded: at most ~20 s
+        def scrape():
+            assert proc.poll() is None, proc.stderr.read1()
             try:
-                body = fetch("http://127.0.0.1:%d/metrics" % port)[1]
-                break
+                return fetch("http://127.0.0.1:%d/metrics" % port)[1]
             except OSError:
-                time.sleep(0.2)
-        assert body is not None, proc.stderr.read1() if proc.poll() is not None else "no answer"
+                return None
+        body = wait_until(scrape, "an answer on port %d" % port, interval=0.2)
         assert value(samples(body), "vfpick_link_up", link="ens1f0") == 1
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0, err
     assert b"serving metrics on http://127.0.0.1:%d/metrics" % port in err
 
