@@ -14,13 +14,16 @@ stdin (for filters: vfpick's output) and vfpick's state file as it is after vfpi
 import json
 import os
 import re
+import subprocess
 import sys
+import uuid as uuidmod
 
 import pytest
 from lxml import etree
 
 import libvirtd as lv
 from clitools import hostdev_vfs, status_json, vfpick
+from waiting import wait_until
 
 HOOKS_DIR = "/etc/libvirt/hooks"
 PASSTHROUGH_ERROR = "host doesn't support passthrough of host PCI devices"
@@ -292,3 +295,131 @@ def test_plain_domains_run_untouched_with_the_hook_installed(env):
                    ("stopped", "end"), ("release", "end")]
     assert env.daemon.dumpxml(name, inactive=True) == xml
     assert not os.path.exists(env.state_path)  # vfpick recorded nothing
+
+
+# --------------------------------------------------------------------------- reconnect, migrate
+
+SCRUBBED = {"PATH": lv.DAEMON_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root",
+            "LC_ALL": "C"}
+VFPICK_NS = "http://vfpick.org/xmlns/libvirt/domain/1.0"
+
+
+def running_with_claims(env, mac="52:54:00:5e:00:07"):
+    """A running domain vfpick holds claims for. Hostdevs cannot run here (no IOMMU), so it is
+    a plain domain (user-mode NIC, same MAC) with the vfpick metadata and the claims of its
+    resolved twin: same name and UUID, resolved by `vfpick resolve`."""
+    name, uuid = env.daemon.unique_name("held"), str(uuidmod.uuid4())
+    want = lv.domain_xml(name, uuid=uuid, devices="<interface type='network'><mac address='%s'/>"
+                         "<source network='fast'/></interface>" % mac)
+    resolved = vfpick(env.host, "resolve", "-", input=want.encode(), check=0).stdout
+    meta = etree.fromstring(resolved).find("metadata/{%s}domain" % VFPICK_NS)
+    assert meta is not None, resolved
+    plain = lv.domain_xml(name, uuid=uuid, metadata=etree.tostring(meta).decode(), devices=(
+        "<interface type='user'><mac address='%s'/><model type='e1000'/></interface>" % mac))
+    env.virsh_define(plain)
+    env.daemon.virsh("start", name)
+    assert env.daemon.is_running(name)
+    return name, uuid, hostdev_vfs(resolved)
+
+
+def reconnects(env, name, count):
+    """The reconnect calls of *name*, once there are *count*: libvirtd reconnects to running
+    domains in threads of their own, after it answers."""
+    def calls():
+        found = [c for c in env.hook_calls(name) if c["argv"][1:3] == ["reconnect", "begin"]]
+        return found if len(found) >= count else None
+    found = wait_until(calls, "%d reconnect call(s) of %s" % (count, name))
+    assert len(found) == count, found
+    return found
+
+
+def test_reconnect_after_a_real_libvirtd_restart_keeps_the_guest_and_its_claims(env):
+    if env.daemon.reused:
+        lv.skip_or_fail("%s=reuse: the harness cannot restart that libvirtd" % lv.ENV_MODE)
+    name, uuid, vfs = running_with_claims(env)
+    before = sorted((c["vf"], c["uuid"], c["active"]) for c in env.claims(name))
+    assert before == sorted((vf, uuid, False) for vf in vfs)
+
+    env.daemon.restart()
+    calls = reconnects(env, name, 1)
+    assert env.daemon.is_running(name)  # a failing reconnect hook would have killed it
+    # libvirt hands the hook the live definition, vfpick's metadata included
+    live = etree.fromstring(calls[0]["stdin"].encode())
+    assert live.findtext("uuid") == uuid and live.find("metadata/{%s}domain" % VFPICK_NS) is not None
+    assert env.state_at(name, "reconnect begin") == [sorted((vf, False) for vf in vfs)]
+    assert sorted((c["vf"], c["uuid"], c["active"]) for c in env.claims(name)) == before
+
+    # A vfpick fault (here: a config that no longer parses) never costs a running guest its
+    # life at reconnect: the hook reports and exits 0.
+    with open(env.host.config_path) as f:
+        good = f.read()
+    with open(env.host.config_path, "a") as f:
+        f.write("[pool fast]\nbogus = 1\n")
+    try:
+        env.daemon.restart()
+        reconnects(env, name, 2)
+        assert env.daemon.is_running(name)
+    finally:
+        with open(env.host.config_path, "w") as f:
+            f.write(good)
+    assert sorted((c["vf"], c["uuid"], c["active"]) for c in env.claims(name)) == before
+
+
+def _without_vf_choices(xml):
+    """The domain with what a migrate filter may change taken out: hostdev sources and
+    vfpick's metadata. Everything else must come through as libvirt wrote it."""
+    root = etree.fromstring(xml)
+    for source in root.findall("devices/interface[@type='hostdev']/source"):
+        source.getparent().remove(source)
+    for meta in root.findall("metadata/{%s}domain" % VFPICK_NS):
+        meta.getparent().remove(meta)
+    return etree.tostring(root, method="c14n")
+
+
+def target_hook(make_host, tmp_path, spec="mixed-speed"):
+    """Another host's simulated SR-IOV and its installed hook (config baked in)."""
+    target = make_host(spec)
+    target.write_config()
+    hooks = str(tmp_path / "target-hooks")
+    vfpick(target, "install-hook", "--hooks-dir", hooks, "--config", target.config_path, check=0)
+    return target, os.path.join(hooks, "qemu.d", "vfpick")
+
+
+def test_migrate_filter_on_libvirts_own_migratable_xml(env, make_host, tmp_path):
+    name = env.define(nics=2)
+    migratable = env.daemon.virsh("dumpxml", "--migratable", name).stdout
+    assert len(hostdev_vfs(migratable)) == 2
+    target, hook = target_hook(make_host, tmp_path)
+    proc = subprocess.run([hook, name, "migrate", "begin", "-"], input=migratable.encode(),
+                          env=SCRUBBED, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    # The source host's VFs do not exist here: both NICs moved onto this host, distinct links.
+    vfs = hostdev_vfs(out)
+    topo = target.topology()
+    assert len(vfs) == 2 and all(vf in topo.vfs for vf in vfs), vfs
+    assert len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 2
+    uuid = env.uuid(name)
+    assert sorted((c["vf"], c["uuid"], c["domain"]) for c in status_json(target)["claims"]) == \
+        sorted((vf, uuid, name) for vf in vfs)
+    assert _without_vf_choices(out) == _without_vf_choices(migratable.encode())
+    # libvirt takes vfpick's output as a definition (here in place of the source's).
+    path = tmp_path / "migrated.xml"
+    path.write_bytes(out)
+    env.daemon.virsh("define", str(path))
+    assert hostdev_vfs(env.daemon.dumpxml(name, inactive=True)) == vfs
+
+
+def test_migrate_filter_leaves_a_running_plain_domains_live_xml_alone(env, make_host, tmp_path):
+    name = env.virsh_define(lv.domain_xml(env.daemon.unique_name("plainmig"), devices=(
+        "<interface type='user'><mac address='52:54:00:5e:00:09'/></interface>")))
+    env.daemon.virsh("start", name)
+    migratable = env.daemon.virsh("dumpxml", "--migratable", name).stdout
+    # libvirt's own XML, as a migration carries it: what it added (a UUID, a console for the
+    # serial port) is there
+    assert "<uuid>" in migratable and "<console" in migratable, migratable
+    target, hook = target_hook(make_host, tmp_path)
+    proc = subprocess.run([hook, name, "migrate", "begin", "-"], input=migratable.encode(),
+                          env=SCRUBBED, capture_output=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert status_json(target)["claims"] == []

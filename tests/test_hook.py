@@ -191,6 +191,29 @@ def test_migrate_begin_rewrites_other_hosts_vfs_onto_this_hosts_links(make_host)
     assert sorted(i.find("mac").get("address") for i in out.findall("devices/interface")) == macs_in
 
 
+def test_migrate_begin_moves_a_vf_whose_address_here_is_on_another_pf(make_host):
+    # The target numbers its VFs alike but has 16 per PF, not 8: the source's VF 0 of its
+    # second PF (0000:3c:01.0) is VF 8 of the first PF here. Kept, it would put both NICs on one
+    # link; the VF whose PF still matches the recorded one stays.
+    source = make_host("two-dual-port")
+    source.write_config()
+    incoming = vfpick(source, "resolve", "-", input=domain("mig", nics=2), check=0).stdout
+    src_topo = source.topology()
+    assert sorted(src_topo.vfs[vf].pf for vf in hostdev_vfs(incoming)) == \
+        ["0000:3b:00.0", "0000:3b:00.1"]
+    target = make_host("mixed-speed")
+    target.write_config()
+    topo = target.topology()
+    assert all(vf in topo.vfs for vf in hostdev_vfs(incoming))  # the same addresses exist here
+    proc = run_hook(target, "mig", "migrate", "begin", incoming)
+    assert proc.returncode == 0, proc.stderr
+    vfs = hostdev_vfs(proc.stdout)
+    assert len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 2, vfs
+    kept = [vf for vf in hostdev_vfs(incoming)
+            if topo.vfs[vf].pf == src_topo.vfs[vf].pf]
+    assert kept and set(kept) <= set(vfs)
+
+
 def test_restore_of_an_unchanged_domain_prints_nothing(host):
     host.write_config()
     xml = resolved(host, "vm1")

@@ -117,8 +117,8 @@ def test_queries_on_resolved_domain():
     assert doc.name == "vm1"
     assert doc.network_interfaces() == []
     assert doc.managed_interfaces() == [
-        ManagedIface(0, "52:54:00:aa:00:01", "fast", "0000:3b:02.1", "0000:3b:02.1"),
-        ManagedIface(1, "52:54:00:aa:00:02", "fast", "0000:af:02.0", "0000:af:02.0"),
+        ManagedIface(0, "52:54:00:aa:00:01", "fast", "0000:3b:02.1", "0000:3b:02.1", "0000:3b:00.0"),
+        ManagedIface(1, "52:54:00:aa:00:02", "fast", "0000:af:02.0", "0000:af:02.0", "0000:af:00.1"),
     ]
     assert doc.macs() == {"52:54:00:aa:00:01", "52:54:00:aa:00:02"}
     assert doc.overrides("fast") == Overrides("card", None, "required")

@@ -14,6 +14,7 @@ try:  # tests/ as a package or as a plain directory on sys.path
     from . import libvirtd as lv  # type: ignore
 except ImportError:
     import libvirtd as lv
+from waiting import wait_until
 
 # Module-level fixtures; tests/conftest.py may define the same ones: they share one daemon.
 libvirtd = lv.libvirtd_fixture()
@@ -271,10 +272,27 @@ def test_restart_reconnects_running_domain(libvirtd, hook_recorder):
     libvirtd.virsh("start", name)
     rec.clear()
     libvirtd.restart()
+    wait_until(lambda: rec.calls(name), "the reconnect call")  # made after libvirtd answers
     assert libvirtd.is_running(name)          # qemu survives the daemon
     calls = rec.calls(name)
     assert [c.opsub for c in calls] == [("reconnect", "begin")]
     assert calls[0].run_xml
+
+
+def test_a_failing_reconnect_hook_kills_the_running_domain(libvirtd, hook_recorder):
+    """Why vfpick's reconnect reports and exits 0 whatever goes wrong."""
+    if libvirtd.reused:
+        lv.skip_or_fail("reused daemon cannot be restarted")
+    rec = hook_recorder()
+    name = libvirtd.define(lv.domain_xml(libvirtd.unique_name("reconnfail")))
+    libvirtd.virsh("start", name)
+    rec.refuse("reconnect begin", domain=name)
+    rec.clear()
+    libvirtd.restart()
+    # libvirtd reconnects in a thread per domain, after it answers: wait for the outcome
+    wait_until(lambda: rec.ops(name)[:1] == [("reconnect", "begin")], "the reconnect call")
+    wait_until(lambda: not libvirtd.is_running(name), "the domain killed")
+    assert name in libvirtd.list_domains()  # still defined, only stopped
 
 
 def test_hooks_added_after_a_hookless_start_need_a_restart(libvirtd, hook_recorder):

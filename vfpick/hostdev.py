@@ -29,9 +29,10 @@ Assignment.__doc__ = """The VF chosen for one interface: recorded in vfpick's me
 NetIface = collections.namedtuple("NetIface", "index network mac")
 NetIface.__doc__ = """An <interface type='network'>. index: position among <devices>'s
 <interface> elements (stable across apply). mac: normalized or None."""
-ManagedIface = collections.namedtuple("ManagedIface", "index mac pool vf recorded_vf")
+ManagedIface = collections.namedtuple("ManagedIface", "index mac pool vf recorded_vf recorded_pf")
 ManagedIface.__doc__ = """An <interface type='hostdev'> whose MAC has a vfpick:nic entry.
-vf: its current source address (canonical) or None; recorded_vf: the entry's vf."""
+vf: its current source address (canonical) or None; recorded_vf, recorded_pf: the entry's vf
+and pf (canonical; None when absent or not a PCI address)."""
 Overrides = collections.namedtuple("Overrides", "distinct strict numa")
 Overrides.__doc__ = """A domain's policy overrides for one pool: each None (use the pool's)
 or a validated value (distinct: card|link|pf|none, strict: bool, numa: required|preferred|ignore)."""
@@ -236,8 +237,9 @@ class DomainXml(object):
             if iface.get("type") == "hostdev" and mac in entries:
                 address = iface.find("source/address")
                 vf = None if address is None else pci_source(address.attrib)
-                pool, recorded, _pf, _link = entries[mac]
-                out.append(ManagedIface(index, mac, pool, vf, pci.normalize(recorded or "")))
+                pool, recorded, pf, _link = entries[mac]
+                out.append(ManagedIface(index, mac, pool, vf, pci.normalize(recorded or ""),
+                                        pci.normalize(pf or "")))
         return out
 
     def macs(self):

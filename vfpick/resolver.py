@@ -64,6 +64,16 @@ def running_vfs(config):
     return {vf: owner[0] for vf, owner in used.items()}
 
 
+def _keepable(topo, iface):
+    """The interface's VF if it is still the one that was picked: a VF of the PF recorded
+    for it. Another host (a migration, a restore elsewhere) can have a VF at the same address
+    on another PF, and keeping it there could put two of the domain's NICs on one link."""
+    record = topo.vfs.get(iface.vf) if iface.vf else None
+    if record is None or (iface.recorded_pf and record.pf != iface.recorded_pf):
+        return None
+    return iface.vf
+
+
 def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
     """Resolves pool interfaces of domain XML *data*; returns Result.
 
@@ -115,7 +125,8 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
         macs_taken = set(doc.macs()) | {c.mac for c in claims.all() if c.mac}
         by_pool = {}  # pool -> list of (iface index, Nic)
         for iface in managed:
-            by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, iface.vf)))
+            by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac,
+                                                                        _keepable(topo, iface))))
         for iface in pool_nics:
             mac = iface.mac or _new_mac(macs_taken, rng)
             by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, None)))
