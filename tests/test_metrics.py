@@ -306,3 +306,22 @@ def test_rule_metric_names_extracts_what_it_should():
     expr = ('sum by (pool) (vfpick_vfs{state="free"}) / sum by (pool) (vfpick_vfs) < 0.1 '
             'and on(link) vfpick_link_up == 0 unless rate(foo_total[5m]) > 0')
     assert rule_metric_names(expr) == {"vfpick_vfs", "vfpick_link_up", "foo_total"}
+
+
+def test_metrics_timer_unit_writes_the_textfile(host, tmp_path):
+    # The shipped unit's command line, run as systemd would (its dir swapped for a temp one).
+    units = os.path.join(REPO, "etc", "systemd")
+    with open(os.path.join(units, "vfpick-metrics.service")) as f:
+        service = f.read().splitlines()
+    [exec_start] = [line[len("ExecStart="):] for line in service if line.startswith("ExecStart=")]
+    argv = exec_start.split()
+    assert argv[0] == "/usr/local/bin/vfpick" and argv[1:3] == ["metrics", "--textfile"]
+    assert "ConditionPathIsDirectory=%s" % argv[3] in service and "Type=oneshot" in service
+    host.write_config()
+    out = tmp_path / "node-exporter"
+    out.mkdir()
+    subprocess.run([VFPICK] + argv[1:3] + [str(out)], env=cli_env(host), check=True, timeout=60)
+    assert value(samples((out / "vfpick.prom").read_text()), "vfpick_link_up", link="ens1f0") == 1
+    with open(os.path.join(units, "vfpick-metrics.timer")) as f:
+        timer = f.read().splitlines()
+    assert "WantedBy=timers.target" in timer and any(t.startswith("OnUnitActiveSec=") for t in timer)
