@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from clitools import REPO, VFPICK, assert_user_error, cli_env, domain, status_json, vfpick
+from clitools import HOOK, REPO, VFPICK, assert_user_error, cli_env, domain, status_json, vfpick
 from vfpick import __version__, metrics, simhost
 from vfpick.config import DISTINCT
 from waiting import WAIT, wait_until
@@ -325,3 +325,17 @@ def test_metrics_timer_unit_writes_the_textfile(host, tmp_path):
     with open(os.path.join(units, "vfpick-metrics.timer")) as f:
         timer = f.read().splitlines()
     assert "WantedBy=timers.target" in timer and any(t.startswith("OnUnitActiveSec=") for t in timer)
+
+
+@pytest.mark.parametrize("op, subop", [("prepare", "begin"), ("release", "end")])
+def test_the_hook_never_imports_prometheus_client(host, op, subop):
+    host.write_config()
+    xml = resolve(host, "web", nics=1)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C",
+           "VFPICK_CONFIG": host.config_path}
+    proc = subprocess.run([sys.executable, "-X", "importtime", HOOK, "web", op, subop, "-"],
+                          input=xml, capture_output=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = proc.stderr.decode()
+    assert "vfpick.hook" in imported and "prometheus_client" not in imported
+    assert "vfpick.metrics" not in imported
