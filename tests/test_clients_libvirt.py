@@ -94,3 +94,81 @@ def test_virt_install_print_xml_piped_into_define_start(env):
     assert sorted((c["vf"], c["mac"], c["active"]) for c in claims) == sorted(
         (vf, i.find("mac").get("address"), False) for vf, i in zip(vfs, ifaces))
     assert {c["uuid"] for c in claims} == {env.uuid(name)}
+
+
+# --------------------------------------------------------------------------- hotplug
+
+NEW_MAC = "52:54:00:77:00:01"
+NIC = ("<interface type='network'><mac address='%s'/><source network='fast'/></interface>"
+       % NEW_MAC).encode()
+
+
+def metadata_macs(xml):
+    root = etree.fromstring(xml.encode())
+    return {n.get("mac"): n.get("vf") for n in root.iter("{http://vfpick.org/xmlns/libvirt/domain/1.0}nic")}
+
+
+def test_attach_config_to_a_shut_off_domain_picks_a_distinct_link(env):
+    name = env.define(nics=2)
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=NIC, check=0)
+    assert ("attached %s to domain '%s' (persistent)" % (NEW_MAC, name)).encode() in proc.stdout
+    xml = env.daemon.dumpxml(name, inactive=True)
+    vfs = hostdev_vfs(xml)
+    topo = env.host.topology()
+    assert len(vfs) == 3 and len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 3
+    new_vf = [c["vf"] for c in env.claims(name) if c["mac"] == NEW_MAC]
+    assert len(new_vf) == 1 and new_vf[0] in vfs
+    # recorded in vfpick's metadata, so the domain re-resolves to itself
+    assert metadata_macs(xml).get(NEW_MAC) == new_vf[0], (proc.stderr, xml)
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted(vfs)
+    assert {c["active"] for c in env.claims(name)} == {False}
+    proc = env.cli("repick", name)
+    assert ("kept domain '%s'" % name).encode() in proc.stdout
+    assert hostdev_vfs(env.daemon.dumpxml(name, inactive=True)) == vfs
+
+
+def test_attach_refused_by_libvirt_rolls_the_claim_back(env):
+    name = env.define(nics=1)
+    before = open(env.state_path, "rb").read()
+    xml = env.daemon.dumpxml(name, inactive=True)
+    # the guest PCI slot of the existing NIC: libvirt refuses a second device there
+    used = etree.fromstring(xml.encode()).find("devices/interface/address")
+    nic = NIC.replace(b"</interface>", etree.tostring(used) + b"</interface>")
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=nic)
+    assert_user_error(proc, "libvirt refused to attach the NIC to '%s'" % name, "no claim changed")
+    assert open(env.state_path, "rb").read() == before
+    assert env.daemon.dumpxml(name, inactive=True) == xml
+
+
+def test_live_attach_that_libvirt_cannot_do_leaves_no_claim(env):
+    # A plain TCG domain runs here; attaching a VF to it fails inside libvirt (no IOMMU).
+    name = env.virsh_define(lv.domain_xml(env.daemon.unique_name("hp")))
+    env.daemon.virsh("start", name)
+    assert env.daemon.is_running(name)
+    proc = vfpick(env.host, "attach", name, "-", "--live", input=NIC)
+    assert_user_error(proc, "libvirt refused to attach the NIC to '%s'" % name, "no claim changed")
+    assert env.claims() == []
+    assert env.daemon.is_running(name)
+    assert hostdev_vfs(env.daemon.dumpxml(name)) == []
+    # --live on a running domain is the default; the same without the flag
+    assert_user_error(vfpick(env.host, "attach", name, "-", input=NIC), "libvirt refused")
+    assert env.claims() == []
+    # a MAC that is not there
+    assert_user_error(vfpick(env.host, "detach", name, NEW_MAC, "--live"),
+                      "has no interface with MAC %s in its live definition" % NEW_MAC)
+
+
+def test_detach_config_releases_the_claim_and_the_metadata(env):
+    name = env.define(nics=2)
+    claims = env.claims(name)
+    gone, kept = claims[0], claims[1]
+    proc = vfpick(env.host, "detach", name, gone["mac"].upper(), "--config", check=0)
+    assert ("released VF %s" % gone["vf"]).encode() in proc.stdout
+    xml = env.daemon.dumpxml(name, inactive=True)
+    assert hostdev_vfs(xml) == [kept["vf"]]
+    assert set(metadata_macs(xml)) == {kept["mac"]}
+    assert [c["vf"] for c in env.claims(name)] == [kept["vf"]]
+    # the freed VF is pickable again, and a detach of a MAC that is gone changes nothing
+    assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--config"),
+                      "no interface with MAC")
+    assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--live"), "is not running")

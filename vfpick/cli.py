@@ -158,6 +158,25 @@ def cmd_define(args):
     return 0
 
 
+def cmd_attach(args):
+    from vfpick import hotplug
+
+    cfg = _load_config(args)
+    for w in hotplug.cmd_attach(cfg, args.connect or cfg.connect, args.domain, _read_input(args.file),
+                                live=args.live, persistent=args.persistent):
+        _warn(w)
+    return 0
+
+
+def cmd_detach(args):
+    from vfpick import hotplug
+
+    cfg = _load_config(args)
+    hotplug.cmd_detach(cfg, args.connect or cfg.connect, args.domain, args.mac, live=args.live,
+                       persistent=args.persistent, timeout=args.timeout)
+    return 0
+
+
 def cmd_repick(args):
     from vfpick import virt
 
@@ -250,6 +269,22 @@ def build_parser():
                    help="then start it (a failed start keeps the definition and its claims)")
     p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
     p.set_defaults(func=cmd_define)
+
+    for verb, what, helptext in (
+            ("attach", "file", "hotplug a pool interface (FILE|-): a VF distinct from the domain's NICs"),
+            ("detach", "mac", "unplug a VF NIC by MAC; its claim is released once libvirt removed it")):
+        # No `common` parent: here --config is virsh's (the persistent definition); the config
+        # file goes before the command (`vfpick --config FILE attach ...`) or in VFPICK_CONFIG.
+        p = sub.add_parser(verb, help=helptext)
+        p.add_argument("domain", metavar="DOMAIN")
+        p.add_argument(what, metavar="FILE|-" if what == "file" else "MAC")
+        p.add_argument("--live", action="store_true", help="the running domain")
+        p.add_argument("--config", dest="persistent", action="store_true",
+                       help="the persistent definition (neither: live if running, else persistent)")
+        p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+        p.set_defaults(func=cmd_attach if verb == "attach" else cmd_detach)
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a live detach waits for the guest to release the device (default 30)")
 
     p = sub.add_parser("repick", parents=[common],
                        help="resolve a defined domain again (new VFs where needed), redefine")

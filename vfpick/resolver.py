@@ -169,6 +169,38 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
                   changed=xml != data, warnings=warnings)
 
 
+def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, store=None):
+    """Picks and claims (reserved) a VF for one more NIC of domain *doc* (hotplug); the Claim.
+
+    The NIC is placed like one more NIC of a full resolve: distinct from the VFs the domain
+    already uses (*domain_vfs* and its claims count as held), the domain's policy overrides and
+    NUMA nodes from *doc*. mac None: a new one, unique among the domain's and every claim's.
+    """
+    pool = config.pools[pool_name]
+    if mac is not None and not _unicast_mac(mac):
+        raise XmlError("invalid mac address %r (want six hex pairs, unicast, e.g. 52:54:00:aa:00:01)"
+                       % mac)
+    topo = topology.for_config(config)
+    busy = running_vfs(config)
+    distinct, strict, numa = _effective(pool, doc.overrides(pool_name))
+    store = store or store_for(config)
+    with store.transaction() as claims:
+        macs = doc.macs() | {c.mac for c in claims.all() if c.mac and c.uuid != uuid}
+        if mac is None:
+            mac = _new_mac(macs, rng or random.SystemRandom())
+        elif mac in macs:
+            raise XmlError("MAC %s is already used by this domain or another domain's claim" % mac)
+        held = set(domain_vfs) | {c.vf for c in claims.for_uuid(uuid)}
+        request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),), distinct=distinct,
+                          strict=strict, numa=numa, policy=pool.policy,
+                          numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)))
+        [p] = policy.pick(topo, pool.pfs, claims.mapping(), busy, request)
+        claim = Claim(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
+                      mac=mac, active=False)
+        claims.put(claim)
+    return claim
+
+
 def restore_claims(store, uuid, previous):
     """Rolls a domain's claims back to *previous* (libvirt refused the definition)."""
     with store.transaction() as claims:

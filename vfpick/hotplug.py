@@ -1,0 +1,268 @@
+"""NIC hotplug: `vfpick attach DOMAIN FILE` and `vfpick detach DOMAIN MAC`.
+
+attach: the pool interface gets a VF distinct from the domain's other NICs (its VFs count as
+held, as in a full resolve), the claim is written first, then libvirt's attachDeviceFlags; a
+refusal rolls the claim back. vfpick's metadata (one vfpick:nic per MAC) is updated with
+setMetadata on each side that changed (live, persistent), so the domain can be re-resolved.
+detach: libvirt's detachDeviceFlags; a live detach is only complete when the guest has let
+go of the device and libvirt removed it from the live XML: until then (bounded wait) the claim
+stays. The claims lock is never held while libvirt is called.
+"""
+
+import sys
+import time
+
+from lxml import etree
+
+from vfpick import domscan, resolver, virt
+from vfpick.errors import LibvirtFailure, UnknownPool, VfpickError, XmlError
+from vfpick.hostdev import Assignment, DomainXml
+
+DETACH_TIMEOUT = 30.0
+_POLL = 0.2
+
+
+def _targets(libvirt, dom, live, config):
+    """[(flag, label)] of the definitions to change; virsh's defaults when neither is asked."""
+    active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
+    if not live and not config:
+        live, config = active, not active
+    if live and not active:
+        raise VfpickError("domain '%s' is not running: use --config to change its definition"
+                          % dom.name())
+    if config and not persistent:
+        raise VfpickError("domain '%s' is transient (no persistent definition): drop --config"
+                          % dom.name())
+    out = []
+    if live:
+        out.append((libvirt.VIR_DOMAIN_AFFECT_LIVE, "live"))
+    if config:
+        out.append((libvirt.VIR_DOMAIN_AFFECT_CONFIG, "persistent"))
+    return out
+
+
+def _xml(libvirt, dom, flag):
+    if flag == libvirt.VIR_DOMAIN_AFFECT_CONFIG:
+        return virt.inactive_xml(dom)
+    return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE).encode("utf-8")
+
+
+def _parse_element(data, what):
+    try:
+        return etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True,
+                                                      load_dtd=False, huge_tree=False))
+    except etree.XMLSyntaxError as e:
+        raise XmlError("%s is not well-formed XML: %s" % (what, (str(e).splitlines() or ["?"])[0]))
+
+
+def parse_nic(config, data):
+    """(pool, mac or None, <interface> element) of the one pool interface in *data*."""
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise XmlError("the interface XML must not contain a DOCTYPE or entity declaration")
+    iface = _parse_element(data, "the interface")
+    source = iface.find("source")
+    network = None if source is None else source.get("network")
+    if iface.tag != "interface" or iface.get("type") != "network" or not network:
+        raise XmlError("give one pool interface: <interface type='network'><source "
+                       "network='POOL'/></interface> (pools: %s)" % ", ".join(config.pools))
+    if network not in config.pools:
+        raise UnknownPool("network '%s' is not a vfpick pool (pools: %s)"
+                          % (network, ", ".join(config.pools) or "none"))
+    if iface.find("teaming") is not None:
+        raise VfpickError("hotplug of a failover (teaming) NIC is not supported; add it to the "
+                          "definition with 'vfpick define'")
+    mac_el = iface.find("mac")
+    return network, None if mac_el is None else domscan.normalize_mac(mac_el.get("address")), iface
+
+
+def _with_nic(base_xml, iface):
+    """Domain XML *base_xml* with *iface* appended to <devices>; (bytes, its interface index)."""
+    root = _parse_element(base_xml, "the domain XML")
+    devices = root.find("devices")
+    if devices is None:
+        devices = etree.SubElement(root, "devices")
+    index = len(devices.findall("interface"))
+    devices.append(iface)
+    return etree.tostring(root), index
+
+
+def _resolved_parts(base_xml, iface, assignment):
+    """(hostdev <interface> XML, vfpick:domain metadata element) for *base_xml* plus the new NIC."""
+    data, index = _with_nic(base_xml, iface)
+    doc = DomainXml.parse(data)
+    doc.apply({index: assignment})
+    root = etree.fromstring(doc.to_bytes())
+    new = root.findall("devices/interface")[index]
+    return etree.tostring(new).decode(), root.find("metadata/{%s}domain" % domscan.NS)
+
+
+def _set_metadata(libvirt, dom, flag, meta_el):
+    """Replaces vfpick's <metadata> element. libvirt wants it without a namespace: it puts the
+    element in *uri* under the prefix *key* itself (and fails on a namespaced one)."""
+    plain = etree.Element(etree.QName(meta_el).localname, dict(meta_el.attrib))
+    for child in meta_el:
+        if isinstance(child.tag, str):
+            etree.SubElement(plain, etree.QName(child).localname, dict(child.attrib))
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, etree.tostring(plain).decode(), "vfpick",
+                    domscan.NS, flag)
+
+
+def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, rng=None):
+    out = sys.stdout if out is None else out
+    pool_name, mac, iface = parse_nic(config, data)
+    libvirt = virt._libvirt()
+    store = resolver.store_for(config)
+    conn = virt.connect(uri)
+    try:
+        dom = virt.lookup(conn, who)
+        targets = _targets(libvirt, dom, live, persistent)
+        xmls = {flag: _xml(libvirt, dom, flag) for flag, _ in targets}
+        name = dom.name()
+        docs = [DomainXml.parse(x) for x in xmls.values()]
+        if mac is not None and any(mac in d.macs() for d in docs):
+            raise VfpickError("domain '%s' already has an interface with MAC %s" % (name, mac))
+        in_use = {vf for x in xmls.values() for vf, _mac in domscan.scan(x).hostdev_vfs}
+        # Policy overrides and NUMA placement: from the persistent side when it is changed.
+        claim = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
+                                         in_use, rng=rng, store=store)
+        assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
+                                link=claim.link)
+        if iface.find("mac") is None:
+            etree.SubElement(iface, "mac", address=claim.mac)
+        parts = {flag: _resolved_parts(xmls[flag], iface, assignment) for flag, _ in targets}
+        flags = 0
+        for flag, _ in targets:
+            flags |= flag
+        try:
+            # One call for both sides: libvirt changes live and persistent together or neither.
+            dom.attachDeviceFlags(parts[targets[0][0]][0], flags)
+        except libvirt.libvirtError as e:
+            _forget(store, claim)
+            raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)"
+                                 % (name, virt._message(e))) from None
+        warnings = []
+        for flag, label in targets:
+            try:
+                _set_metadata(libvirt, dom, flag, parts[flag][1])
+            except libvirt.libvirtError as e:
+                warnings.append("NIC %s attached, but its %s metadata was not recorded: %s"
+                                % (claim.mac, label, virt._message(e)))
+    finally:
+        conn.close()
+    if any(label == "live" for _, label in targets):
+        _update(store, claim, active=True)
+    out.write("attached %s to domain '%s' (%s): VF %s (PF %s, link %s)\n"
+              % (claim.mac, name, " and ".join(label for _, label in targets), claim.vf, claim.pf,
+                 claim.link))
+    return warnings
+
+
+def _forget(store, claim):
+    """Drops *claim* unless someone changed it since (a rollback never drops another's claim)."""
+    with store.transaction() as claims:
+        if claims.get(claim.vf) == claim:
+            claims.drop(claim.vf)
+
+
+def _update(store, claim, active):
+    with store.transaction() as claims:
+        current = claims.get(claim.vf)
+        if current is not None and current.uuid == claim.uuid and current.mac == claim.mac:
+            claims.put(current._replace(active=active))
+
+
+def _interfaces_with_mac(xml, mac):
+    root = _parse_element(xml, "the domain XML")
+    found = [i for i in root.findall("devices/interface")
+             if i.find("mac") is not None and domscan.normalize_mac(i.find("mac").get("address")) == mac]
+    # A failover pair shares the MAC: the VF (transient) goes first, then its virtio partner.
+    return sorted(found, key=lambda i: i.get("type") != "hostdev")
+
+
+def wait_removed(fetch_live_xml, mac, timeout, clock=time.monotonic, sleep=time.sleep):
+    """True once the live XML has no interface with *mac*; False after *timeout* seconds."""
+    deadline = clock() + timeout
+    while True:
+        if not _interfaces_with_mac(fetch_live_xml(), mac):
+            return True
+        if clock() >= deadline:
+            return False
+        sleep(_POLL)
+
+
+def _without_nic_metadata(xml, mac):
+    """vfpick:domain metadata element of *xml* without the entry for *mac*; None when there is none."""
+    root = _parse_element(xml, "the domain XML")
+    meta = root.find("metadata/{%s}domain" % domscan.NS)
+    if meta is None:
+        return None
+    for nic in meta.findall("{%s}nic" % domscan.NS):
+        if domscan.normalize_mac(nic.get("mac")) == mac:
+            meta.remove(nic)
+    return meta
+
+
+def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=DETACH_TIMEOUT, out=None):
+    out = sys.stdout if out is None else out
+    wanted = domscan.normalize_mac(mac)
+    libvirt = virt._libvirt()
+    conn = virt.connect(uri)
+    try:
+        dom = virt.lookup(conn, who)
+        name, uuid = dom.name(), dom.UUIDString()
+        targets = _targets(libvirt, dom, live, persistent)
+        found = {}
+        for flag, label in targets:
+            ifaces = _interfaces_with_mac(_xml(libvirt, dom, flag), wanted)
+            if not ifaces:
+                raise VfpickError("domain '%s' has no interface with MAC %s in its %s definition"
+                                  % (name, wanted, label))
+            if not any(i.get("type") == "hostdev" for i in ifaces):
+                raise VfpickError("the interface %s of domain '%s' is not a VF (type '%s'): use "
+                                  "virsh detach-interface" % (wanted, name, ifaces[0].get("type")))
+            found[flag] = ifaces
+        for flag, label in targets:
+            for iface in found[flag]:
+                try:
+                    dom.detachDeviceFlags(etree.tostring(iface).decode(), flag)
+                except libvirt.libvirtError as e:
+                    raise LibvirtFailure("libvirt refused to detach %s from '%s' (%s): %s (no claim "
+                                         "changed)" % (wanted, name, label, virt._message(e))) from None
+        live_flag = libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if live_flag in found and not wait_removed(lambda: _xml(libvirt, dom, live_flag), wanted, timeout):
+            raise LibvirtFailure(
+                "the guest of '%s' has not released %s within %g s: libvirt still lists it, so its "
+                "VF stays claimed; check the guest (ACPI hotplug), then run this again or 'vfpick "
+                "reconcile' once it is gone" % (name, wanted, timeout))
+        for flag, label in targets:
+            meta = _without_nic_metadata(_xml(libvirt, dom, flag), wanted)
+            if meta is not None:
+                try:
+                    _set_metadata(libvirt, dom, flag, meta)
+                except libvirt.libvirtError:
+                    pass  # the NIC is gone; a stale entry for a MAC with no interface is ignored
+        # After the device is gone: the VF is free unless the other side still uses it.
+        still = set()
+        live_now = dom.isActive()
+        for flag in ([live_flag] if live_now else []) + (
+                [libvirt.VIR_DOMAIN_AFFECT_CONFIG] if dom.isPersistent() else []):
+            still.update(vf for vf, m in domscan.scan(_xml(libvirt, dom, flag)).hostdev_vfs if m == wanted)
+        running_vfs = {vf for vf, m in domscan.scan(_xml(libvirt, dom, live_flag)).hostdev_vfs} \
+            if live_now else set()
+    finally:
+        conn.close()
+    released = []
+    with resolver.store_for(config).transaction() as claims:
+        for claim in claims.for_uuid(uuid):
+            if claim.mac != wanted:
+                continue
+            if claim.vf in still:
+                claims.put(claim._replace(active=claim.vf in running_vfs))
+            else:
+                claims.drop(claim.vf)
+                released.append(claim.vf)
+    out.write("detached %s from domain '%s' (%s)%s\n" % (
+        wanted, name, " and ".join(label for _, label in targets),
+        "; released VF %s" % ", ".join(released) if released else
+        "; its VF stays claimed (the other definition still uses it)"))
+    return released
