@@ -129,14 +129,14 @@ def test_attach_config_to_a_shut_off_domain_picks_a_distinct_link(env):
 
 def test_attach_refused_by_libvirt_rolls_the_claim_back(env):
     name = env.define(nics=1)
-    before = open(env.state_path, "rb").read()
+    before = env.claims()
     xml = env.daemon.dumpxml(name, inactive=True)
     # the guest PCI slot of the existing NIC: libvirt refuses a second device there
     used = etree.fromstring(xml.encode()).find("devices/interface/address")
     nic = NIC.replace(b"</interface>", etree.tostring(used) + b"</interface>")
     proc = vfpick(env.host, "attach", name, "-", "--config", input=nic)
     assert_user_error(proc, "libvirt refused to attach the NIC to '%s'" % name, "no claim changed")
-    assert open(env.state_path, "rb").read() == before
+    assert env.claims() == before
     assert env.daemon.dumpxml(name, inactive=True) == xml
 
 
