@@ -130,8 +130,8 @@ def man_vfpick(parser):
         _roff("the qemu hook written by vfpick install-hook"),
         ".SH ENVIRONMENT",
         ".TP", _bold("VFPICK_CONFIG"),
-        _roff("config file when --config is not given (default %s); the hook ignores it, "
-              "install-hook bakes the path in" % configmod.DEFAULT_PATH),
+        _roff("config file when --config is not given (default %s). libvirt runs the hook "
+              "without it: install-hook bakes the path into the hook" % configmod.DEFAULT_PATH),
         ".SH EXIT STATUS",
         _roff("0 on success; 1 with one line \"vfpick: ...\" on stderr for a user error (unknown "
               "pool, pool exhausted, strict distinctness impossible, bad XML or config, a VF held "
