@@ -37,7 +37,8 @@ def parser_with_extra_command():
     p = sub.add_parser("frobnicate", help="a command added after docgen was written")
     p.add_argument("--widget", metavar="FILE", help="the widget file")
     p.add_argument("--count", type=int, default=3, metavar="N", help="how many")
-    p.add_argument("domain", metavar="NAME|UUID")
+    p.add_argument("--config", action="store_true", help="a flag named like the global option")
+    p.add_argument("where", metavar="DIR")
     return parser
 
 
@@ -127,6 +128,10 @@ def complete(script, words, cwd):
     (["vfpick", "metrics", "--textfile", "t"], ["textdir"]),     # directories only
     (["vfpick", "frobnicate", "--wi"], ["--widget"]),            # added after docgen was written
     (["vfpick", "frob"], ["frobnicate"]),
+    (["vfpick", "frobnicate", "--config", "te"], ["textdir"]),   # its --config takes no FILE
+    (["vfpick", "frobnicate", "--widget", "te"], ["textdir", "textfile.txt"]),
+    (["vfpick", "--config", "te"], ["textdir", "textfile.txt"]),
+    (["vfpick", "frobnicate", "--count", "te"], []),             # free text
 ])
 def test_bash_completion(tmp_path, words, expected):
     script = tmp_path / "vfpick.bash"

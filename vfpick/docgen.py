@@ -238,15 +238,24 @@ def _arg_completion(action):
     return ""
 
 
+def _value_cases(parser, indent):
+    """`case $prev in` lines completing the values of *parser*'s options."""
+    by_snippet = {}
+    for action in _options(parser):
+        if _takes_value(action):
+            by_snippet.setdefault(_arg_completion(action), []).extend(action.option_strings)
+    if not by_snippet:
+        return []
+    lines = [indent + "case $prev in"]
+    for snippet, flags in sorted(by_snippet.items()):
+        lines.append(indent + "    %s) %sreturn ;;" % ("|".join(flags), snippet + "; " if snippet else ""))
+    return lines + [indent + "esac"]
+
+
 def bash_completion(parser):
     commands = _subcommands(parser)
-    globals_ = [s for a in parser._actions if a.option_strings for s in a.option_strings]
-    value_opts = {}
-    for p in [parser] + [sub for _, _, sub in commands]:
-        for action in _options(p):
-            if _takes_value(action):
-                for s in action.option_strings:
-                    value_opts.setdefault(s, _arg_completion(action))
+    global_flags = [s for a in parser._actions if a.option_strings for s in a.option_strings]
+    global_values = [s for a in _options(parser) if _takes_value(a) for s in a.option_strings]
     lines = [
         "# bash completion for vfpick %s" % vfpick.__version__,
         "# Generated from vfpick's argparse parser by vfpick.docgen: do not edit.",
@@ -257,46 +266,39 @@ def bash_completion(parser):
         "    local i cmd=",
         "    for ((i = 1; i < cword; i++)); do",
         "        case ${words[i]} in",
-        "            %s) ((i++)) ;;" % "|".join(sorted(value_opts)),
+    ]
+    if global_values:
+        lines.append("            %s) ((i++)) ;;" % "|".join(global_values))
+    lines += [
         "            -*) ;;",
         "            *) cmd=${words[i]}; break ;;",
         "        esac",
         "    done",
-        "    case $prev in",
-    ]
-    by_snippet = {}
-    for flag, snippet in sorted(value_opts.items()):
-        by_snippet.setdefault(snippet, []).append(flag)
-    for snippet, flags in sorted(by_snippet.items()):
-        lines.append("        %s) %sreturn ;;" % ("|".join(flags), snippet + "; " if snippet else ""))
-    lines += [
-        "    esac",
         "    if [[ -z $cmd ]]; then",
+    ]
+    lines += _value_cases(parser, "        ")
+    lines += [
         '        COMPREPLY=($(compgen -W "%s %s" -- "$cur"))' % (
-            " ".join(name for name, _, _ in commands), " ".join(globals_)),
+            " ".join(name for name, _, _ in commands), " ".join(global_flags)),
         "        return",
         "    fi",
-        "    local opts=",
         "    case $cmd in",
     ]
+    # Each command on its own: one flag name can take a value in one command and not in another.
     for name, _, sub in commands:
         flags = [s for a in sub._actions if a.option_strings for s in a.option_strings]
-        lines.append('        %s) opts="%s" ;;' % (name, " ".join(flags)))
-    lines += [
-        "    esac",
-        "    if [[ $cur == -* ]]; then",
-        '        COMPREPLY=($(compgen -W "$opts" -- "$cur"))',
-        "        return",
-        "    fi",
-        "    case $cmd in",
-    ]
-    for name, _, sub in commands:
-        positionals = _positionals(sub)
-        snippets = [_arg_completion(a) for a in positionals]
-        if any(snippets):
-            # Which positional the cursor is on does not matter much here: the first one that
+        snippets = [s for s in (_arg_completion(a) for a in _positionals(sub)) if s]
+        lines.append("        %s)" % name)
+        lines += _value_cases(sub, "            ")
+        lines += ["            if [[ $cur == -* ]]; then",
+                  '                COMPREPLY=($(compgen -W "%s" -- "$cur"))' % " ".join(flags),
+                  "                return",
+                  "            fi"]
+        if snippets:
+            # Which positional the cursor is on matters little here: the first one that
             # completes to something is offered.
-            lines.append("        %s) %s ;;" % (name, next(s for s in snippets if s)))
+            lines.append("            %s" % snippets[0])
+        lines.append("            ;;")
     lines += [
         "    esac",
         "} &&",
