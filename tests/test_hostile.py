@@ -394,15 +394,32 @@ def _fuzz_host(factory):
     return _HOSTS["h"]
 
 
-@pytest.mark.parametrize("argv", [[], ["vm"], ["vm", "prepare"], ["", "", "", ""],
-                                  ["vm", "prepare", "begin", "-", "extra", "args"],
-                                  ["vm\nx", "prepare", "begin", "-"], ["-", "--help", "-", "-"]])
-def test_odd_hook_argv(host, argv):
+USAGE = "vfpick: hook usage: qemu NAME OP SUBOP EXTRA (run by libvirt)\n"
+
+
+# stdin is an unresolved pool domain: an argv read as `prepare begin` must refuse it (exit 1);
+# anything else is no op of the hook's (exit 0, silent).
+@pytest.mark.parametrize("argv,rc,said", [
+    ([], 1, USAGE),
+    (["vm"], 1, USAGE),
+    (["vm", "prepare"], 0, ""),                        # no SUBOP: not `prepare begin`
+    (["", "", "", ""], 0, ""),
+    (["-", "--help", "-", "-"], 0, ""),                # no option parsing: op "--help"
+    (["vm", "prepare", "begin", "-", "extra", "args"], 1, "domain 'vm' has unresolved pool"),
+    (["vm\nx", "prepare", "begin", "-"], 1, "domain 'vm x' has unresolved pool"),  # one line
+])
+def test_odd_hook_argv(host, argv, rc, said):
     host.write_config()
     out, err = io.BytesIO(), io.StringIO()
-    rc = hook.run(argv, stdin=io.BytesIO(b"<domain><name>vm</name></domain>"), stdout=out,
-                  stderr=err, config_path=host.config_path)
-    assert rc in (0, 1) and "Traceback" not in err.getvalue()
+    got = hook.run(argv, stdin=io.BytesIO(domain("vm", nics=1)), stdout=out, stderr=err,
+                   config_path=host.config_path)
+    message = err.getvalue()
+    assert (got, out.getvalue()) == (rc, b""), message
+    if said:
+        assert message.startswith("vfpick: ") and message.count("\n") == 1 and said in message, \
+            message
+    else:
+        assert message == ""
     assert claims_file(host) is None
 
 

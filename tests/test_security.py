@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from clitools import REPO, cli_env, domain, vfpick
+from clitools import REPO, assert_user_error, cli_env, domain, vfpick
 from vfpick.state import StateStore
 
 PKG = os.path.join(REPO, "vfpick")
@@ -53,18 +53,29 @@ def test_rewrite_keeps_0600_even_if_someone_loosened_the_file(tmp_path):
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600  # a fresh temp file, renamed
 
 
-def test_existing_world_writable_state_dir_is_tightened_or_refused(host):
-    """BUG (state/store.py, StateStore._open_dir): a state dir that already exists is used
-    with whatever mode it has. A group/world-writable /var/lib/vfpick lets any local user
-    rename a forged claims.json into place (rename needs only write access to the dir),
-    i.e. take or free any VF. vfpick should fchmod it to 0700 (it is root's) or refuse it."""
+def test_existing_world_writable_state_dir_of_ours_is_tightened(host):
+    """A group/world-writable /var/lib/vfpick would let any local user rename a forged
+    claims.json into place (rename needs only write access to the dir), i.e. take or free any
+    VF. A dir the caller owns is fchmod'ed to 0700 and used."""
     host.write_config()
     os.makedirs(host.state_dir)
     os.chmod(host.state_dir, 0o777)
     proc = vfpick(host, "resolve", "-", input=domain("loose", nics=1))
     mode = stat.S_IMODE(os.stat(host.state_dir).st_mode)
-    assert mode == 0o700 or (proc.returncode == 1 and host.state_dir in proc.stderr.decode()), \
-        (oct(mode), proc.returncode, proc.stderr)
+    assert (oct(mode), proc.returncode) == (oct(0o700), 0), proc.stderr
+    assert os.path.exists(os.path.join(host.state_dir, "claims.json"))
+
+
+def test_a_state_dir_owned_by_someone_else_is_refused(host):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the state dir away")
+    host.write_config()
+    os.makedirs(host.state_dir, mode=0o700)
+    os.chown(host.state_dir, 4321, -1)
+    proc = vfpick(host, "resolve", "-", input=domain("theirs", nics=1))
+    assert_user_error(proc, "state directory %s is owned by uid 4321, not 0" % host.state_dir,
+                      "chown")
+    assert os.listdir(host.state_dir) == []
 
 
 # --- the installed hook trusts nothing from its environment ---------------------------------------
