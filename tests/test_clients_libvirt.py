@@ -172,3 +172,38 @@ def test_detach_config_releases_the_claim_and_the_metadata(env):
     assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--config"),
                       "no interface with MAC")
     assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--live"), "is not running")
+
+
+# --------------------------------------------------------------------------- failover
+
+def test_libvirt_accepts_failover_pairs(env):
+    """[pool] failover = bridge:BR: libvirt's own validation of <teaming> takes the result."""
+    env.host.write_config({"fast": "pfs = %s\nfailover = bridge:vfpt-br0\n" % " ".join(env.host.netdevs())})
+    name = env.define(nics=2)
+    root = etree.fromstring(env.daemon.dumpxml(name, inactive=True).encode())
+    ifaces = root.findall("devices/interface")
+    assert [i.get("type") for i in ifaces] == ["bridge", "hostdev", "bridge", "hostdev"]
+    for virtio, vf in zip(ifaces[::2], ifaces[1::2]):
+        alias = virtio.find("alias").get("name")
+        assert alias.startswith("ua-") and virtio.find("model").get("type") == "virtio"
+        assert virtio.find("teaming").attrib == {"type": "persistent"}
+        assert vf.find("teaming").attrib == {"type": "transient", "persistent": alias}
+        assert virtio.find("mac").get("address") == vf.find("mac").get("address")
+    assert sorted(c["mac"] for c in env.claims(name)) == sorted(
+        i.find("mac").get("address") for i in ifaces[1::2])
+    # libvirt's XML of it re-resolves to itself: no second partner
+    assert ("kept domain '%s'" % name).encode() in env.cli("repick", name).stdout
+
+
+def test_libvirt_accepts_a_hand_written_pair_in_a_pool_interface(env):
+    name = env.daemon.unique_name("hand")
+    devices = ("<interface type='bridge'><mac address='52:54:00:fa:22:01'/><source bridge='vfpt-br1'/>"
+               "<model type='virtio'/><teaming type='persistent'/><alias name='ua-backup0'/></interface>"
+               "<interface type='network'><mac address='52:54:00:fa:22:01'/><source network='fast'/>"
+               "<teaming type='transient' persistent='ua-backup0'/></interface>")
+    env.daemon.track(name)
+    vfpick(env.host, "define", "-", input=lv.domain_xml(name, devices=devices).encode(), check=0)
+    root = etree.fromstring(env.daemon.dumpxml(name, inactive=True).encode())
+    ifaces = root.findall("devices/interface")
+    assert [i.get("type") for i in ifaces] == ["bridge", "hostdev"]
+    assert ifaces[1].find("teaming").attrib == {"type": "transient", "persistent": "ua-backup0"}

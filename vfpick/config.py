@@ -23,9 +23,15 @@ Config = namedtuple(
 Config.__doc__ = """pools: {name: Pool} in file order; links: {name: tuple of PF addrs}.
 lock_timeout: seconds any command or the hook waits for the claims lock."""
 
-Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk")
+Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk failover",
+                  defaults=(None,))
 Pool.__doc__ = """pfs: PF PCI addresses in the order the file lists them (``pack`` uses it).
-trust/spoofchk: True, False or None (leave the VF as the driver set it)."""
+trust/spoofchk: True, False or None (leave the VF as the driver set it).
+failover: a Failover, or None (plain VF NICs)."""
+
+Failover = namedtuple("Failover", "kind name")
+Failover.__doc__ = """``failover = bridge:BR | network:NET``: each NIC of the pool also gets a
+virtio NIC (kind 'bridge' or 'network', on *name*) paired with the VF by libvirt <teaming>."""
 
 DISTINCT = ("card", "link", "pf", "none")
 NUMA = ("required", "preferred", "ignore")
@@ -43,7 +49,7 @@ _MAIN_KEYS = {
     "lock_timeout": "30",
 }
 _NOT_PATHS = {"connect", "lock_timeout"}
-_POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk"}
+_POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk", "failover"}
 _LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -272,8 +278,27 @@ def parse(text, path="<config>"):
             policy=_choice(where, section, "policy", items.get("policy", "spread"), POLICY),
             trust=_mapped(where, section, "trust", items.get("trust", "unset"), _TRISTATE),
             spoofchk=_mapped(where, section, "spoofchk", items.get("spoofchk", "unset"), _TRISTATE),
+            failover=_failover(where, section, items.get("failover")),
         )
+    for section, name, _items in pools_raw:
+        failover = pools[name].failover
+        if failover is not None and failover.kind == "network" and failover.name in pools:
+            raise where.error(section, "failover", "network '%s' is a vfpick pool: the virtio "
+                              "side needs a libvirt network or bridge" % failover.name)
     return Config(path=path, pools=pools, links=links, **main)
+
+
+def _failover(where, section, value):
+    if value is None:
+        return None
+    kind, sep, name = value.strip().partition(":")
+    kind, name = kind.strip().lower(), name.strip()
+    if not sep or kind not in ("bridge", "network") or not name:
+        raise where.error(section, "failover", "%r: use bridge:BRIDGE or network:NETWORK" % value)
+    # A bridge is a netdev (at most 15 bytes); both end up in XML attributes and file names.
+    if not set(name) <= _NAME_CHARS or (kind == "bridge" and len(name) > 15):
+        raise where.error(section, "failover", "%r is not a valid %s name" % (name, kind))
+    return Failover(kind, name)
 
 
 def load(path):

@@ -325,6 +325,22 @@ class DomainXml(object):
 
     # -- mutations --------------------------------------------------------------------------
 
+    def pair_interface(self, index, partner, children):
+        """Inserts *partner* ((open tag, [child elements], close tag) bytes) as a sibling right
+        before interface #index and appends *children* (element bytes) to that interface, in
+        the document's own layout: a failover pair (vfpick.failover)."""
+        iface = self._interfaces()[index]
+        start, stag_end, etag_start, _end = self._span[iface]
+        if etag_start is None:
+            raise XmlError("interface %d has no <source>" % (index + 1))
+        own, kids = self._child_indent(iface)
+        block = self._block(partner[0], partner[1], partner[2], own, kids)
+        inner = list(iface)
+        at = self._span[inner[-1]][3] if inner else stag_end
+        added = b"".join((b"\n" + kids if kids is not None else b"") + c for c in children)
+        self._commit([(start, start, block + (b"\n" + own if own is not None else b"")),
+                      (at, at, added)])
+
     def ensure_uuid(self):
         """The domain's UUID; adds ``<uuid>`` (random) after ``<name>`` when absent."""
         current = self.uuid

@@ -68,7 +68,7 @@ def parse_nic(config, data):
     if network not in config.pools:
         raise UnknownPool("network '%s' is not a vfpick pool (pools: %s)"
                           % (network, ", ".join(config.pools) or "none"))
-    if iface.find("teaming") is not None:
+    if iface.find("teaming") is not None or config.pools[network].failover is not None:
         raise VfpickError("hotplug of a failover (teaming) NIC is not supported; add it to the "
                           "definition with 'vfpick define'")
     mac_el = iface.find("mac")

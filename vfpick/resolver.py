@@ -81,7 +81,8 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
     default: ``libvirt_config_dir/networks/NAME.xml``.
     Raises a VfpickError (unknown pool, exhausted, strict, bad XML); then nothing is claimed.
     """
-    from vfpick.hostdev import Assignment, DomainXml  # lxml: only the commands that rewrite
+    from vfpick import failover  # lxml: only the commands that rewrite
+    from vfpick.hostdev import Assignment, DomainXml
 
     rng = rng or random.SystemRandom()
     if network_exists is None:
@@ -123,10 +124,18 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
     store = store or store_for(config)
     with store.transaction() as claims:
         macs_taken = set(doc.macs()) | {c.mac for c in claims.all() if c.mac}
+        if failover.pair_pool_nics(doc, config, lambda: _new_mac(macs_taken, rng), network_exists):
+            # Interfaces moved (partners went in before their VFs) and MACs were given out.
+            pool_nics = [i for i in doc.network_interfaces() if i.network in config.pools]
+            managed = doc.managed_interfaces()
         by_pool = {}  # pool -> list of (iface index, Nic)
+        # A NIC keeps the VF this domain's claim for its MAC names on this host, before the
+        # address in the XML: after `migrate --persistent` the definition libvirt wrote holds
+        # the source host's addresses while the domain runs on the VFs the filter claimed here.
+        claimed = {c.mac: c.vf for c in claims.for_uuid(uuid) if c.mac and c.vf in topo.vfs}
         for iface in managed:
-            by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac,
-                                                                        _keepable(topo, iface))))
+            keep = claimed.get(iface.mac) or _keepable(topo, iface)
+            by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, keep)))
         for iface in pool_nics:
             mac = iface.mac or _new_mac(macs_taken, rng)
             by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, None)))
@@ -160,7 +169,8 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
         was_active = {c.vf for c in previous if c.active}
         kept = {a.vf for a in assignments.values()}
         for old in previous:
-            if old.vf not in kept:
+            # A VF the domain still runs on stays its own (reconcile drops it once it stopped).
+            if old.vf not in kept and busy.get(old.vf) != uuid:
                 claims.drop(old.vf)
         for a in assignments.values():
             claims.put(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid,
