@@ -424,3 +424,54 @@ def test_fifo_as_state_file_is_refused_without_hanging(tmp_path):
 
 def test_claimset_is_exported():
     assert isinstance(ClaimSet({}, writable=False).all(), list)
+
+
+# --- drained PFs (vfpick drain) ------------------------------------------------------------
+
+P1, P2 = "0000:3b:00.1", "0000:0a:00.0"
+
+
+def test_drained_round_trip_written_only_when_set(tmp_path):
+    store = store_with(tmp_path, A)
+    plain = read_bytes(store)
+    assert b"drained" not in plain and store.snapshot().drained() == frozenset()
+    with store.transaction() as cs:  # a change of the drained set alone is written
+        cs.set_drained({P1, P2})
+    doc = json.loads(read_bytes(store))
+    assert doc["drained"] == [P2, P1]  # PCI order
+    assert store.snapshot().drained() == {P1, P2} and store.snapshot().all() == [A]
+    with store.transaction() as cs:
+        assert cs.drained() == {P1, P2}
+        cs.put(B)
+    assert store.snapshot().drained() == {P1, P2}  # a claim write keeps it
+    with store.transaction() as cs:
+        cs.set_drained(set())
+        cs.drop(B.vf)
+    assert read_bytes(store) == plain  # undrained: the file is as it was before drain existed
+
+
+def test_set_drained_refuses_a_non_canonical_address_and_is_read_only_outside(tmp_path):
+    store = store_with(tmp_path, A)
+    with pytest.raises(ValueError, match="canonical"):
+        with store.transaction() as cs:
+            cs.set_drained({"3b:00.1"})
+    with pytest.raises(RuntimeError):
+        store.snapshot().set_drained({P1})
+    assert b"drained" not in read_bytes(store)
+
+
+@pytest.mark.parametrize("drained, why", [
+    ("0000:3b:00.1", "'drained' is not a list"),
+    ([P1, P1], "a PF is drained twice"),
+    (["3b:00.1"], "drained PF 0 is not a canonical PCI address"),
+    ([7], "drained PF 0 is not a canonical PCI address"),
+])
+def test_a_bad_drained_entry_is_corrupt(tmp_path, drained, why):
+    store = StateStore(str(tmp_path / "state"))
+    os.makedirs(store.state_dir)
+    raw = json.dumps({"version": 1, "claims": [], "drained": drained}).encode()
+    with open(store.path, "wb") as f:
+        f.write(raw)
+    with pytest.raises(StateCorrupt, match=why):
+        store.snapshot()
+    assert read_bytes(store) == raw

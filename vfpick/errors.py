@@ -63,3 +63,11 @@ class DomainNotFound(VfpickError):
 
 class LibvirtFailure(VfpickError):
     """libvirt refused a request (define, lookup, connect)."""
+
+
+class DomainRunning(VfpickError):
+    """A move was asked of a running domain (or one that started meanwhile)."""
+
+
+class DomainChanged(VfpickError):
+    """The domain was redefined by someone else while vfpick was moving it."""

@@ -23,6 +23,11 @@ def unit_of(topology, distinct, pf_addr):
     return None
 
 
+def in_service(pool_pfs, drained):
+    """The pool's PFs new picks may use: those not drained, in the pool's order."""
+    return tuple(addr for addr in pool_pfs if addr not in drained) if drained else tuple(pool_pfs)
+
+
 def pool_vfs(topology, pool_pfs):
     """Every VF of the pool's PFs, PFs in list order, VFs in index order."""
     out = []

@@ -11,7 +11,7 @@ import random
 from collections import namedtuple
 
 from vfpick import config as configmod, domscan, policy, topology
-from vfpick.errors import UnknownPool, XmlError
+from vfpick.errors import ClaimConflict, UnknownPool, XmlError
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import StateStore
 
@@ -45,7 +45,7 @@ def _new_mac(taken, rng):
             return mac
 
 
-def _effective(pool, overrides):
+def effective(pool, overrides):
     return (
         overrides.distinct or pool.distinct,
         pool.strict if overrides.strict is None else overrides.strict,
@@ -74,22 +74,15 @@ def _keepable(topo, iface):
     return iface.vf
 
 
-def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
-    """Resolves pool interfaces of domain XML *data*; returns Result.
+Interfaces = namedtuple("Interfaces", "pool managed")
+Interfaces.__doc__ = """The NICs vfpick places: pool (hostdev.NetIface, not yet resolved) and
+managed (hostdev.ManagedIface, resolved before)."""
 
-    network_exists(name) -> bool tells whether a non-pool network is a libvirt network;
-    default: ``libvirt_config_dir/networks/NAME.xml``.
-    Raises a VfpickError (unknown pool, exhausted, strict, bad XML); then nothing is claimed.
-    """
-    from vfpick import failover  # lxml: only the commands that rewrite
-    from vfpick.hostdev import Assignment, DomainXml
 
-    rng = rng or random.SystemRandom()
-    if network_exists is None:
-        def network_exists(name):
-            return libvirt_network_exists(config, name)
-    doc = DomainXml.parse(data)
+def interfaces(config, doc, network_exists):
+    """Interfaces of *doc*; UnknownPool/XmlError for a bad one.
 
+    network_exists(name) -> bool: is a non-pool <source network> a libvirt network?"""
     pool_nics = []
     for iface in doc.network_interfaces():
         if iface.network in config.pools:
@@ -110,7 +103,109 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
             raise UnknownPool(
                 "interface %s was resolved from pool '%s', which %s does not define (pools: %s)"
                 % (iface.mac, iface.pool, config.path, ", ".join(config.pools) or "none"))
-    if not pool_nics and not managed:
+    return Interfaces(pool_nics, managed)
+
+
+def macs_in_use(doc, claims):
+    """MACs a new NIC must not get: the domain's own and every claim's ({vf: Claim})."""
+    return set(doc.macs()) | {c.mac for c in claims.values() if c.mac}
+
+
+Plan = namedtuple("Plan", "assignments picks warnings")
+Plan.__doc__ = """assignments: {interface index: hostdev.Assignment}; picks: {mac: Pick}."""
+
+
+def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), targets=None):
+    """Places every NIC of *ifaces* (Interfaces of *doc*, its uuid set); returns Plan.
+
+    Pure of I/O: claims is {vf: Claim} (a transaction's mapping, or an overlay for a dry run).
+    avoid: PF addresses no NIC may be placed on (drained), not even a NIC that holds a VF
+    there. targets: {mac: vf} the NICs to put on those VFs (a ClaimConflict when one is not
+    free for this domain in its pool); other managed NICs keep their valid VFs.
+    Raises a VfpickError when any pool cannot be met: then nothing is placed.
+    """
+    from vfpick.hostdev import Assignment
+
+    targets = targets or {}
+    uuid, name = doc.uuid, doc.name
+    macs_taken = macs_in_use(doc, claims)
+    by_pool = {}  # pool -> list of (iface index, Nic)
+    # A NIC keeps the VF this domain's claim for its MAC names on this host, before the
+    # address in the XML: after `migrate --persistent` the definition libvirt wrote holds
+    # the source host's addresses while the domain runs on the VFs the filter claimed here.
+    claimed = {c.mac: c.vf for c in claims.values()
+               if c.uuid == uuid and c.mac and c.vf in topo.vfs}
+    for iface in ifaces.managed:
+        keep = targets.get(iface.mac) or claimed.get(iface.mac) or _keepable(topo, iface)
+        by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, keep)))
+    for iface in ifaces.pool:
+        mac = iface.mac or _new_mac(macs_taken, rng)
+        by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, targets.get(mac))))
+
+    numa_nodes = doc.numa_nodes(topo.node_cpus)
+    assignments, picks, held, warnings = {}, {}, [], []
+    for pool_name in sorted(by_pool, key=list(config.pools).index):
+        pool = config.pools[pool_name]
+        entries = sorted(by_pool[pool_name])
+        distinct, strict, numa = effective(pool, doc.overrides(pool_name))
+        request = Request(
+            uuid=uuid, pool=pool_name, nics=tuple(nic for _, nic in entries),
+            distinct=distinct, strict=strict, numa=numa, policy=pool.policy,
+            numa_nodes=numa_nodes, held=tuple(held),
+        )
+        chosen = policy.pick(topo, policy.in_service(pool.pfs, avoid), claims, busy, request)
+        if len(chosen) > 1 and not policy.distinct_met(topo, chosen, distinct):
+            warnings.append("pool '%s': %d NICs of domain '%s' share a %s (distinct=%s is best "
+                            "effort: not enough free %ss)" % (pool_name, len(chosen), name,
+                                                             distinct, distinct, distinct))
+        for (index, _), p in zip(entries, chosen):
+            if p.mac in targets and p.vf != targets[p.mac]:
+                raise ClaimConflict(
+                    "VF %s is not free for NIC %s of domain '%s' in pool '%s' (claimed, in use, "
+                    "drained or not in the pool); nothing changed" % (targets[p.mac], p.mac, name,
+                                                                      pool_name))
+            assignments[index] = Assignment(mac=p.mac, pool=pool_name, vf=p.vf, pf=p.pf, link=p.link)
+            picks[p.mac] = p
+            held.append(p.vf)
+    return Plan(assignments, picks, warnings)
+
+
+def record(claims, uuid, name, assignments, busy, keep_previous=False):
+    """Writes the claims of *assignments* into a writable ClaimSet; returns the previous claims.
+
+    A claim keeps its active flag when it stays. A VF the domain still runs on (*busy*, {vf:
+    uuid}) stays its own (reconcile drops it once it stopped). keep_previous: the domain's other
+    claims stay too (a move holds both sets until libvirt has the new definition)."""
+    previous = claims.for_uuid(uuid)
+    was_active = {c.vf for c in previous if c.active}
+    kept = {a.vf for a in assignments.values()}
+    if not keep_previous:
+        for old in previous:
+            if old.vf not in kept and busy.get(old.vf) != uuid:
+                claims.drop(old.vf)
+    for a in assignments.values():
+        claims.put(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid,
+                         mac=a.mac, active=a.vf in was_active))
+    return previous
+
+
+def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
+    """Resolves pool interfaces of domain XML *data*; returns Result.
+
+    network_exists(name) -> bool tells whether a non-pool network is a libvirt network;
+    default: ``libvirt_config_dir/networks/NAME.xml``.
+    Raises a VfpickError (unknown pool, exhausted, strict, bad XML); then nothing is claimed.
+    """
+    from vfpick import failover  # lxml: only the commands that rewrite
+    from vfpick.hostdev import DomainXml
+
+    rng = rng or random.SystemRandom()
+    if network_exists is None:
+        def network_exists(name):
+            return libvirt_network_exists(config, name)
+    doc = DomainXml.parse(data)
+    ifaces = interfaces(config, doc, network_exists)
+    if not ifaces.pool and not ifaces.managed:
         return Result(xml=data, uuid=doc.uuid, name=doc.name, picks={}, previous=[],
                       changed=False, warnings=[])
 
@@ -123,60 +218,16 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
 
     store = store or store_for(config)
     with store.transaction() as claims:
-        macs_taken = set(doc.macs()) | {c.mac for c in claims.all() if c.mac}
+        macs_taken = macs_in_use(doc, claims.mapping())
         if failover.pair_pool_nics(doc, config, lambda: _new_mac(macs_taken, rng), network_exists):
             # Interfaces moved (partners went in before their VFs) and MACs were given out.
-            pool_nics = [i for i in doc.network_interfaces() if i.network in config.pools]
-            managed = doc.managed_interfaces()
-        by_pool = {}  # pool -> list of (iface index, Nic)
-        # A NIC keeps the VF this domain's claim for its MAC names on this host, before the
-        # address in the XML: after `migrate --persistent` the definition libvirt wrote holds
-        # the source host's addresses while the domain runs on the VFs the filter claimed here.
-        claimed = {c.mac: c.vf for c in claims.for_uuid(uuid) if c.mac and c.vf in topo.vfs}
-        for iface in managed:
-            keep = claimed.get(iface.mac) or _keepable(topo, iface)
-            by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, keep)))
-        for iface in pool_nics:
-            mac = iface.mac or _new_mac(macs_taken, rng)
-            by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, None)))
-
-        mapping = claims.mapping()
-        numa_nodes = doc.numa_nodes(topo.node_cpus)
-        previous = claims.for_uuid(uuid)
-        assignments, picks, held, warnings = {}, {}, [], []
-        for pool_name in sorted(by_pool, key=list(config.pools).index):
-            pool = config.pools[pool_name]
-            entries = sorted(by_pool[pool_name])
-            distinct, strict, numa = _effective(pool, doc.overrides(pool_name))
-            request = Request(
-                uuid=uuid, pool=pool_name, nics=tuple(nic for _, nic in entries),
-                distinct=distinct, strict=strict, numa=numa, policy=pool.policy,
-                numa_nodes=numa_nodes, held=tuple(held),
-            )
-            chosen = policy.pick(topo, pool.pfs, mapping, busy, request)
-            if len(chosen) > 1 and not policy.distinct_met(topo, chosen, distinct):
-                warnings.append("pool '%s': %d NICs of domain '%s' share a %s (distinct=%s is best "
-                                "effort: not enough free %ss)" % (pool_name, len(chosen), name,
-                                                                 distinct, distinct, distinct))
-            for (index, _), p in zip(entries, chosen):
-                assignments[index] = Assignment(mac=p.mac, pool=pool_name, vf=p.vf, pf=p.pf, link=p.link)
-                picks[p.mac] = p
-                held.append(p.vf)
-
-        doc.apply(assignments)
+            ifaces = interfaces(config, doc, network_exists)
+        placed = plan(config, doc, ifaces, claims.mapping(), busy, topo, rng, avoid=claims.drained())
+        doc.apply(placed.assignments)
         xml = doc.to_bytes()
-
-        was_active = {c.vf for c in previous if c.active}
-        kept = {a.vf for a in assignments.values()}
-        for old in previous:
-            # A VF the domain still runs on stays its own (reconcile drops it once it stopped).
-            if old.vf not in kept and busy.get(old.vf) != uuid:
-                claims.drop(old.vf)
-        for a in assignments.values():
-            claims.put(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid,
-                             mac=a.mac, active=a.vf in was_active))
-    return Result(xml=xml, uuid=uuid, name=name, picks=picks, previous=previous,
-                  changed=xml != data, warnings=warnings)
+        previous = record(claims, uuid, name, placed.assignments, busy)
+    return Result(xml=xml, uuid=uuid, name=name, picks=placed.picks, previous=previous,
+                  changed=xml != data, warnings=placed.warnings)
 
 
 def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, store=None):
@@ -192,7 +243,7 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, sto
                        % mac)
     topo = topology.for_config(config)
     busy = running_vfs(config)
-    distinct, strict, numa = _effective(pool, doc.overrides(pool_name))
+    distinct, strict, numa = effective(pool, doc.overrides(pool_name))
     store = store or store_for(config)
     with store.transaction() as claims:
         macs = doc.macs() | {c.mac for c in claims.all() if c.mac and c.uuid != uuid}
@@ -204,7 +255,8 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, sto
         request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),), distinct=distinct,
                           strict=strict, numa=numa, policy=pool.policy,
                           numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)))
-        [p] = policy.pick(topo, pool.pfs, claims.mapping(), busy, request)
+        [p] = policy.pick(topo, policy.in_service(pool.pfs, claims.drained()), claims.mapping(),
+                          busy, request)
         claim = Claim(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
                       mac=mac, active=False)
         claims.put(claim)

@@ -27,6 +27,11 @@ def _message(err):
     return " ".join(str(err.get_error_message() if hasattr(err, "get_error_message") else err).split())
 
 
+def libvirt_error():
+    """libvirt's exception class, for callers that must not import libvirt themselves."""
+    return _libvirt().libvirtError
+
+
 def connect(uri):
     libvirt = _libvirt()
     try:
@@ -69,20 +74,30 @@ def inactive_xml(dom):
     return dom.XMLDesc(flags).encode("utf-8")
 
 
+def define_xml(conn, xml, name, undo, outcome):
+    """Defines *xml* (bytes); when libvirt refuses, calls undo() and raises LibvirtFailure
+    naming the domain, libvirt's reason and the *outcome* ("no claim changed")."""
+    libvirt = _libvirt()
+    try:
+        conn.defineXML(xml.decode("utf-8"))
+    except libvirt.libvirtError as e:
+        undo()
+        raise LibvirtFailure("libvirt refused the definition of '%s': %s (%s)"
+                             % (name, _message(e), outcome)) from None
+
+
 def define_resolved(config, conn, data, store=None, only_if_changed=False):
     """Resolves *data* and defines it; rolls the claims back when libvirt refuses."""
-    libvirt = _libvirt()
     store = store or resolver.store_for(config)
     result = resolver.resolve(config, data, network_exists=network_checker(config, conn), store=store)
     if only_if_changed and not result.changed:
         return result
-    try:
-        conn.defineXML(result.xml.decode("utf-8"))
-    except libvirt.libvirtError as e:
+
+    def undo():
         if result.uuid:
             resolver.restore_claims(store, result.uuid, result.previous)
-        raise LibvirtFailure("libvirt refused the definition of '%s': %s (no claim changed)"
-                             % (result.name, _message(e))) from None
+
+    define_xml(conn, result.xml, result.name, undo, "no claim changed")
     return result
 
 

@@ -39,11 +39,13 @@ def _why(exc):
 
 
 class ClaimSet:
-    """The claims, keyed by VF address. Writable only inside its transaction."""
+    """The claims, keyed by VF address, and the drained PFs. Writable only inside its
+    transaction."""
 
-    def __init__(self, claims, writable, generation=0, gens=None):
+    def __init__(self, claims, writable, generation=0, gens=None, drained=()):
         self._claims = claims
         self._writable = writable
+        self._drained = set(drained)
         # generation: the file's, as read. gens: {vf: generation that last changed the claim};
         # put stamps a changed claim with generation + 1, the file's generation once written.
         self.generation = generation
@@ -89,6 +91,17 @@ class ClaimSet:
             del self._claims[claim.vf]
             self._gens.pop(claim.vf, None)
         return dropped
+
+    def drained(self):
+        """PF addresses taken out of service (``vfpick drain``): new picks avoid them."""
+        return frozenset(self._drained)
+
+    def set_drained(self, pf_addrs):
+        self._check_writable()
+        for addr in pf_addrs:
+            if not pci.is_canonical(addr):
+                raise ValueError("bad drained PF %r: not a canonical PCI address" % (addr,))
+        self._drained = set(pf_addrs)
 
     def _check_writable(self):
         if not self._writable:
@@ -178,9 +191,22 @@ def _no_constant(name):
     raise ValueError("%s is not valid JSON" % name)
 
 
+def _parse_drained(doc):
+    # Optional: files written before drain existed, or with nothing drained, lack it.
+    drained = doc.get("drained", [])
+    if not isinstance(drained, list):
+        raise ValueError("'drained' is not a list")
+    for n, addr in enumerate(drained):
+        if not isinstance(addr, str) or not pci.is_canonical(addr):
+            raise ValueError("drained PF %d is not a canonical PCI address" % n)
+    if len(set(drained)) != len(drained):
+        raise ValueError("a PF is drained twice")
+    return drained
+
+
 def _parse(raw):
-    """({vf: Claim}, generation, {vf: gen}) from the file's bytes; ValueError saying why it is not a
-    state file."""
+    """({vf: Claim}, generation, {vf: gen}, [drained PF]) from the file's bytes; ValueError saying
+    why it is not a state file."""
     try:
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
                          parse_constant=_no_constant)
@@ -194,7 +220,7 @@ def _parse(raw):
     if type(version) is not int or version not in (1, VERSION):  # bool is an int: True == 1
         raise ValueError("unsupported version %r" % (version,))
     keys = {"version", "claims"} if version == 1 else {"version", "generation", "claims"}
-    if set(doc) != keys:
+    if set(doc) - {"drained"} != keys:
         raise ValueError("top-level keys are %s, not %s" % (", ".join(sorted(doc)),
                                                             ", ".join(sorted(keys))))
     generation = doc.get("generation", 0)
@@ -218,15 +244,19 @@ def _parse(raw):
             raise ValueError("VF %s is claimed twice" % claim.vf)
         claims[claim.vf] = claim
         gens[claim.vf] = gen
-    return claims, generation, gens
+    return claims, generation, gens, _parse_drained(doc)
 
 
 def _serialize(claimset):
     # One claim per line: readable and diffable.
     rows = [json.dumps(_to_json(c, claimset.gen(c.vf))) for c in claimset.all()]
     body = ",\n  ".join(rows)
-    text = '{\n "version": %d,\n "generation": %d,\n "claims": [%s%s%s]\n}\n' % (
-        VERSION, claimset.generation + 1, "\n  " if rows else "", body, "\n " if rows else "")
+    drained = sorted(claimset.drained(), key=pci.sort_key)
+    # Written only when something is drained: the file stays as it was for everyone else.
+    extra = ',\n "drained": %s' % json.dumps(drained) if drained else ""
+    text = '{\n "version": %d,\n "generation": %d,\n "claims": [%s%s%s]%s\n}\n' % (
+        VERSION, claimset.generation + 1, "\n  " if rows else "", body, "\n " if rows else "",
+        extra)
     return text.encode("utf-8")
 
 
@@ -311,8 +341,8 @@ class StateStore:
         lfd = None
         try:
             lfd = self._lock(dfd, fcntl.LOCK_SH)
-            claims, generation, gens = self._load(dfd)
-            return ClaimSet(claims, False, generation, gens)
+            claims, generation, gens, drained = self._load(dfd)
+            return ClaimSet(claims, False, generation, gens, drained)
         finally:
             self._release(dfd, lfd)
 
@@ -422,7 +452,7 @@ class StateStore:
         # O_NONBLOCK: a FIFO planted as the state file must not hang the hook.
         fd = self._open_at(dfd, STATE, os.O_RDONLY | os.O_NONBLOCK, "state file")
         if fd is None:
-            return {}, 0, {}
+            return {}, 0, {}, []
         try:
             with open(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -486,17 +516,17 @@ class _Transaction:
         try:
             self._lfd = store._lock(self._dfd, fcntl.LOCK_EX)
             # Load before yielding: a corrupt file raises here, so it can never be overwritten.
-            claims, generation, gens = store._load(self._dfd)
+            claims, generation, gens, drained = store._load(self._dfd)
         except BaseException:
             store._release(self._dfd, self._lfd)
             raise
-        self._before = dict(claims)
-        self._claims = ClaimSet(claims, True, generation, gens)
+        self._before = (dict(claims), frozenset(drained))
+        self._claims = ClaimSet(claims, True, generation, gens, drained)
         return self._claims
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is None and self._claims._claims != self._before:
+            if exc_type is None and (self._claims._claims, self._claims.drained()) != self._before:
                 self._store._write(self._dfd, self._claims)
         finally:
             self._claims._writable = False

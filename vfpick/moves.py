@@ -1,0 +1,193 @@
+"""Moving the VFs of a defined, stopped domain: reserve, redefine through libvirt, settle.
+
+Shared by ``vfpick drain`` (NICs leave drained PFs) and ``vfpick rebalance`` (NICs go to
+given VFs). One domain at a time, all or nothing for that domain:
+
+1. libvirt: the domain's persistent XML. A running domain is refused (DomainRunning).
+2. Under the claims lock: the domain's NICs are placed again by ``resolver.plan`` (the same
+   pool, distinct/strict/numa rules as any pick; NICs on an *avoid* or drained PF, or with a
+   *target*, move; the others keep their VFs) and the new VFs are reserved BESIDE the old
+   ones: while libvirt does not have the new definition the domain holds both sets, so no
+   old VF is free for anyone to take and a refusal loses nothing. A claim of the domain that
+   is active (its prepare hook ran) refuses the move.
+3. libvirt, with the lock released: the domain must still be stopped and defined as it was
+   read (else DomainRunning / DomainChanged); then the new XML is defined (hostdevs
+   rewritten keeping MAC, VLAN, alias, boot order and guest address). Any refusal drops the
+   new reservations again; the old claims never left.
+4. Under the lock: the new claims are made sure of and the old VFs the domain no longer uses
+   are released, unless the domain started meanwhile (a claim went active): then nothing
+   more is touched, and DomainRunning says which definition it runs and what to do.
+
+No libvirt call is made while the claims lock is held (a VM start waits for the hook, which
+waits for the lock).
+
+    move = plan_move(config, topo, xml, claims_map, busy, avoid=pfs, targets={mac: vf})
+    move = move_domain(config, conn, "NAME|UUID", avoid=pfs, targets={mac: vf})
+    claims_map = apply_to(claims_map, move)    # plan the next domain of a dry run after it
+"""
+
+import random
+from collections import namedtuple
+
+from vfpick import policy, resolver, topology, virt
+from vfpick.errors import DistinctImpossible, DomainChanged, DomainRunning, VfpickError
+from vfpick.records import Claim
+
+Move = namedtuple("Move", "uuid name xml nics warnings assignments")
+Move.__doc__ = """One domain's move. xml: its new definition (bytes). nics: tuple of NicMove,
+only the NICs that change VF (empty: nothing to do). warnings: best-effort notes (distinct
+not met). assignments: {interface index: hostdev.Assignment}, every NIC as it will be."""
+
+NicMove = namedtuple("NicMove", "mac pool old new")
+NicMove.__doc__ = """old: the VF address the NIC holds now (None: an unresolved pool
+interface). new: the Pick it moves to."""
+
+
+def running_message(name):
+    return ("domain '%s' is running: vfpick moves only stopped domains; migrate it to another "
+            "host, or stop it and run 'vfpick repick %s'" % (name, name))
+
+
+def _units(topo, distinct, vfs):
+    return {policy.unit_of(topo, distinct, topo.vfs[vf].pf) for vf in vfs if vf in topo.vfs}
+
+
+def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None, rng=None):
+    """The Move of the defined domain *data* (its persistent XML); no I/O.
+
+    claims: {vf: Claim}; busy: {vf: uuid} of running domains; avoid: PF addresses to leave
+    (drained ones: pass them, the caller knows whether they are persisted yet); targets:
+    {mac: vf}. A target move must not put more of the domain's NICs on one distinct unit
+    than before. Raises a VfpickError when the domain cannot be placed: nothing is planned.
+    """
+    from vfpick.hostdev import DomainXml
+
+    doc = DomainXml.parse(data)
+    uuid, name = doc.uuid, doc.name
+    # libvirt already holds this definition: its other networks are its business, not ours.
+    ifaces = resolver.interfaces(config, doc, lambda _network: True)
+    old = {i.mac: i.vf for i in ifaces.managed}
+    targets = dict(targets or {})
+    unknown = sorted(set(targets) - set(old))
+    if unknown:
+        raise VfpickError("domain '%s' has no vfpick NIC with MAC %s" % (name, ", ".join(unknown)))
+    placed = resolver.plan(config, doc, ifaces, claims, busy, topo, rng or random.SystemRandom(),
+                           avoid=frozenset(avoid), targets=targets)
+    nics = tuple(NicMove(mac=a.mac, pool=a.pool, old=old.get(a.mac), new=placed.picks[a.mac])
+                 for _, a in sorted(placed.assignments.items())
+                 if old.get(a.mac) != a.vf)
+    for pool_name in {m.pool for m in nics if m.mac in targets}:
+        distinct, _, _ = resolver.effective(config.pools[pool_name], doc.overrides(pool_name))
+        if distinct == "none":
+            continue
+        mine = [a for a in placed.assignments.values() if a.pool == pool_name]
+        before = _units(topo, distinct, [old.get(a.mac) for a in mine])
+        after = _units(topo, distinct, [a.vf for a in mine])
+        if len(after) < len(before):
+            raise DistinctImpossible(
+                "moving domain '%s' would put %d NICs of pool '%s' on %d %s(s) instead of %d "
+                "(distinct=%s); nothing moved" % (name, len(mine), pool_name, len(after),
+                                                  distinct, len(before), distinct))
+    if nics:
+        doc.apply(placed.assignments)
+    return Move(uuid=uuid, name=name, xml=doc.to_bytes(), nics=nics, warnings=placed.warnings,
+                assignments=placed.assignments)
+
+
+def _claims_of(move, active=False):
+    return [Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=move.name, uuid=move.uuid,
+                  mac=a.mac, active=active) for a in move.assignments.values()]
+
+
+def apply_to(claims, move):
+    """{vf: Claim} as it is once *move* is done: a dry run plans its next domain on it."""
+    out = {vf: c for vf, c in claims.items() if c.uuid != move.uuid}
+    out.update((c.vf, c) for c in _claims_of(move))
+    return out
+
+
+def _drop_mine(claims, uuid, vfs):
+    for vf in vfs:
+        held = claims.get(vf)
+        if held is not None and held.uuid == uuid and not held.active:
+            claims.drop(vf)
+
+
+def _rollback(store, move, previous):
+    with store.transaction() as claims:
+        _drop_mine(claims, move.uuid, {a.vf for a in move.assignments.values()} - previous)
+
+
+def _settle(store, move, previous):
+    """Step 4: the domain now runs (when started) on the new VFs only."""
+    new = {a.vf for a in move.assignments.values()}
+    with store.transaction() as claims:
+        if any(c.active for c in claims.for_uuid(move.uuid)):
+            return False
+        for claim in _claims_of(move):
+            held = claims.get(claim.vf)
+            # Re-asserted: a reconcile that listed libvirt before the define may have dropped it.
+            if held is None:
+                claims.put(claim)
+            elif held.uuid != move.uuid:
+                raise VfpickError(
+                    "domain '%s' is now defined on VF %s, which %s took meanwhile; run 'vfpick "
+                    "repick %s'" % (move.name, claim.vf, held.domain, move.name))
+        _drop_mine(claims, move.uuid, previous - new)
+    return True
+
+
+def _stopped_definition(dom, name):
+    """The persistent XML of *dom*; DomainRunning when it runs, DomainChanged when it is gone."""
+    try:
+        if dom.isActive():
+            raise DomainRunning(running_message(name))
+        return virt.inactive_xml(dom)
+    except virt.libvirt_error() as e:
+        raise DomainChanged("domain '%s' vanished while vfpick moved it (%s); nothing moved"
+                            % (name, virt._message(e))) from None
+
+
+def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, topo=None):
+    """Moves the defined, stopped domain *who* (name or UUID) as above; returns its Move.
+
+    A Move with no nics changed nothing (no claim, no definition). Raises DomainNotFound,
+    DomainRunning, DomainChanged, LibvirtFailure or the placement's VfpickError; on any of
+    them the domain's definition and claims are as they were, except the DomainRunning of
+    step 4 (it started after its new definition was in: both VF sets stay claimed).
+    """
+    store = store or resolver.store_for(config)
+    topo = topo or topology.for_config(config)
+    dom = virt.lookup(conn, who)
+    name, uuid = dom.name(), dom.UUIDString()
+    data = _stopped_definition(dom, name)
+    busy = resolver.running_vfs(config)
+    with store.transaction() as claims:
+        if any(c.active for c in claims.for_uuid(uuid)):
+            raise DomainRunning(running_message(name))
+        move = plan_move(config, topo, data, claims.mapping(), busy,
+                         avoid=frozenset(avoid) | claims.drained(), targets=targets)
+        if not move.nics:
+            return move
+        previous = {c.vf for c in resolver.record(claims, move.uuid, move.name, move.assignments,
+                                                  busy, keep_previous=True)}
+    try:
+        if _stopped_definition(dom, move.name) != data:
+            raise DomainChanged("domain '%s' was redefined while vfpick moved it; nothing moved, "
+                                "run the command again" % move.name)
+    except BaseException:
+        _rollback(store, move, previous)
+        raise
+    virt.define_xml(conn, move.xml, move.name, lambda: _rollback(store, move, previous),
+                    "nothing moved")
+    if not _settle(store, move, previous):
+        raise DomainRunning(
+            "domain '%s' started while vfpick moved it: its next boot uses the new VFs, the "
+            "ones it runs on stay claimed; after it stops, run 'vfpick reconcile'" % move.name)
+    return move
+
+
+def describe(move, verb="moved"):
+    """One line per moving NIC: 'MAC: OLD -> NEW (PF, link)'."""
+    return ["  %s %s: %s -> %s (PF %s, link %s)" % (verb, m.mac, m.old or "unresolved", m.new.vf,
+                                                    m.new.pf, m.new.link) for m in move.nics]
