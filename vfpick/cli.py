@@ -54,9 +54,10 @@ def cmd_status(args):
 
     cfg = _load_config(args)
     topo = topology.for_config(cfg)
-    claims = resolver.store_for(cfg).snapshot().mapping()
+    snapshot = resolver.store_for(cfg).snapshot()
+    claims = snapshot.mapping()
     report = status.status_report(cfg, topo, claims, resolver.running_vfs(cfg),
-                                  stale.stale_uuids(cfg, claims.values()))
+                                  stale.stale_uuids(cfg, claims.values()), snapshot.drained())
     print(status.to_json(report) if args.json else status.render_status(report))
     return 0
 
@@ -213,6 +214,30 @@ def cmd_metrics(args):
     return 0
 
 
+def cmd_drain(args):
+    from vfpick import drain
+
+    cfg = _load_config(args)
+    report = drain.drain(cfg, args.connect or cfg.connect, args.target, dry_run=args.dry_run)
+    for w in report.warnings:
+        _warn(w)
+    print("\n".join(drain.render(report, args.dry_run)))
+    sys.stdout.flush()  # the report first, then one line per problem
+    for problem in report.problems:
+        sys.stderr.write("vfpick: %s\n" % " ".join(problem.split()))
+    return 1 if report.problems else 0
+
+
+def cmd_undrain(args):
+    from vfpick import drain
+
+    cfg = _load_config(args)
+    target, was = drain.undrain(cfg, args.target)
+    print("undrained %s: back in service, new picks fill it first" % target.label if was
+          else "%s was not drained" % target.label)
+    return 0
+
+
 def cmd_install_hook(args):
     from vfpick import installhook
 
@@ -312,6 +337,17 @@ def build_parser():
     p.add_argument("--textfile", metavar="DIR",
                    help="write DIR/vfpick.prom atomically (node_exporter's textfile collector)")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("drain", parents=[common],
+                       help="maintenance: new picks avoid a PF or link; its stopped domains move")
+    p.add_argument("target", metavar="PF|LINK", help="PF netdev name, PCI address or link name")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.set_defaults(func=cmd_drain)
+
+    p = sub.add_parser("undrain", parents=[common], help="put a drained PF or link back in service")
+    p.add_argument("target", metavar="PF|LINK", help="PF netdev name, PCI address or link name")
+    p.set_defaults(func=cmd_undrain)
 
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",

@@ -71,3 +71,7 @@ class DomainRunning(VfpickError):
 
 class DomainChanged(VfpickError):
     """The domain was redefined by someone else while vfpick was moving it."""
+
+
+class StartedDuringMove(DomainRunning):
+    """The domain started after its new definition was in: both VF sets stay claimed."""

@@ -17,22 +17,24 @@ from prometheus_client import CollectorRegistry, generate_latest, write_to_textf
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
-from vfpick import config as configmod, policy, resolver, stale, topology
+from vfpick import config as configmod, pci, policy, resolver, stale, topology
 from vfpick.errors import VfpickError
 
 TEXTFILE_NAME = "vfpick.prom"
 BYTES_PER_MBIT = 1000 * 1000 // 8
 VF_STATES = ("free", "reserved", "active")
 
-Facts = namedtuple("Facts", "config topo claims busy index")
+Facts = namedtuple("Facts", "config topo claims busy index drained")
 Facts.__doc__ = """Everything one scrape reads. claims: {vf: Claim}; busy: {vf: uuid} of VFs running
-domains use; index: stale.DomainIndex of the domain dirs, or None when they cannot be listed."""
+domains use; index: stale.DomainIndex of the domain dirs, or None when they cannot be listed;
+drained: PF addresses taken out of service (vfpick drain)."""
 
 
 def gather(config):
-    claims = resolver.store_for(config).snapshot().mapping()
-    return Facts(config=config, topo=topology.for_config(config), claims=claims,
-                 busy=resolver.running_vfs(config), index=stale.domain_index(config))
+    snapshot = resolver.store_for(config).snapshot()
+    return Facts(config=config, topo=topology.for_config(config), claims=snapshot.mapping(),
+                 busy=resolver.running_vfs(config), index=stale.domain_index(config),
+                 drained=snapshot.drained())
 
 
 def vf_state(vf, claims, busy):
@@ -139,7 +141,23 @@ def families(facts):
         "vfpick_claims_stale", "Claims whose domain libvirt no longer has (vfpick reconcile drops them)",
         value=sum(1 for c in claims.values() if c.uuid in stale_set))
 
-    return [vfs, up, speed, domain_nics, domain_degraded, claims_stale, build_info()]
+    return [vfs, up, speed, domain_nics, domain_degraded, claims_stale] + drained_families(facts) + [
+        build_info()]
+
+
+def drained_families(facts):
+    """vfpick_pf_drained{link,pf} for every PF of the host's pools, vfpick_link_drained{link}:
+    1 when taken out of service with vfpick drain (every PF of the link, for a link)."""
+    topo, drained = facts.topo, facts.drained
+    pf_drained = GaugeMetricFamily("vfpick_pf_drained", "1 while the PF is drained (vfpick drain): "
+                                   "new picks avoid it", labels=["link", "pf"])
+    for addr in sorted(topo.pfs, key=pci.sort_key):
+        pf_drained.add_metric([topo.link_of[addr], addr], 1 if addr in drained else 0)
+    link_drained = GaugeMetricFamily("vfpick_link_drained", "1 while every PF of the link is "
+                                     "drained (vfpick drain)", labels=["link"])
+    for link in topo.links.values():
+        link_drained.add_metric([link.name], 1 if set(link.pfs) <= drained else 0)
+    return [pf_drained, link_drained]
 
 
 def build_info():

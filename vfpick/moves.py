@@ -30,7 +30,8 @@ import random
 from collections import namedtuple
 
 from vfpick import policy, resolver, topology, virt
-from vfpick.errors import DistinctImpossible, DomainChanged, DomainRunning, VfpickError
+from vfpick.errors import (DistinctImpossible, DomainChanged, DomainRunning, StartedDuringMove,
+                           VfpickError)
 from vfpick.records import Claim
 
 Move = namedtuple("Move", "uuid name xml nics warnings assignments")
@@ -153,8 +154,8 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
 
     A Move with no nics changed nothing (no claim, no definition). Raises DomainNotFound,
     DomainRunning, DomainChanged, LibvirtFailure or the placement's VfpickError; on any of
-    them the domain's definition and claims are as they were, except the DomainRunning of
-    step 4 (it started after its new definition was in: both VF sets stay claimed).
+    them the domain's definition and claims are as they were, except StartedDuringMove (a
+    DomainRunning: it started after its new definition was in; both VF sets stay claimed).
     """
     store = store or resolver.store_for(config)
     topo = topo or topology.for_config(config)
@@ -181,13 +182,13 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
     virt.define_xml(conn, move.xml, move.name, lambda: _rollback(store, move, previous),
                     "nothing moved")
     if not _settle(store, move, previous):
-        raise DomainRunning(
+        raise StartedDuringMove(
             "domain '%s' started while vfpick moved it: its next boot uses the new VFs, the "
             "ones it runs on stay claimed; after it stops, run 'vfpick reconcile'" % move.name)
     return move
 
 
-def describe(move, verb="moved"):
-    """One line per moving NIC: 'MAC: OLD -> NEW (PF, link)'."""
-    return ["  %s %s: %s -> %s (PF %s, link %s)" % (verb, m.mac, m.old or "unresolved", m.new.vf,
-                                                    m.new.pf, m.new.link) for m in move.nics]
+def describe(move):
+    """One line per moving NIC: '  MAC: OLD -> NEW (PF, link)'."""
+    return ["  %s: %s -> %s (PF %s, link %s)" % (m.mac, m.old or "unresolved", m.new.vf, m.new.pf,
+                                                 m.new.link) for m in move.nics]

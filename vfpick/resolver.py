@@ -177,15 +177,17 @@ def record(claims, uuid, name, assignments, busy, keep_previous=False):
     uuid}) stays its own (reconcile drops it once it stopped). keep_previous: the domain's other
     claims stay too (a move holds both sets until libvirt has the new definition)."""
     previous = claims.for_uuid(uuid)
-    was_active = {c.vf for c in previous if c.active}
+    mine = {c.vf: c for c in previous}
     kept = {a.vf for a in assignments.values()}
     if not keep_previous:
         for old in previous:
             if old.vf not in kept and busy.get(old.vf) != uuid:
                 claims.drop(old.vf)
     for a in assignments.values():
-        claims.put(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid,
-                         mac=a.mac, active=a.vf in was_active))
+        fields = dict(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid, mac=a.mac)
+        # A kept claim keeps the rest (active, VF settings to restore): only placement changes.
+        old = mine.get(a.vf)
+        claims.put(old._replace(**fields) if old is not None else Claim(active=False, **fields))
     return previous
 
 

@@ -21,10 +21,12 @@ def _summed(rows):
     return {key: sum(r[key] for r in rows) for key in ("total", "claimed", "unmanaged_in_use", "free")}
 
 
-def status_report(config, topo, claims, busy, stale=frozenset()):
-    """{"pools": [...], "claims": [...]}: per pool, link and PF the counts; per claim the holder.
+def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozenset()):
+    """{"pools": [...], "claims": [...], "drained": [...]}: per pool, link and PF the counts;
+    per claim the holder; the drained PFs.
 
     stale: UUIDs of domains libvirt no longer defines (vfpick.stale.stale_uuids).
+    drained: PF addresses taken out of service (vfpick drain).
     """
     pools = []
     for pool in config.pools.values():
@@ -38,9 +40,11 @@ def status_report(config, topo, claims, busy, stale=frozenset()):
                 "name": link.name, "up": link.up, "speed": link.speed, "pfs": []})
             vfs = [vf for vf in pf.vfs if vf in topo.vfs]
             entry["pfs"].append(dict({"pf": pf_addr, "netdev": pf.netdev, "numa_node": pf.numa_node,
-                                      "card": topo.card_of[pf_addr]}, **_counts(vfs, claims, busy)))
+                                      "card": topo.card_of[pf_addr], "drained": pf_addr in drained},
+                                     **_counts(vfs, claims, busy)))
         for entry in links.values():
             entry.update(_summed(entry["pfs"]))
+            entry["drained"] = all(pf["drained"] for pf in entry["pfs"])
         pools.append(dict({"name": pool.name, "distinct": pool.distinct, "strict": pool.strict,
                            "numa": pool.numa, "policy": pool.policy, "links": list(links.values())},
                           **_summed(links.values())))
@@ -51,8 +55,14 @@ def status_report(config, topo, claims, busy, stale=frozenset()):
         link = topo.links.get(claim.link)
         row["link_up"] = link.up if link else None
         row["stale"] = claim.uuid in stale
+        row["drained"] = claim.pf in drained
         claim_rows.append(row)
-    return {"pools": pools, "claims": claim_rows}
+    drained_rows = []
+    for addr in sorted(drained, key=pci.sort_key):
+        pf = topo.pfs.get(addr)
+        drained_rows.append({"pf": addr, "netdev": pf.netdev if pf else None,
+                             "link": topo.link_of.get(addr), "present": pf is not None})
+    return {"pools": pools, "claims": claim_rows, "drained": drained_rows}
 
 
 def _speed(speed):
@@ -77,12 +87,19 @@ def render_status(report):
         for link in pool["links"]:
             for pf in link["pfs"]:
                 bar = "#" * pf["claimed"] + "." * pf["free"] if pf["total"] <= 40 else ""
-                rows.append(["  " + link["name"], "up" if link["up"] else "DOWN", _speed(link["speed"]),
+                state = ("up" if link["up"] else "DOWN") + (" drained" if pf["drained"] else "")
+                rows.append(["  " + link["name"], state, _speed(link["speed"]),
                              pf["pf"], pf["netdev"] or "-", pf["numa_node"], pf["claimed"],
                              pf["free"], bar])
         if rows:
             lines += _table(rows, ["  link", "state", "speed", "pf", "netdev", "numa", "claimed",
                                    "free", ""])
+        lines.append("")
+    for pf in report["drained"]:
+        lines.append("drained: PF %s (%s)%s" % (
+            pf["netdev"] or "-", pf["pf"], ", link %s" % pf["link"] if pf["present"] else
+            ", not present (vfpick undrain %s)" % pf["pf"]))
+    if report["drained"]:
         lines.append("")
     if report["claims"]:
         rows = []
@@ -94,6 +111,8 @@ def render_status(report):
                 notes.append("LINK DOWN")
             if c["stale"]:
                 notes.append("STALE (domain undefined: vfpick reconcile)")
+            if c["drained"]:
+                notes.append("ON DRAINED PF")
             rows.append([c["domain"], c["uuid"], c["mac"], c["vf"], c["pf"], c["link"], c["pool"],
                          "yes" if c["active"] else "no", " ".join(notes)])
         lines += _table(rows, ["domain", "uuid", "mac", "vf", "pf", "link", "pool", "active", ""])
