@@ -199,3 +199,16 @@ def test_metrics_export_drained_pfs_and_links(cfg, conn, host, capsys):
     links = {s.labels["link"]: s.value for s in families["vfpick_link_drained"].samples}
     assert links["ens1f1"] == 1.0 and sum(links.values()) == 1.0
     assert resolver.store_for(cfg).snapshot().drained() == {pf}
+
+
+def test_a_claim_the_definition_no_longer_uses_is_reported_not_moved(cfg, conn, host, capsys):
+    d = define(cfg, "vm1", nics=1)
+    conn.defineXML(domain("vm1", nics=0, uuid=d.uuid).decode())  # hand-edited: no vfpick NIC
+    held = claims_of(cfg, d.uuid)[0]
+    code, out, err = drain(host, capsys, held.pf)
+    assert code == 1 and err == ("vfpick: domain 'vm1' holds %s on PF %s, but its definition "
+                                 "does not use it; drop the claim with 'vfpick reconcile'\n"
+                                 % (held.vf, held.pf if not host.topology().pfs[held.pf].netdev
+                                    else "%s (%s)" % (host.topology().pfs[held.pf].netdev,
+                                                      held.pf)))
+    assert claims_of(cfg, d.uuid) == [held]

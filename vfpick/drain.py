@@ -108,6 +108,12 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None):
             except VfpickError as e:
                 problems.append("domain '%s' cannot leave %s: %s" % (holder.name, target.label, e))
                 continue
+            if not move.nics:
+                problems.append(
+                    "domain '%s' holds %s on %s, but its definition does not use it; drop the "
+                    "claim with 'vfpick reconcile'" % (holder.name, ", ".join(
+                        c.vf for c in holder.claims), target.label))
+                continue
             if dry_run:
                 planned = moves.apply_to(planned, move)
             moved.append(move)
