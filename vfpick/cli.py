@@ -238,6 +238,14 @@ def cmd_undrain(args):
     return 0
 
 
+def cmd_rebalance(args):
+    from vfpick import rebalancecmd
+
+    cfg = _load_config(args)
+    return rebalancecmd.cmd_rebalance(cfg, args.connect or cfg.connect, dry_run=args.dry_run,
+                                      max_moves=args.max_moves)
+
+
 def cmd_install_hook(args):
     from vfpick import installhook
 
@@ -348,6 +356,14 @@ def build_parser():
     p = sub.add_parser("undrain", parents=[common], help="put a drained PF or link back in service")
     p.add_argument("target", metavar="PF|LINK", help="PF netdev name, PCI address or link name")
     p.set_defaults(func=cmd_undrain)
+
+    p = sub.add_parser("rebalance", parents=[common],
+                       help="move NICs of defined, stopped domains until the busiest link is "
+                       "within 5 %% of the best distinct placement")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--max-moves", type=int, metavar="N", help="move at most N NICs")
+    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    p.set_defaults(func=cmd_rebalance)
 
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",

@@ -38,10 +38,11 @@ missing there uses the pool's own settings. numa_nodes: frozenset, or None (not 
 Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link")
 Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link)."""
 
-Figures = namedtuple("Figures", "load busiest optimum")
+Figures = namedtuple("Figures", "load busiest claims speed optimum")
 Figures.__doc__ = """load: the busiest up link's claims/speed (Fraction, claims per Mb/s);
-busiest: that link's name (None when nothing is placed); optimum: the distinctness-aware
-optimum for the same population (Fraction), None when no placement keeps them apart."""
+busiest: that link's name (None when nothing is placed), claims and speed (Mb/s) on it;
+optimum: the distinctness-aware optimum for the same population (Fraction), None when no
+placement keeps them apart."""
 
 Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes")
 Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
@@ -162,16 +163,18 @@ class _Population:
                 out[pf] = out.get(pf, 0) + n
         return out
 
-    def figures(self, counts):
-        load = optimum.max_load(self.host, counts)
+    def figures(self, counts, reference):
         per_link = optimum.link_fixed(self.host, counts)
         busiest = max((link for link in per_link if per_link[link]),
                       key=lambda link: (Fraction(per_link[link], self.host.speed[link]), link),
                       default=None)
-        return load, busiest
+        if busiest is None:
+            return Figures(Fraction(0), None, 0, None, reference)
+        return Figures(optimum.max_load(self.host, counts), busiest, per_link[busiest],
+                       self.host.speed[busiest], reference)
 
     def optimum(self):
-        load = self.figures(self.counts)[0]
+        load = optimum.max_load(self.host, self.counts)
         return optimum.min_max_load(list(self.demands.values()), self.host, self.foreign,
                                     upper=load)
 
@@ -179,8 +182,7 @@ class _Population:
 def figures(topology, pools, claims, busy, domains=None, avoid=frozenset()):
     """Figures of the current placement (the benchmark's and the command's "before")."""
     population = _Population(topology, pools, claims, busy, domains or {}, avoid)
-    load, busiest = population.figures(population.counts)
-    return Figures(load, busiest, population.optimum())
+    return population.figures(population.counts, population.optimum())
 
 
 def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, avoid=frozenset()):
@@ -190,8 +192,8 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
     (a uuid missing there is not movable); avoid: PF addresses no NIC may move to (drained).
     Returns Plan."""
     population = _Population(topology, pools, claims, busy, domains, avoid)
-    load, busiest = population.figures(population.counts)
-    before = Figures(load, busiest, population.optimum())
+    before = population.figures(population.counts, population.optimum())
+    load = before.load
     notes = []
     movable = sorted(population.movable)
     fixed = population.fixed(k for k in population.demands if k not in population.movable)
@@ -204,7 +206,7 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
         for m in moves:
             counts[m.pf] -= 1
             counts[m.to_pf] = counts.get(m.to_pf, 0) + 1
-        after = Figures(*population.figures(counts), before.optimum)
+        after = population.figures(counts, before.optimum)
         return Plan(before, after, before.optimum, reachable, goal, tuple(moves), skipped, notes)
 
     if before.optimum is None:
@@ -235,7 +237,8 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
                 best, hi = (values[mid], got), mid - 1
             else:
                 lo = mid + 1
-        notes.append("--max-moves %d: %s" % (max_moves, "the goal needs %d NIC moves" % result[0]))
+        notes.append("--max-moves %d: the goal needs %d NIC moves; this goes as far as %d reach"
+                     % (max_moves, result[0], max_moves))
         if best is None:
             return done(reachable=reachable)
         goal, result = best

@@ -1,0 +1,133 @@
+"""`vfpick rebalance` against libvirt's in-process test driver (``test:///default``).
+
+The test driver runs domains without devices or hooks, so "running" is what libvirt says; the
+prepare hook's part (a claim going active) is played by writing the claim. Holes are made the
+way they happen: domains defined with vfpick, then undefined and released.
+See tests/test_rebalance_libvirt.py for the same against the real libvirtd and its hook.
+"""
+
+import io
+
+import libvirt
+
+from clitools import domain, hostdev_vfs
+from test_virt import URI, cfg, claims, conn, state_bytes  # noqa: F401 (fixtures)
+from vfpick import cli, rebalancecmd, resolver, virt
+
+
+def define(cfg, name, nics=1):
+    return virt.cmd_define(cfg, domain(name, nics=nics), URI, out=io.StringIO())
+
+
+def holes(cfg, conn, count=12, keep_link="ens1f0"):
+    """*count* 1-NIC domains spread by vfpick over the 4 links; those off *keep_link* are
+    undefined and released. Returns the names kept (all on keep_link)."""
+    kept = []
+    for result in [define(cfg, "d%02d" % i) for i in range(count)]:
+        if next(iter(result.picks.values())).link == keep_link:
+            kept.append(result.name)
+        else:
+            conn.lookupByName(result.name).undefine()
+            with resolver.store_for(cfg).transaction() as cs:
+                cs.drop_uuid(result.uuid)
+    return kept
+
+
+def links_of(cfg, host, conn, name):
+    topo = host.topology()
+    xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    return [topo.link_of[topo.vfs[vf].pf] for vf in hostdev_vfs(xml)]
+
+
+def rebalance(cfg, **kw):
+    out = io.StringIO()
+    status = rebalancecmd.cmd_rebalance(cfg, URI, out=out, **kw)
+    return status, out.getvalue()
+
+
+def moved(out):
+    """Names of the domains whose NIC moves *out* reports."""
+    return [line.split()[1] for line in out.splitlines() if line.startswith("moved ") and " -> " in line]
+
+
+def test_holes_are_closed_by_redefining_stopped_domains(cfg, conn, host):
+    kept = holes(cfg, conn)
+    assert len(kept) == 3
+    status, out = rebalance(cfg)
+    assert status == 0, out
+    assert ("before: busiest link ens1f0, 3 claims on 25 Gb/s (0.120 per Gb/s), +200.0 % over "
+            "the optimum") in out
+    assert "after: busiest link" in out and "1 claims on 25 Gb/s (0.040 per Gb/s), +0.0 %" in out
+    assert len(moved(out)) == 2 and "moved 2 NIC(s) of 2 domain(s)" in out
+    links = {name: links_of(cfg, host, conn, name) for name in kept}
+    assert sorted(l for ls in links.values() for l in ls)[0] == "ens1f0"
+    assert len({l for ls in links.values() for l in ls}) == 3
+    # The claims are what libvirt has, and the MACs stayed.
+    for name in kept:
+        xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        mine = [c for c in claims(cfg) if c.domain == name]
+        assert [c.vf for c in mine] == hostdev_vfs(xml) and mine[0].mac in xml
+        assert not mine[0].active
+    # Nothing left to do.
+    status, out = rebalance(cfg)
+    assert "within 5 % of the optimum already" in out and "moved 0 NIC(s)" in out
+
+
+def test_dry_run_changes_nothing(cfg, conn, host):
+    kept = holes(cfg, conn)
+    before = state_bytes(cfg)
+    xml = {n: conn.lookupByName(n).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for n in kept}
+    status, out = rebalance(cfg, dry_run=True)
+    assert status == 0
+    assert out.count("\nwould move ") == 2 and "after (planned)" in out
+    assert "dry run: would move 2 NIC(s) of 2 domain(s); nothing changed" in out
+    assert state_bytes(cfg) == before
+    assert xml == {n: conn.lookupByName(n).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for n in kept}
+
+
+def test_a_running_domain_is_never_moved(cfg, conn, host):
+    kept = holes(cfg, conn)
+    conn.lookupByName(kept[0]).create()
+    conn.lookupByName(kept[1]).create()
+    before = links_of(cfg, host, conn, kept[0])
+    status, out = rebalance(cfg)
+    assert status == 0
+    assert moved(out) == [kept[2]]
+    assert links_of(cfg, host, conn, kept[0]) == before
+    assert "running domains hold the busiest links" in out
+
+
+def test_claims_gone_active_mean_running_though_libvirt_says_stopped(cfg, conn, host):
+    kept = holes(cfg, conn)
+    with resolver.store_for(cfg).transaction() as cs:
+        for c in cs.all():
+            if c.domain != kept[2]:
+                cs.put(c._replace(active=True))
+    status, out = rebalance(cfg)
+    assert moved(out) == [kept[2]]
+
+
+def test_max_moves(cfg, conn, host):
+    holes(cfg, conn)
+    status, out = rebalance(cfg, max_moves=1)
+    assert status == 0 and len(moved(out)) == 1 and "--max-moves 1" in out
+    status, out = rebalance(cfg, max_moves=0)
+    assert "moved 0 NIC(s) of 0 domain(s)" in out
+
+
+def test_a_2_nic_domain_keeps_its_nics_apart(cfg, conn, host):
+    define(cfg, "pair", nics=2)
+    kept = holes(cfg, conn, count=12, keep_link="ens1f0")
+    rebalance(cfg)
+    links = links_of(cfg, host, conn, "pair")
+    assert len(set(links)) == 2
+
+
+def test_cli_one_line_errors(cfg, conn, host, capsys, monkeypatch):
+    monkeypatch.setenv("VFPICK_CONFIG", cfg.path)
+    assert cli.main(["rebalance", "--connect", URI, "--max-moves", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vfpick: --max-moves") and err.count("\n") == 1
+    assert cli.main(["rebalance", "--connect", URI, "--max-moves", "x"]) == 1
+    assert cli.main(["rebalance", "--connect", URI, "--dry-run"]) == 0
+    assert "no claims on an up link" in capsys.readouterr().out
