@@ -1,7 +1,7 @@
 """One command for vfpick's benchmarks and the allocation-quality study:
 
-    .venv/bin/python -m bench              # from the repo root; ~3-4 min on 2 cores
-    .venv/bin/python -m bench --quick      # fewer repeats and seeds (~1.5 min)
+    .venv/bin/python -m bench              # from the repo root; ~6 min on 2 cores
+    .venv/bin/python -m bench --quick      # fewer repeats and seeds (~2.5 min)
     .venv/bin/python -m bench --source DIR # measure another tree (a proposed change) the same way
     .venv/bin/python -m bench --no-write   # print only; do not rewrite docs/
 
