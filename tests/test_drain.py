@@ -191,13 +191,20 @@ def test_undrain_of_a_pf_gone_from_the_config(cfg, conn, host, capsys):
 
 
 def test_metrics_export_drained_pfs_and_links(cfg, conn, host, capsys):
-    pf = next(a for a, p in host.topology().pfs.items() if p.netdev == "ens1f1")
-    assert drain(host, capsys, "ens1f1")[0] == 0
+    busy = define(cfg, "busy", nics=1)
+    conn.lookupByName("busy").create()  # stays where it is: what the alert rule looks for
+    pf = claims_of(cfg, busy.uuid)[0].pf
+    netdev = host.topology().pfs[pf].netdev
+    assert drain(host, capsys, netdev)[0] == 0
     families = {f.name: f for f in text_string_to_metric_families(exposition(cfg).decode())}
     pfs = {s.labels["pf"]: s.value for s in families["vfpick_pf_drained"].samples}
     assert pfs == {a: (1.0 if a == pf else 0.0) for a in host.topology().pfs}
     links = {s.labels["link"]: s.value for s in families["vfpick_link_drained"].samples}
-    assert links["ens1f1"] == 1.0 and sum(links.values()) == 1.0
+    assert links[netdev] == 1.0 and sum(links.values()) == 1.0
+    # VfpickDrainedPfStillClaimed: drained, and claimed VFs on it
+    claimed = sum(s.value for s in families["vfpick_vfs"].samples
+                  if s.labels["pf"] == pf and s.labels["state"] in ("reserved", "active"))
+    assert claimed == 1
     assert resolver.store_for(cfg).snapshot().drained() == {pf}
 
 
@@ -212,3 +219,38 @@ def test_a_claim_the_definition_no_longer_uses_is_reported_not_moved(cfg, conn, 
                                     else "%s (%s)" % (host.topology().pfs[held.pf].netdev,
                                                       held.pf)))
     assert claims_of(cfg, d.uuid) == [held]
+
+
+def test_drain_of_a_failover_pool_moves_the_vf_and_keeps_its_virtio_partner(make_host, conn,
+                                                                               capsys):
+    from lxml import etree
+
+    host = make_host()
+    cfg = host.write_config({"fast": "pfs = %s\nfailover = bridge:br0\n" % " ".join(
+        host.netdevs())})
+    d = define(cfg, "mig", nics=2)
+
+    def pairs():
+        """{mac: {"virtio": (alias, teaming), "vf": (VF, teaming, persistent)}}"""
+        out = {}
+        for iface in etree.fromstring(libvirt_xml(conn, "mig").encode()).findall("devices/interface"):
+            half = out.setdefault(iface.find("mac").get("address"), {})
+            teaming = iface.find("teaming")
+            if iface.get("type") == "bridge":
+                half["virtio"] = (iface.find("alias").get("name"), teaming.get("type"))
+            else:
+                [vf] = hostdev_vfs(b"<domain><devices>%s</devices></domain>" % etree.tostring(iface))
+                half["vf"] = (vf, teaming.get("type"), teaming.get("persistent"))
+        return out
+
+    before = pairs()
+    assert len(before) == 2 and all(set(p) == {"virtio", "vf"} for p in before.values())
+    mac, pair = sorted(before.items())[0]
+    pf = pf_of_vf(host, pair["vf"][0])
+    code, out, err = drain(host, capsys, pf)
+    assert code == 0, err
+    after = pairs()
+    assert after[mac]["virtio"] == pair["virtio"]                  # the partner is untouched
+    assert after[mac]["vf"][1:] == pair["vf"][1:]                  # still its transient half
+    assert pf_of_vf(host, after[mac]["vf"][0]) != pf               # on another PF now
+    assert sorted(c.vf for c in claims_of(cfg, d.uuid)) == sorted(p["vf"][0] for p in after.values())
