@@ -9,6 +9,7 @@ See tests/test_rebalance_libvirt.py for the same against the real libvirtd and i
 import io
 
 import libvirt
+import pytest
 
 from clitools import domain, hostdev_vfs
 from test_virt import URI, cfg, claims, conn, state_bytes  # noqa: F401 (fixtures)
@@ -105,6 +106,33 @@ def test_claims_gone_active_mean_running_though_libvirt_says_stopped(cfg, conn, 
                 cs.put(c._replace(active=True))
     status, out = rebalance(cfg)
     assert moved(out) == [kept[2]]
+
+
+@pytest.mark.parametrize("how", ["libvirt runs it", "its prepare hook ran"])
+def test_a_domain_that_starts_after_the_plan_is_left_alone(cfg, conn, host, how):
+    kept = holes(cfg, conn)
+    gathered = rebalancecmd.gather(cfg, conn)
+    planned = [m.domain for m in gathered.plan.moves]
+    assert len(planned) == 2
+    starter = planned[0]
+    before = links_of(cfg, host, conn, starter)
+    before_claims = [c for c in claims(cfg) if c.domain == starter]
+    # It starts between the listing and the move: the claims decide, not the listing.
+    if how == "libvirt runs it":
+        conn.lookupByName(starter).create()
+    else:
+        with resolver.store_for(cfg).transaction() as cs:
+            for c in cs.all():
+                if c.domain == starter:
+                    cs.put(c._replace(active=True))
+        before_claims = [c._replace(active=True) for c in before_claims]
+    out = io.StringIO()
+    status, nics, domains = rebalancecmd.apply(cfg, conn, gathered, out)
+    assert status == 0 and (nics, domains) == (1, 1)
+    assert "left alone: domain '%s'" % starter in out.getvalue()
+    assert moved(out.getvalue()) == [planned[1]]
+    assert links_of(cfg, host, conn, starter) == before
+    assert [c for c in claims(cfg) if c.domain == starter] == before_claims
 
 
 def test_max_moves(cfg, conn, host):

@@ -6,6 +6,7 @@ back; a domain that starts meanwhile is left alone: its claims decide, not our l
 """
 
 import sys
+from collections import namedtuple
 
 from vfpick import moves, rebalance, resolver, topology, virt
 from vfpick.errors import DomainChanged, DomainRunning, VfpickError
@@ -55,24 +56,60 @@ def _move_line(verb, m):
         verb, m.domain, m.mac, m.vf, m.link, m.to_vf, m.to_link)
 
 
-def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
-    """Returns the exit status: 0, or 1 when libvirt refused a definition."""
-    out = sys.stdout if out is None else out
-    if max_moves is not None and max_moves < 0:
-        raise VfpickError("--max-moves wants a count of NICs, 0 or more (got %d)" % max_moves)
+Gathered = namedtuple("Gathered", "store topo domains drained plan")
+Gathered.__doc__ = """What apply() needs: the store, topology, {uuid: rebalance.Domain}, drained
+PFs and the rebalance.Plan made from them."""
+
+
+def gather(config, conn, max_moves=None):
+    """Reads the claims, then asks libvirt (without the lock), then plans; changes nothing."""
     store = resolver.store_for(config)
     topo = topology.for_config(config)
     snapshot = store.snapshot()
     claims = dict(snapshot.mapping())
     drained = frozenset(snapshot.drained())
+    domains = _domains(config, conn, claims, topo)
+    plan = rebalance.plan(topo, config.pools, claims, resolver.running_vfs(config), domains,
+                          max_moves=max_moves, avoid=drained)
+    return Gathered(store, topo, domains, drained, plan)
+
+
+def apply(config, conn, gathered, out):
+    """Moves each planned domain with moves.move_domain; returns (status, NICs, domains moved).
+
+    The plan is a listing from the past: moves.py checks again, under the claims lock, that
+    each domain is still stopped and defined as it was, so one that started meanwhile is left
+    alone whatever the plan said."""
+    plan = gathered.plan
+    status, moved, domains_moved = 0, 0, 0
+    for uuid in _in_order(plan.moves):
+        mine = [m for m in plan.moves if m.uuid == uuid]
+        try:
+            moves.move_domain(config, conn, uuid, targets={m.mac: m.to_vf for m in mine},
+                              store=gathered.store, topo=gathered.topo)
+        except (DomainRunning, DomainChanged) as e:
+            out.write("left alone: %s\n" % e)
+            continue
+        except VfpickError as e:
+            out.write("not moved: %s\n" % e)
+            status = 1
+            continue
+        for m in mine:
+            out.write(_move_line("moved", m) + "\n")
+        moved += len(mine)
+        domains_moved += 1
+    return status, moved, domains_moved
+
+
+def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
+    """Returns the exit status: 0, or 1 when libvirt refused a definition."""
+    out = sys.stdout if out is None else out
+    if max_moves is not None and max_moves < 0:
+        raise VfpickError("--max-moves wants a count of NICs, 0 or more (got %d)" % max_moves)
     conn = virt.connect(uri)
     try:
-        # libvirt is asked after the snapshot and without the lock; moves.py checks again,
-        # under the lock, that each domain is still stopped before it touches anything.
-        domains = _domains(config, conn, claims, topo)
-        busy = resolver.running_vfs(config)
-        plan = rebalance.plan(topo, config.pools, claims, busy, domains, max_moves=max_moves,
-                              avoid=drained)
+        gathered = gather(config, conn, max_moves)
+        plan = gathered.plan
         if plan.optimum is not None:
             out.write("optimum: %.3f claims per Gb/s on the busiest link (the best placement "
                       "keeping every domain's NICs on distinct units)\n" % _per_gbit(plan.optimum))
@@ -81,7 +118,7 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
             out.write("note: %s\n" % note)
         for uuid in plan.skipped:
             out.write("left alone: %s: its VFs wait on a VF another move would free\n"
-                      % domains[uuid].name)
+                      % gathered.domains[uuid].name)
         if dry_run:
             for m in plan.moves:
                 out.write(_move_line("would move", m) + "\n")
@@ -89,27 +126,12 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
             out.write("dry run: would move %d NIC(s) of %d domain(s); nothing changed\n"
                       % (len(plan.moves), len({m.uuid for m in plan.moves})))
             return 0
-        status, moved, domains_moved = 0, 0, 0
-        for uuid in _in_order(plan.moves):
-            mine = [m for m in plan.moves if m.uuid == uuid]
-            try:
-                moves.move_domain(config, conn, uuid, targets={m.mac: m.to_vf for m in mine},
-                                  store=store, topo=topo)
-            except (DomainRunning, DomainChanged) as e:
-                out.write("left alone: %s\n" % e)
-                continue
-            except VfpickError as e:
-                out.write("not moved: %s\n" % e)
-                status = 1
-                continue
-            for m in mine:
-                out.write(_move_line("moved", m) + "\n")
-            moved += len(mine)
-            domains_moved += 1
+        status, moved, domains_moved = apply(config, conn, gathered, out)
     finally:
         conn.close()
-    after = rebalance.figures(topo, config.pools, dict(store.snapshot().mapping()),
-                              resolver.running_vfs(config), domains, drained)
+    after = rebalance.figures(gathered.topo, config.pools,
+                              dict(gathered.store.snapshot().mapping()),
+                              resolver.running_vfs(config), gathered.domains, gathered.drained)
     out.write(_figure("after", after) + "\n")
     out.write("moved %d NIC(s) of %d domain(s)\n" % (moved, domains_moved))
     return status
