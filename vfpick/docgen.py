@@ -152,6 +152,12 @@ def _option_synopsis_with(action, flag):
 
 
 # ------------------------------------------------------------------ vfpick.ini(5)
+def _commented_key(text):
+    """'failover' for a commented-out 'failover = bridge:br0', else None."""
+    match = re.match(r"([a-z_]+) = \S", text)
+    return match.group(1) if match else None
+
+
 def sample_docs(text):
     """{(section kind, key): comment text} from a commented sample config, plus
     {(section kind, None): text} for the comment above each section header.
@@ -163,7 +169,15 @@ def sample_docs(text):
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith((";", "#")):
-            block.append(line.lstrip(";#")[1:] if line[1:2] == " " else line.lstrip(";#"))
+            text = line.lstrip(";#")[1:] if line[1:2] == " " else line.lstrip(";#")
+            key = _commented_key(text)
+            if key and kind:
+                # An optional key shown commented out ("; failover = bridge:br0"): the sample
+                # must not switch it on, and the block above still documents it.
+                docs.setdefault((kind, key), "\n".join(block).strip())
+                block = []
+                continue
+            block.append(text)
             continue
         if line.startswith("["):
             kind = line[1:-1].split()[0]
