@@ -267,6 +267,33 @@ def bench_hook(host, base, reps):
     return med_ms(prep), med_ms(rel)
 
 
+def foreign_xml(kind):
+    """A domain that is not vfpick's: a GPU passthrough VM on libvirt's default network (the
+    hook must scan it and read the config to tell), or a bridge-only VM (a byte search tells)."""
+    ifaces = ("    <hostdev mode='subsystem' type='pci' managed='yes'><source><address "
+              "domain='0x0000' bus='0x65' slot='0x00' function='0x0'/></source></hostdev>\n"
+              if kind == "gpu" else "")
+    xml = domain_xml("other-" + kind, _uuid(9, 1 if kind == "gpu" else 2), 0, ifaces)
+    if kind == "bridge":
+        xml = xml.replace(b"<interface type='network'>\n      <source network='default'/>",
+                          b"<interface type='bridge'>\n      <source bridge='br0'/>")
+    return xml
+
+
+def bench_hook_foreign(host, base, reps):
+    """prepare begin + release end of domains that are not vfpick's: {kind: (prepare, release)}."""
+    out = {}
+    for kind in ("gpu", "bridge"):
+        xml = foreign_xml(kind)
+        prep, rel = [], []
+        for _ in range(reps):
+            base.sample()
+            prep.append(host.run_hook("other-" + kind, xml))
+            rel.append(host.run_hook("other-" + kind, xml, "release", "end"))
+        out[kind] = (med_ms(prep), med_ms(rel))
+    return out
+
+
 def bench_resolve_seq(host, base, reps, nics=2):
     times = []
     for i in range(reps):
@@ -394,6 +421,11 @@ def run(quick=False, log=print, source=REPO, only=None):
                        "bare_ms": base.bare_ms}
         log("hook prepare %.1f ms, release %.1f ms; python -c pass %.1f ms, -sES %.1f ms"
             % (prep, rel, base.site_ms, base.bare_ms))
+        base = Baseline()
+        res["hook_foreign"] = {"ms": bench_hook_foreign(host, base, reps), "site_ms": base.site_ms,
+                               "bare_ms": base.bare_ms}
+        for kind, (p, r) in res["hook_foreign"]["ms"].items():
+            log("hook, a %s domain that is not vfpick's: prepare %.1f ms, release %.1f ms" % (kind, p, r))
 
         base = Baseline()
         seq = bench_resolve_seq(host, base, reps)
@@ -462,6 +494,12 @@ def markdown(res):
                % (h["prepare_ms"], h["prepare_ms"] / h["site_ms"], h["prepare_ms"] / h["bare_ms"]))
     out.append("| hook `release end` | %.1f | %.2f | %.2f | |"
                % (h["release_ms"], h["release_ms"] / h["site_ms"], h["release_ms"] / h["bare_ms"]))
+    f = res["hook_foreign"]
+    for kind, what in (("gpu", "a GPU passthrough VM on the default network"),
+                       ("bridge", "a bridge-only VM")):
+        p, _ = f["ms"][kind]
+        out.append("| hook `prepare begin`, %s (not vfpick's) | %.1f | %.2f | %.2f | |"
+                   % (what, p, p / f["site_ms"], p / f["bare_ms"]))
     out.append("| `vfpick resolve` (2 NICs, 1 process) | %.1f | **%.2f** | %.2f | <= 3 |"
                % (r["seq_ms"], r["seq_ms"] / r["site_ms"], r["seq_ms"] / r["bare_ms"]))
     out.append("| `vfpick status` | %.1f | %.2f | | |" % (s["text_ms"], s["text_ms"] / s["site_ms"]))

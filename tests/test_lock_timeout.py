@@ -88,9 +88,9 @@ def test_a_lock_freed_before_the_deadline_is_taken(tmp_path, holder):
         timer.join()
 
 
-def write_timeout(host, value):
+def write_timeout(host, value, pools=None):
     """host's config with `lock_timeout = value` in [vfpick] (None: the key left out)."""
-    host.write_config()
+    host.write_config(pools=pools)
     if value is not None:
         with open(host.config_path) as f:
             text = f.read()

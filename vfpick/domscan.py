@@ -24,7 +24,8 @@ MAX_DEPTH = 64
 
 DomainFacts = collections.namedtuple(
     "DomainFacts",
-    "name uuid networks hostdev_vfs meta_nics policy_overrides interesting actual_vfs",
+    "name uuid networks hostdev_vfs meta_nics policy_overrides interesting actual_vfs "
+    "vfpick_meta",
 )
 DomainFacts.__doc__ = """What the hook needs to know about one domain.
 
@@ -37,6 +38,9 @@ strict, numa), ...) raw attribute strings (None when absent), unvalidated.
 interesting: the domain has any network/hostdev interface or PCI hostdev at all.
 actual_vfs: ((pci addr, mac|None), ...) VFs a running domain got from a libvirt hostdev
 network (status XML: <interface type='network'><actual type='hostdev'>); they are busy too.
+vfpick_meta: the domain's <metadata> holds vfpick's element (then the domain is vfpick's).
+Subtrees vfpick does not read (other applications' metadata, non-NIC devices) are skipped
+whatever their depth.
 """
 
 MetaNic = collections.namedtuple("MetaNic", "mac pool vf pf link")
@@ -111,9 +115,16 @@ class _Scanner(object):
         self.networks, self.hostdev_vfs, self.actual_vfs = [], [], []
         self.meta_nics, self.policies = [], []
         self.interesting = False
+        self.vfpick_meta = False
         self.iface = None        # the <interface>/<hostdev> being read: dict
+        self.skip = 0            # >0: depth inside a subtree that is not read
 
     def start(self, tag, attrs):
+        if self.skip:
+            # Inside a subtree vfpick does not read (another application's <metadata>, qemuCaps,
+            # devices that are not NICs): only its depth is counted, so no nesting is too deep.
+            self.skip += 1
+            return
         stack = self.stack
         stack.append(tag)
         depth = len(stack)
@@ -127,19 +138,20 @@ class _Scanner(object):
             if tag == "domain":
                 self.base = 1
             return
-        if self.base is None:
-            if depth == 2 and tag == "domain":
-                self.base = 2
+        if depth == 2 and tag == "domain" and self.root == "domstatus":
+            if self.base is not None:
+                raise XmlError("<domstatus> holds more than one <domain>")
+            self.base = 2
             return
-        if depth == self.base and tag == "domain":
-            raise XmlError("<domstatus> holds more than one <domain>")
-        rel = depth - self.base  # 1: child of <domain>
+        rel = depth - self.base if self.base is not None else 0
         if rel < 1:
-            return
+            return self._skip()  # <domstatus>'s own children
         parent = stack[-2]
         if rel == 1:
             if tag in ("name", "uuid"):
                 self.text = []
+            elif tag not in ("devices", "metadata"):
+                self._skip()
             return
         if rel == 2:
             if parent == "devices" and tag in ("interface", "hostdev"):
@@ -147,6 +159,9 @@ class _Scanner(object):
                               "mac": None, "network": None, "vf": None, "actual": None}
             elif parent == "metadata" and tag == NS + " domain":
                 self.stack[-1] = "vfpick-domain"
+                self.vfpick_meta = True
+            else:
+                self._skip()
             return
         iface = self.iface
         if iface is not None:
@@ -162,6 +177,8 @@ class _Scanner(object):
                     iface["vf"] = ("own", pci_source(attrs))
                 elif rel == 5 and stack[-3] == "actual" and iface["actual"] == "hostdev":
                     iface["vf"] = ("actual", pci_source(attrs))
+            if tag not in ("source", "actual"):
+                self._skip()
             return
         if rel == 3 and parent == "vfpick-domain":
             if tag == NS + " nic":
@@ -172,8 +189,17 @@ class _Scanner(object):
             elif tag == NS + " policy":
                 self.policies.append((attrs.get("pool"), attrs.get("distinct"),
                                       attrs.get("strict"), attrs.get("numa")))
+        self._skip()
+
+    def _skip(self):
+        """Skips the element just started and everything in it (end() pops nothing for it)."""
+        self.stack.pop()
+        self.skip = 1
 
     def end(self, tag):
+        if self.skip:
+            self.skip -= 1
+            return
         stack = self.stack
         depth = len(stack)
         rel = depth - self.base if self.base is not None else None
@@ -251,6 +277,7 @@ def scan(data, limit=MAX_BYTES):
         policy_overrides=tuple(scanner.policies),
         interesting=scanner.interesting,
         actual_vfs=tuple(scanner.actual_vfs),
+        vfpick_meta=scanner.vfpick_meta,
     )
 
 

@@ -5,8 +5,12 @@ libvirt discards stdout for prepare/start/started, so a start cannot be rewritte
 ``reconnect begin`` re-asserts, and ``migrate begin``/``restore begin`` are filters that
 re-resolve against this host and print the new XML.
 
-This runs on every VM start: prepare/release/reconnect import nothing heavier than expat and
-``_json`` (no ``re``, lxml, libvirt or typing). Never a traceback; exit 0 or 1 only.
+Fail open for what is not vfpick's, closed for what is. A domain is vfpick's when its XML has
+vfpick's metadata, a pool interface, or a VF of a pool PF. That is decided before anything that
+can fail is loaded: a byte search first (no metadata, no network or hostdev device: done, with
+nothing imported), then the expat scan and the config. Only vfpick's own domains touch the
+state (and its lock); a fault on their path refuses them with one ``vfpick:`` line.
+Never a traceback; exit 0 or 1 only.
 """
 
 import os
@@ -14,6 +18,33 @@ import sys
 
 # domscan.MAX_BYTES, not imported: the no-op ops (start, started, stopped) stay import-free.
 MAX_XML = 4 << 20
+# libvirt cannot hold a larger domain (its RPC messages stop at 32 MiB): more is drained unkept.
+MAX_KEPT = 32 << 20
+# domscan.NS without its scheme; the byte search needs no import.
+NS_MARK = b"vfpick.org/xmlns/libvirt/domain/1.0"
+# Every domain vfpick could care about holds one of these words (libvirt writes them literally).
+MARKS = (NS_MARK, b"network", b"hostdev")
+# Where libvirt keeps networks when the config (and its libvirt_config_dir) cannot be read.
+NETWORK_DIRS = ("/etc/libvirt/qemu/networks", "/run/libvirt/network")
+
+
+def read_input(stream):
+    """(data, marks): the XML (its first MAX_KEPT bytes) and which MARKS occur in all of it."""
+    chunks, size, found, tail = [], 0, set(), b""
+    while True:
+        try:
+            chunk = stream.read(1 << 20)
+        except (OSError, ValueError):
+            chunk = b""
+        if not chunk:
+            break
+        window = tail + chunk
+        found.update(m for m in MARKS if m in window)
+        tail = window[-len(NS_MARK):]
+        if size < MAX_KEPT:
+            chunks.append(chunk[:MAX_KEPT - size])
+        size += len(chunk)
+    return b"".join(chunks), found
 
 
 def _shell_word(text):
@@ -25,12 +56,6 @@ def _shell_word(text):
 
 class Refusal(Exception):
     """The hook refuses the operation; str() is the one-line reason."""
-
-
-def _facts(data):
-    from vfpick import domscan
-
-    return domscan.scan(data)
 
 
 def _running_others(config, uuid):
@@ -89,15 +114,17 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
         warnings.append(message)
 
     with StateStore.for_config(config).transaction() as claims:
-        for vf, mac, pf, pool, _managed in vfs:
+        for vf, mac, pf, pool, managed in vfs:
             held = claims.get(vf)
             if held is not None and held.uuid != uuid:
-                conflict("VF %s of domain '%s' is held by domain '%s' (%s); pick another with "
-                         "'vfpick repick %s'" % (vf, name, held.domain, held.uuid, _shell_word(name)))
+                conflict("VF %s of domain '%s' is held by domain '%s' (%s); %s, or free it with "
+                         "'vfpick release %s' if '%s' no longer needs it"
+                         % (vf, name, held.domain, held.uuid, _fix(name, managed, pool),
+                            _shell_word(held.uuid), held.domain))
                 continue
             if vf in running:
-                conflict("VF %s of domain '%s' is in use by running domain '%s'; pick another "
-                         "with 'vfpick repick %s'" % (vf, name, running[vf][1], _shell_word(name)))
+                conflict("VF %s of domain '%s' is in use by running domain '%s'; %s"
+                         % (vf, name, running[vf][1], _fix(name, managed, pool)))
                 continue
             if pool is None and held is None:
                 continue  # a passthrough device that is not vfpick's business
@@ -122,6 +149,16 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
         if settings and not reassert:
             _apply_vf_settings(config, settings, netlink_factory)
     return warnings
+
+
+def _fix(name, managed, pool):
+    """How to get the domain another VF: repick moves only NICs vfpick handed out."""
+    if managed:
+        return "pick another with 'vfpick repick %s'" % _shell_word(name)
+    pool = pool.name if pool is not None else "NAME"
+    return ("'%s' names this VF by hand (no vfpick metadata for it), so 'vfpick repick' cannot "
+            "move it: ask for a NIC from pool '%s' instead (<interface type='network'><source "
+            "network='%s'/>) and run 'vfpick repick %s'" % (name, pool, pool, _shell_word(name)))
 
 
 def _site_packages():
@@ -155,9 +192,16 @@ def release(config, name, facts):
 
     if not facts.uuid:
         return
+    store = StateStore.for_config(config)
+    try:
+        os.lstat(store.path)
+    except FileNotFoundError:
+        return  # no claims at all: create nothing (not even the state dir or its lock)
+    except OSError:
+        pass  # the transaction names what is wrong with the state dir
     persistent = os.path.exists(os.path.join(config.libvirt_config_dir, name + ".xml")) \
         if "/" not in name else False
-    with StateStore.for_config(config).transaction() as claims:
+    with store.transaction() as claims:
         mine = claims.for_uuid(facts.uuid)
         if not mine:
             return
@@ -190,17 +234,14 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
     subop = argv[2] if len(argv) > 2 else "-"
     wanted = {("prepare", "begin"), ("release", "end"), ("reconnect", "begin"),
               ("migrate", "begin"), ("restore", "begin")}
-    try:
-        data = stdin.read(MAX_XML + 1)
-    except (OSError, ValueError):
-        data = b""
-    if (op, subop) not in wanted:
+    data, marks = read_input(stdin)
+    if (op, subop) not in wanted or not marks:
         return 0
     # A failed reconnect makes libvirt kill a running guest, and release's status is ignored:
     # those report and exit 0; the gatekeeping and filter ops refuse with 1.
     failed = 0 if op in ("release", "reconnect") else 1
     try:
-        return _dispatch(name, op, data, stdout, stderr, config_path, netlink_factory)
+        return _dispatch(name, op, data, marks, stdout, stderr, config_path, netlink_factory)
     except Refusal as e:
         stderr.write("vfpick: %s\n" % " ".join(str(e).split()))
         return failed
@@ -215,21 +256,70 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
         return failed
 
 
-def _dispatch(name, op, data, stdout, stderr, config_path, netlink_factory):
-    from vfpick import config as configmod
-    from vfpick.errors import ConfigError
+def _libvirt_network(name):
+    """A libvirt network of this host at libvirt's default paths (the config is unreadable)."""
+    if not name or "/" in name or name.startswith("."):
+        return False
+    return any(os.path.exists(os.path.join(d, name + ".xml")) for d in NETWORK_DIRS)
 
-    facts = _facts(data)
-    # release still looks up claims: the domain's hostdevs may have been edited away.
-    if not facts.interesting and op != "release":
-        return 0
+
+def whose(config, facts, data, marks):
+    """Why the domain is vfpick's (a short phrase), or None when it is not.
+
+    config or facts may be None (config or XML unreadable): then decide from what is left,
+    and fail open only where neither metadata nor a possible pool interface says "ours".
+    """
+    if facts is None:
+        if NS_MARK in marks:
+            return "it has vfpick metadata"
+        for pool in (config.pools if config is not None else ()):
+            for quote in (b"'", b'"'):
+                if b"network=" + quote + pool.encode() + quote in data:
+                    return "it names pool '%s'" % pool
+        return None
+    if facts.vfpick_meta:
+        return "it has vfpick metadata"
+    if config is None:
+        # Pools cannot be told from libvirt networks: a network libvirt does not have may be
+        # an unresolved pool (and libvirt would refuse the start anyway).
+        for net, _ in facts.networks:
+            if not _libvirt_network(net):
+                return "network '%s' is not a libvirt network, so it may be a vfpick pool" % net
+        return None
+    for net, _ in facts.networks:
+        if net in config.pools:
+            return "it asks for pool '%s'" % net
+    from vfpick import config as configmod, topology
+
+    pool_of_pf = configmod.pool_of_pf(config)
+    for vf, _ in facts.hostdev_vfs:
+        pf = topology.physfn(config.sysfs_root, vf)
+        if pf in pool_of_pf:
+            return "VF %s is on PF %s of pool '%s'" % (vf, pf, pool_of_pf[pf].name)
+    return None
+
+
+def _dispatch(name, op, data, marks, stdout, stderr, config_path, netlink_factory):
+    from vfpick import config as configmod, domscan
+    from vfpick.errors import ConfigError, XmlError
+
+    facts = config = unread = None
+    try:
+        facts = domscan.scan(data)
+    except XmlError as e:
+        unread = "its XML cannot be read (%s)" % e
     try:
         config = configmod.load(config_path or configmod.config_path())
-    except ConfigError:
-        if not facts.hostdev_vfs and not facts.meta_nics:
-            # Without a config we cannot tell pools from libvirt networks: never block those.
-            return 0
-        raise
+    except ConfigError as e:
+        unread = unread or str(e)
+    why = whose(config, facts, data, marks)
+    if why is None:
+        if unread and op == "prepare":
+            stderr.write("vfpick: warning: domain '%s' left alone, not vfpick's as far as it can "
+                         "tell: %s\n" % (name, unread))
+        return 0
+    if unread:
+        raise Refusal("cannot check domain '%s', which is vfpick's (%s): %s" % (name, why, unread))
     if op == "prepare":
         prepare(config, name, facts, netlink_factory)
     elif op == "reconnect":

@@ -15,24 +15,74 @@ MARKER = "# installed by vfpick install-hook"
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 
 
+def _sh_quote(text):
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+# The installed hook is read by sh first, then (through exec) by Python: in sh, line 3 runs
+# `true` and the block up to the closing triple quote is shell; in Python that block is a string
+# literal. So a VM still starts when the interpreter is gone (venv removed or being rebuilt), and
+# the Python part still decides when only the package is gone (pip uninstall): either way a
+# domain that is not vfpick's is never stopped, and one with vfpick's metadata is refused in
+# one line.
+_HOOK = r"""#!/bin/sh
+%(marker)s
+"true" '''\'
+# libvirt qemu hook: qemu NAME OP SUBOP EXTRA, domain XML on stdin. libvirt runs hooks with a
+# scrubbed environment, so the interpreter, the package dir and the config path are baked in.
+if [ -x %(python_sh)s ]; then exec %(python_sh)s -sES "$0" "$@"; fi
+case "$2 $3" in
+"prepare begin"|"migrate begin"|"restore begin")
+    if grep -c %(mark_sh)s >/dev/null; then
+        echo "vfpick: refusing domain '$1', which has vfpick metadata: $0 cannot run %(python)s (gone); reinstall vfpick and run 'vfpick install-hook'" >&2
+        exit 1
+    fi
+    echo "vfpick: warning: $0 cannot run %(python)s (gone); domain '$1' left alone" >&2 ;;
+*)
+    cat >/dev/null ;;
+esac
+exit 0
+'''
+import sys
+
+sys.path.insert(0, %(package_dir)r)
+try:
+    from vfpick.hook import run
+except Exception as exc:  # noqa: BLE001 - the package is gone or broken
+    data = sys.stdin.buffer.read()
+    if " ".join(sys.argv[2:4]) not in ("prepare begin", "migrate begin", "restore begin"):
+        sys.exit(0)
+    why = "cannot import vfpick from %(package_dir)s (%%s: %%s)" %% (
+        type(exc).__name__, " ".join(str(exc).split()))
+    if %(mark)r in data:
+        sys.stderr.write("vfpick: refusing domain '%%s', which has vfpick metadata: %%s; reinstall "
+                         "vfpick and run 'vfpick install-hook'\n" %% (sys.argv[1], why))
+        sys.exit(1)
+    sys.stderr.write("vfpick: warning: %%s; domain '%%s' left alone\n" %% (why, sys.argv[1]))
+    sys.exit(0)
+sys.exit(run(sys.argv[1:], config_path=%(config)r))
+"""
+
+
 def hook_text(config_path, python=None, package_dir=None):
     python = python or sys.executable
     if package_dir is None:
         import vfpick
 
         package_dir = os.path.dirname(os.path.dirname(os.path.abspath(vfpick.__file__)))
+    from vfpick.hook import NS_MARK
+
+    for baked in (python, package_dir):
+        # Both sit in sh and Python literals and in sh messages: keep them plain.
+        if any(c in baked for c in "'\"\\\n$`%"):
+            raise VfpickError("cannot bake %r into the hook: quotes, backslashes, '$', '`' and "
+                              "'%%' are not supported in its path" % baked)
     # -s -E: no user site, no PYTHON* variables: the hook trusts only what is baked here.
     # -S skips site (and its .pth files) for start-up speed; the package dir is baked instead.
-    return "\n".join([
-        "#!%s -sES" % python,
-        MARKER,
-        "# libvirt qemu hook: qemu NAME OP SUBOP EXTRA, domain XML on stdin.",
-        "import sys",
-        "sys.path.insert(0, %r)" % package_dir,
-        "from vfpick.hook import run",
-        "sys.exit(run(sys.argv[1:], config_path=%r))" % os.path.abspath(config_path),
-        "",
-    ])
+    return _HOOK % {
+        "marker": MARKER, "python_sh": _sh_quote(python), "python": python,
+        "mark_sh": _sh_quote(NS_MARK.decode()), "mark": NS_MARK, "package_dir": package_dir,
+        "config": os.path.abspath(config_path)}
 
 
 def _is_ours(path):
