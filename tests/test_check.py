@@ -200,7 +200,7 @@ def test_hook_whose_package_or_interpreter_vanished(fake):
     text = open(path).read()
     with open(path, "w") as fh:
         fh.write(text.replace(sys.executable, "/nonexistent/python3").replace(
-            installhook.hook_text(f.host.config_path).splitlines()[4], "sys.path.insert(0, '/gone')"))
+            installhook.baked(text, "package"), "/gone"))
     messages = " ".join(x.message for x in by_check(f.findings(), "hook"))
     assert "interpreter /nonexistent/python3 is gone" in messages and "/gone has no vfpick" in messages
 
@@ -283,10 +283,20 @@ def test_state_dir_owner_modes_and_corruption(fake):
     assert finding.status == "fail" and "chown" in finding.fix
 
 
+def test_a_pool_pf_not_on_this_host_is_a_finding_the_config_still_loads(fake):
+    f = fake()
+    with open(f.host.config_path, "a") as fh:
+        fh.write("[pool bad]\npfs = nosuchnic ens1f0\n")
+    findings = f.findings()
+    assert one(findings, "config").status == "ok"
+    missing = [x for x in by_check(findings, "pf") if "nosuchnic" in x.message]
+    assert [x.status for x in missing] == ["fail"] and "[pool bad] pfs" in missing[0].fix
+
+
 def test_broken_config_is_a_finding_and_host_checks_still_run(fake):
     f = fake()
     with open(f.host.config_path, "a") as fh:
-        fh.write("[pool bad]\npfs = nosuchnic\n")
+        fh.write("[pool bad]\npfs = ens1f0\ncolour = blue\n")
     findings = f.findings()
     assert one(findings, "config").status == "fail"
     assert one(findings, "hook").status == "fail" and one(findings, "libvirt").status == "ok"

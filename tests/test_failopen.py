@@ -289,3 +289,40 @@ def test_the_installed_hook_fails_open_when_its_package_or_interpreter_is_gone(
                         else str(copied_package)) in err
             else:
                 assert err == "", (op, err)
+
+
+# --- a pool PF renamed or removed degrades the pool (issue 9, item 3) -------------------------
+
+def test_a_renamed_pool_pf_degrades_resolve_status_and_the_hook_keep_working(host):
+    host.write_config()
+    xml = resolved(host, "before", nics=2)  # resolved while all four PFs were there
+    rename_netdev(host, "ens2f1", "ens2f1np1")
+    proc = vfpick(host, "resolve", "-", input=domain("after", nics=2))
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("vfpick: warning: pool 'fast': PF ens2f1 "), err
+    assert "not on this host" in err and "3 PFs present" in err
+    from clitools import hostdev_vfs
+
+    topo = host.topology()
+    assert all(topo.vfs[vf].pf != "0000:af:00.1" for vf in hostdev_vfs(proc.stdout))
+    status = vfpick(host, "status", check=0).stdout.decode()
+    assert "MISSING PF ens2f1" in status, status
+    import json
+
+    pools = json.loads(vfpick(host, "status", "--json", check=0).stdout)["pools"]
+    assert [(p["name"], p["missing"]) for p in pools] == [("fast", ["ens2f1"])]
+    # the domains resolved before keep starting, whatever PF their VFs are on
+    assert run_hook(host, "before", "prepare", "begin", xml).returncode == 0
+
+
+def test_a_pool_with_none_of_its_pfs_refuses_in_one_line_the_others_work(host):
+    host.write_config(pools={"gone": "pfs = ens1f0 ens1f1\n", "fast": "pfs = ens2f0 ens2f1\n"})
+    rename_netdev(host, "ens1f0", "ens1f0np0")
+    rename_netdev(host, "ens1f1", "ens1f1np1")
+    assert_user_error(vfpick(host, "resolve", "-", input=domain("vm", pool="gone")),
+                      "pool 'gone' has none of its PFs on this host", "ens1f0, ens1f1",
+                      "[pool gone] pfs in %s" % host.config_path)
+    assert claims_file(host) is None
+    proc = vfpick(host, "resolve", "-", input=domain("vm", pool="fast"))
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr

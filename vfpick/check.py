@@ -135,6 +135,13 @@ def check_pfs(config, topo):
     from vfpick import topology
 
     out = []
+    for pool in config.pools.values():
+        for name in pool.missing:
+            out.append(Finding("pf", FAIL, "PF %s of [pool %s] is not on this host (netdev renamed "
+                               "by a kernel upgrade? card removed?); the pool works with %d PF%s"
+                               % (name, pool.name, len(pool.pfs), "" if len(pool.pfs) == 1 else "s"),
+                               "fix [pool %s] pfs in %s (ip -br link lists the netdevs)"
+                               % (pool.name, config.path)))
     for addr in sorted({a for pool in config.pools.values() for a in pool.pfs}, key=pci.sort_key):
         pf = topo.pfs.get(addr)
         if pf is None:
@@ -203,16 +210,10 @@ def check_port_identity(config, topo):
 # ---------------------------------------------------------------- the hook and the daemon
 
 def _baked(text, key):
-    """The value install-hook baked for *key* (``python`` shebang, ``package``, ``config``)."""
-    lines = text.splitlines()
-    if key == "python":
-        return lines[0][2:].split()[0] if lines and lines[0].startswith("#!") else None
-    for line in lines:
-        if key == "package" and line.startswith("sys.path.insert(0, "):
-            return line[len("sys.path.insert(0, "):].rstrip(")").strip("'\"")
-        if key == "config" and "config_path=" in line:
-            return line.split("config_path=", 1)[1].rstrip(")").strip("'\"")
-    return None
+    """The value install-hook baked for *key* (``python``, ``package``, ``config``)."""
+    from vfpick import installhook
+
+    return installhook.baked(text, key)
 
 
 def check_hook(paths, config_path):

@@ -23,9 +23,11 @@ Config = namedtuple(
 Config.__doc__ = """pools: {name: Pool} in file order; links: {name: tuple of PF addrs}.
 lock_timeout: seconds any command or the hook waits for the claims lock."""
 
-Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk failover",
-                  defaults=(None,))
-Pool.__doc__ = """pfs: PF PCI addresses in the order the file lists them (``pack`` uses it).
+Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk failover missing",
+                  defaults=(None, ()))
+Pool.__doc__ = """pfs: PF PCI addresses in the order the file lists them (``pack`` uses it), of the
+PFs present on this host. missing: the names the file lists that are not on this host (a netdev
+renamed by a kernel upgrade, a card removed): the pool degrades to the PFs present.
 trust/spoofchk: True, False or None (leave the VF as the driver set it).
 failover: a Failover, or None (plain VF NICs)."""
 
@@ -156,20 +158,37 @@ def _name(where, section, kind, name):
     return name
 
 
+def _absent(sysfs_root, name):
+    """True when nothing called *name* is on this host (as opposed to something that is not a PF)."""
+    addr = pci.normalize(name)
+    if addr is not None:
+        return not os.path.lexists(os.path.join(sysfs_root, "bus", "pci", "devices", addr))
+    if "/" in name or name in (".", ".."):
+        return False
+    return not os.path.lexists(os.path.join(sysfs_root, "class", "net", name))
+
+
 def _pf_list(where, section, key, value, sysfs_root):
+    """(addresses of the PFs present, names of those absent from this host)."""
     names = value.replace(",", " ").split()
     if not names:
         raise where.error(section, key, "empty: list PF netdev names or PCI addresses")
-    addrs = []
+    if len(set(names)) != len(names):
+        raise where.error(section, key, "%r is listed twice"
+                          % next(n for n in names if names.count(n) > 1))
+    addrs, missing = [], []
     for name in names:
         addr = pf_address(sysfs_root, name)
         if addr is None:
+            if _absent(sysfs_root, name):
+                missing.append(name)
+                continue
             raise where.error(section, key, "%r is not an SR-IOV PF under %s (give a PF netdev name or "
                               "PCI address; check sriov_totalvfs)" % (name, sysfs_root))
         if addr in addrs:
             raise where.error(section, key, "%r is listed twice" % name)
         addrs.append(addr)
-    return tuple(addrs)
+    return tuple(addrs), tuple(missing)
 
 
 def _comment_free(line):
@@ -255,12 +274,14 @@ def parse(text, path="<config>"):
         if clash:
             raise where.error(section, None, "link name %r is the uplink of PF %s, which vfpick "
                               "already uses as a link name; choose another name" % (name, clash))
-        addrs = _pf_list(where, section, "pfs", items["pfs"], sysfs_root)
+        # A PF missing from sysfs just drops out of its link: the pool reports it.
+        addrs, _ = _pf_list(where, section, "pfs", items["pfs"], sysfs_root)
         for addr in addrs:
             if addr in linked:
                 raise where.error(section, "pfs", "%s is already in [link %s]" % (addr, linked[addr]))
             linked[addr] = name
-        links[name] = addrs
+        if addrs:
+            links[name] = addrs
 
     pools = {}
     for section, name, items in pools_raw:
@@ -269,9 +290,11 @@ def parse(text, path="<config>"):
                 raise where.error(section, key, "unknown key (known: %s)" % ", ".join(sorted(_POOL_KEYS)))
         if "pfs" not in items:
             raise where.error(section, "pfs", "missing: list the pool's PFs")
+        pfs, missing = _pf_list(where, section, "pfs", items["pfs"], sysfs_root)
         pools[name] = Pool(
             name=name,
-            pfs=_pf_list(where, section, "pfs", items["pfs"], sysfs_root),
+            pfs=pfs,
+            missing=missing,
             distinct=_choice(where, section, "distinct", items.get("distinct", "link"), DISTINCT),
             strict=_mapped(where, section, "strict", items.get("strict", "no"), _BOOL),
             numa=_choice(where, section, "numa", items.get("numa", "preferred"), NUMA),

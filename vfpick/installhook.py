@@ -85,6 +85,17 @@ def hook_text(config_path, python=None, package_dir=None):
         "config": os.path.abspath(config_path)}
 
 
+def baked(text, key):
+    """The value hook_text baked into *text* for *key* (python, package, config), or None."""
+    prefix = {"python": "if [ -x '", "package": "sys.path.insert(0, ",
+              "config": "sys.exit(run(sys.argv[1:], config_path="}[key]
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            rest = line[len(prefix):]
+            return rest.split("'", 1)[0] if key == "python" else rest.rstrip(")").strip("'\"")
+    return None
+
+
 def _is_ours(path):
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

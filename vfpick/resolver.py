@@ -11,7 +11,7 @@ import random
 from collections import namedtuple
 
 from vfpick import config as configmod, domscan, policy, topology
-from vfpick.errors import ClaimConflict, UnknownPool, XmlError
+from vfpick.errors import ClaimConflict, PoolError, UnknownPool, XmlError
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import StateStore
 
@@ -106,6 +106,20 @@ def interfaces(config, doc, network_exists):
     return Interfaces(pool_nics, managed)
 
 
+def missing_pfs(config, pool):
+    """Warnings for the pool's PFs that are not on this host; PoolError when none is."""
+    if not pool.missing:
+        return []
+    gone = ", ".join(pool.missing)
+    if not pool.pfs:
+        raise PoolError("pool '%s' has none of its PFs on this host (%s not found: renamed or "
+                        "removed? see 'ip -br link'); fix [pool %s] pfs in %s"
+                        % (pool.name, gone, pool.name, config.path))
+    return ["pool '%s': PF %s listed in %s is not on this host (renamed or removed?); picking "
+            "from the %d PF%s present" % (pool.name, gone, config.path, len(pool.pfs),
+                                           "" if len(pool.pfs) == 1 else "s")]
+
+
 def macs_in_use(doc, claims):
     """MACs a new NIC must not get: the domain's own and every claim's ({vf: Claim})."""
     return set(doc.macs()) | {c.mac for c in claims.values() if c.mac}
@@ -146,6 +160,7 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     assignments, picks, held, warnings = {}, {}, [], []
     for pool_name in sorted(by_pool, key=list(config.pools).index):
         pool = config.pools[pool_name]
+        warnings += missing_pfs(config, pool)
         entries = sorted(by_pool[pool_name])
         distinct, strict, numa = effective(pool, doc.overrides(pool_name))
         request = Request(

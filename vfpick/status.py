@@ -46,7 +46,8 @@ def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozens
             entry.update(_summed(entry["pfs"]))
             entry["drained"] = all(pf["drained"] for pf in entry["pfs"])
         pools.append(dict({"name": pool.name, "distinct": pool.distinct, "strict": pool.strict,
-                           "numa": pool.numa, "policy": pool.policy, "links": list(links.values())},
+                           "numa": pool.numa, "policy": pool.policy, "links": list(links.values()),
+                           "missing": list(pool.missing)},
                           **_summed(links.values())))
     claim_rows = []
     for claim in sorted(claims.values(), key=lambda c: (c.domain, pci.sort_key(c.vf))):
@@ -94,6 +95,9 @@ def render_status(report):
         if rows:
             lines += _table(rows, ["  link", "state", "speed", "pf", "netdev", "numa", "claimed",
                                    "free", ""])
+        for name in pool["missing"]:
+            lines.append("  MISSING PF %s: listed in the config, not on this host (renamed or "
+                         "removed?); the pool works with the PFs present" % name)
         lines.append("")
     for pf in report["drained"]:
         lines.append("drained: PF %s (%s)%s" % (
