@@ -115,7 +115,35 @@ def _state_dir_foreign_owner(host):
     return host.config_path
 
 
+_MOUNTS = []
+
+
+def _read_only_state_dir(host):
+    """The state dir on a read-only filesystem, with its files (a tmpfs remounted ro)."""
+    os.makedirs(host.state_dir, exist_ok=True)
+    files = {n: open(os.path.join(host.state_dir, n), "rb").read()
+             for n in os.listdir(host.state_dir)
+             if os.path.isfile(os.path.join(host.state_dir, n))}
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                       host.state_dir], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    _MOUNTS.append(host.state_dir)
+    for name, data in files.items():
+        with open(os.path.join(host.state_dir, name), "wb") as f:
+            f.write(data)
+    subprocess.run(["mount", "-o", "remount,ro", host.state_dir], check=True)
+    return host.config_path
+
+
+@pytest.fixture(autouse=True)
+def _unmount():
+    yield
+    while _MOUNTS:
+        subprocess.run(["umount", _MOUNTS.pop()], check=True)
+
+
 FAULTS = {"no-fault": lambda host: host.config_path, "missing-config": _missing_config,
+          "read-only-state-dir": _read_only_state_dir,
           "garbage-config": _garbage_config, "renamed-pool-pf": _renamed_pf,
           "corrupt-claims": _corrupt_state, "state-dir-is-a-file": _state_dir_is_a_file,
           "lock-uncreatable": _lock_uncreatable, "state-dir-foreign-owner": _state_dir_foreign_owner}
@@ -123,7 +151,8 @@ FAULTS = {"no-fault": lambda host: host.config_path, "missing-config": _missing_
 OURS_WORDS = {"missing-config": ["cannot read config", ".gone"], "garbage-config": ["vfpick.ini"],
               "corrupt-claims": ["corrupt", "vfpick reconcile --rebuild"],
               "state-dir-is-a-file": ["state directory", "Not a directory"],
-              "lock-uncreatable": ["claims.lock"], "state-dir-foreign-owner": ["owned by uid 65534"]}
+              "lock-uncreatable": ["claims.lock"], "read-only-state-dir": ["Read-only file system"],
+              "state-dir-foreign-owner": ["owned by uid 65534"]}
 
 
 def tree(path):

@@ -140,20 +140,33 @@ GARBAGE = [
      b"<mac address='zz'/><source><address type='pci' domain='0xffffffff' bus='x' slot='0x99' "
      b"function='9'/></source></interface></devices></domain>", "<uuid> is not a UUID: 'not-a-uuid'"),
 ]
-# The exit status for XML the hook cannot read, per op. Ops that do not read the XML exit 0
-# silently; release and reconnect report and exit 0 (libvirt ignores release's status and
-# kills a running guest on a failed reconnect); the gatekeeper and the filters refuse.
+# XML the hook cannot read. A domain that is not vfpick's as far as the hook can tell (no vfpick
+# namespace, no pool named in its bytes) is never refused for it: exit 0, at most a warning at
+# prepare. A vfpick domain is refused: the gatekeeper and the filters exit 1, release and
+# reconnect report and exit 0 (libvirt ignores release's status and kills a running guest on
+# a failed reconnect). Ops that do not read the XML exit 0 silently.
 GARBAGE_EXIT = {"prepare": 1, "migrate": 1, "restore": 1, "release": 0, "reconnect": 0}
+VFPICK_NS = b" xmlns:vfpick='http://vfpick.org/xmlns/libvirt/domain/1.0'"
+
+
+# The same bytes declaring vfpick's namespace on the root element make them vfpick's.
+GARBAGE_CASES = [(g, r, False) for g, r in GARBAGE] + [
+    (g.replace(b"<domain", b"<domain" + VFPICK_NS, 1), r, True)
+    for g, r in GARBAGE if g.startswith(b"<domain")]
 
 
 @pytest.mark.parametrize("op,subop", OPS)
-@pytest.mark.parametrize("garbage,reason", GARBAGE)
-def test_garbage_on_stdin_is_one_line_with_the_reason(host, op, subop, garbage, reason):
+@pytest.mark.parametrize("garbage,reason,ours", GARBAGE_CASES)
+def test_garbage_on_stdin_is_one_line_with_the_reason(host, op, subop, garbage, reason, ours):
     host.write_config()
     proc = run_hook(host, "g", op, subop, garbage)
     err = proc.stderr.decode()
     if op not in GARBAGE_EXIT:
         assert (proc.returncode, proc.stdout, err) == (0, b"", ""), err
+    elif not ours:
+        assert (proc.returncode, proc.stdout) == (0, b""), err
+        assert err == "" or (op == "prepare" and err.startswith("vfpick: warning: ")
+                             and err.count("\n") == 1 and reason in err), err
     else:
         assert proc.returncode == GARBAGE_EXIT[op], err
         assert proc.stdout == b""  # a filter never prints a partial domain

@@ -446,7 +446,8 @@ def _broken_configs(host):
         "latin1": "[vfpick]\nstate_dir = /tmp/\xe9t\xe9\n".encode("latin-1"),
         "unknown-key": good.replace("[pool fast]", "[pool fast]\ncolour = blue").encode(),
         "bad-value": good.replace("[pool fast]", "[pool fast]\ndistinct = sometimes").encode(),
-        "unknown-pf": good.replace("pfs = ", "pfs = nosuchnic ").encode(),
+        # (a PF that is not on this host only degrades its pool: test_failopen.py)
+        "pf-is-a-vf": good.replace("pfs = ", "pfs = 0000:3c:00.0 ").encode(),
         "relative-state": good.replace("state_dir = ", "state_dir = relative/").encode(),
         "pool-no-pfs": b"[vfpick]\n[pool fast]\ndistinct = link\n",
         "section-garbage": b"[pool\nfast]\npfs = ens1f0\n",

@@ -28,8 +28,8 @@ def _sh_quote(text):
 _HOOK = r"""#!/bin/sh
 %(marker)s
 "true" '''\'
-# libvirt qemu hook: qemu NAME OP SUBOP EXTRA, domain XML on stdin. libvirt runs hooks with a
-# scrubbed environment, so the interpreter, the package dir and the config path are baked in.
+# libvirt qemu hook: qemu NAME OP SUBOP EXTRA, domain XML on stdin. libvirt scrubs the
+# variables of hooks, so the interpreter, the package dir and the config path are baked in.
 if [ -x %(python_sh)s ]; then exec %(python_sh)s -sES "$0" "$@"; fi
 case "$2 $3" in
 "prepare begin"|"migrate begin"|"restore begin")
