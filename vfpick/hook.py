@@ -16,9 +16,8 @@ Never a traceback; exit 0 or 1 only.
 import os
 import sys
 
-# domscan.MAX_BYTES, not imported: the no-op ops (start, started, stopped) stay import-free.
-MAX_XML = 4 << 20
 # libvirt cannot hold a larger domain (its RPC messages stop at 32 MiB): more is drained unkept.
+# Well past domscan.MAX_BYTES, so XML too large to scan still shows its pools' names.
 MAX_KEPT = 32 << 20
 # domscan.NS without its scheme; the byte search needs no import.
 NS_MARK = b"vfpick.org/xmlns/libvirt/domain/1.0"
