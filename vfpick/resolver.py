@@ -106,7 +106,7 @@ def interfaces(config, doc, network_exists):
     return Interfaces(pool_nics, managed)
 
 
-def missing_pfs(config, pool):
+def _missing_pfs(config, pool):
     """Warnings for the pool's PFs that are not on this host; PoolError when none is."""
     if not pool.missing:
         return []
@@ -160,7 +160,7 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     assignments, picks, held, warnings = {}, {}, [], []
     for pool_name in sorted(by_pool, key=list(config.pools).index):
         pool = config.pools[pool_name]
-        warnings += missing_pfs(config, pool)
+        warnings += _missing_pfs(config, pool)
         entries = sorted(by_pool[pool_name])
         distinct, strict, numa = effective(pool, doc.overrides(pool_name))
         request = Request(
