@@ -254,3 +254,16 @@ def test_drain_of_a_failover_pool_moves_the_vf_and_keeps_its_virtio_partner(make
     assert after[mac]["vf"][1:] == pair["vf"][1:]                  # still its transient half
     assert pf_of_vf(host, after[mac]["vf"][0]) != pf               # on another PF now
     assert sorted(c.vf for c in claims_of(cfg, d.uuid)) == sorted(p["vf"][0] for p in after.values())
+
+
+def test_libvirt_unreachable_keeps_the_mark_and_says_to_run_again(cfg, conn, host, capsys):
+    d = define(cfg, "vm1", nics=1)
+    held = claims_of(cfg, d.uuid)
+    code, out, err = run(host, capsys, "drain", held[0].pf, "--connect", "bogus:///nowhere")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("vfpick: cannot connect to bogus:///nowhere")
+    assert "is drained, but none of its 1 domain(s) was moved: run the drain again" in err
+    assert resolver.store_for(cfg).snapshot().drained() == {held[0].pf}
+    assert claims_of(cfg, d.uuid) == held
+    code, out, err = run(host, capsys, "drain", held[0].pf, "--connect", URI)  # libvirt is back
+    assert code == 0 and "1 domain(s) moved" in out, err
