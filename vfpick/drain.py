@@ -129,7 +129,7 @@ def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo)
         return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo)
     dom = virt.lookup(conn, holder.uuid)
     try:
-        if dom.isActive() or any(c.active for c in holder.claims):
+        if dom.isActive() or any(c.active for c in planned.values() if c.uuid == holder.uuid):
             raise DomainRunning(dom.name())
         data = virt.inactive_xml(dom)
     except virt.libvirt_error() as e:

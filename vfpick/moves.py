@@ -58,8 +58,8 @@ def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None,
 
     claims: {vf: Claim}; busy: {vf: uuid} of running domains; avoid: PF addresses to leave
     (drained ones: pass them, the caller knows whether they are persisted yet); targets:
-    {mac: vf}. A target move must not put more of the domain's NICs on one distinct unit
-    than before. Raises a VfpickError when the domain cannot be placed: nothing is planned.
+    {mac: vf}. A target move must not leave the domain's NICs of a pool on fewer distinct
+    units (links, PFs, cards: its distinct level) than before. Raises a VfpickError when the domain cannot be placed: nothing is planned.
     """
     from vfpick.hostdev import DomainXml
 
@@ -95,9 +95,9 @@ def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None,
                 assignments=placed.assignments)
 
 
-def _claims_of(move, active=False):
+def _claims_of(move):
     return [Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=move.name, uuid=move.uuid,
-                  mac=a.mac, active=active) for a in move.assignments.values()]
+                  mac=a.mac, active=False) for a in move.assignments.values()]
 
 
 def apply_to(claims, move):
