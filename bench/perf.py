@@ -7,7 +7,7 @@ with the measured runs so that drift (frequency scaling, a busy neighbour) hits 
 
 What is measured is a fresh, regular (non-editable) ``pip install`` of this working tree into a
 temp dir, with the hook written by that install's ``vfpick install-hook --hooks-dir TMP --config
-CFG`` (the baked ``#!python -sES`` script libvirt runs). The simulated sysfs lives on tmpfs
+CFG`` (the baked script libvirt runs: ``#!/bin/sh`` execing ``python -sES``). The simulated sysfs lives on tmpfs
 (``/dev/shm``) when there is one, as the real sysfs is in memory; the state dir is on the regular
 temp dir (a disk), as ``/var/lib/vfpick`` is, so fsyncs cost what they cost.
 """

@@ -34,10 +34,10 @@ if [ -x %(python_sh)s ]; then exec %(python_sh)s -sES "$0" "$@"; fi
 case "$2 $3" in
 "prepare begin"|"migrate begin"|"restore begin")
     if grep -c %(mark_sh)s >/dev/null; then
-        echo "vfpick: refusing domain '$1', which has vfpick metadata: $0 cannot run %(python)s (gone); reinstall vfpick and run 'vfpick install-hook'" >&2
+        printf "vfpick: refusing domain '%%s', which has vfpick metadata: %%s cannot run %%s (gone); reinstall vfpick and run 'vfpick install-hook'\n" "$1" "$0" %(python_sh)s >&2
         exit 1
     fi
-    echo "vfpick: warning: $0 cannot run %(python)s (gone); domain '$1' left alone" >&2 ;;
+    printf "vfpick: warning: %%s cannot run %%s (gone); domain '%%s' left alone\n" "$0" %(python_sh)s "$1" >&2 ;;
 *)
     cat >/dev/null ;;
 esac
@@ -80,7 +80,7 @@ def hook_text(config_path, python=None, package_dir=None):
     # -s -E: no user site, no PYTHON* variables: the hook trusts only what is baked here.
     # -S skips site (and its .pth files) for start-up speed; the package dir is baked instead.
     return _HOOK % {
-        "marker": MARKER, "python_sh": _sh_quote(python), "python": python,
+        "marker": MARKER, "python_sh": _sh_quote(python),
         "mark_sh": _sh_quote(NS_MARK.decode()), "mark": NS_MARK, "package_dir": package_dir,
         "config": os.path.abspath(config_path)}
 
