@@ -101,9 +101,9 @@ def test_failover_network_must_exist(host):
 
 
 @pytest.mark.parametrize("value, words", [
-    ("bridge", "use bridge:BRIDGE or network:NETWORK"),
-    ("tap:br0", "use bridge:BRIDGE or network:NETWORK"),
-    ("bridge:", "use bridge:BRIDGE or network:NETWORK"),
+    ("bridge", "use bridge:BRIDGE, network:NETWORK or none"),
+    ("tap:br0", "use bridge:BRIDGE, network:NETWORK or none"),
+    ("bridge:", "use bridge:BRIDGE, network:NETWORK or none"),
     ("bridge:br'0", "not a valid bridge name"),
     ("bridge:a-very-long-bridge-name", "not a valid bridge name"),
     ("network:fast", "is a vfpick pool"),
@@ -118,6 +118,7 @@ def test_config_values(host):
     assert pool_config(host, " Bridge : br0 ").pools["fast"].failover == Failover("bridge", "br0")
     assert pool_config(host, "network:mig-net").pools["fast"].failover == Failover("network", "mig-net")
     assert host.write_config().pools["fast"].failover is None
+    assert pool_config(host, "None").pools["fast"].failover is None
 
 
 def test_resolve_pairs_and_claims_one_vf_per_nic(host):

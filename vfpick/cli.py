@@ -316,7 +316,7 @@ def build_parser():
                        help="the persistent definition (neither: live if running, else persistent)")
         p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
         p.set_defaults(func=cmd_attach if verb == "attach" else cmd_detach)
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="how long a live detach waits for the guest to release the device (default 30)")
 
     p = sub.add_parser("repick", parents=[common],

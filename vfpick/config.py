@@ -312,12 +312,12 @@ def parse(text, path="<config>"):
 
 
 def _failover(where, section, value):
-    if value is None:
+    if value is None or value.strip().lower() == "none":
         return None
     kind, sep, name = value.strip().partition(":")
     kind, name = kind.strip().lower(), name.strip()
     if not sep or kind not in ("bridge", "network") or not name:
-        raise where.error(section, "failover", "%r: use bridge:BRIDGE or network:NETWORK" % value)
+        raise where.error(section, "failover", "%r: use bridge:BRIDGE, network:NETWORK or none" % value)
     # A bridge is a netdev (at most 15 bytes); both end up in XML attributes and file names.
     if not set(name) <= _NAME_CHARS or (kind == "bridge" and len(name) > 15):
         raise where.error(section, "failover", "%r is not a valid %s name" % (name, kind))

@@ -202,8 +202,9 @@ def _without_nic_metadata(xml, mac):
     return meta
 
 
-def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=DETACH_TIMEOUT, out=None):
+def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None, out=None):
     out = sys.stdout if out is None else out
+    timeout = DETACH_TIMEOUT if timeout is None else timeout
     wanted = domscan.normalize_mac(mac)
     libvirt = virt._libvirt()
     conn = virt.connect(uri)
@@ -232,8 +233,9 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=DETA
         if live_flag in found and not wait_removed(lambda: _xml(libvirt, dom, live_flag), wanted, timeout):
             raise LibvirtFailure(
                 "the guest of '%s' has not released %s within %g s: libvirt still lists it, so its "
-                "VF stays claimed; check the guest (ACPI hotplug), then run this again or 'vfpick "
-                "reconcile' once it is gone" % (name, wanted, timeout))
+                "VF stays claimed; check the guest (ACPI hotplug), then run 'vfpick detach %s %s "
+                "--live' again, or 'vfpick reconcile' once it is gone"
+                % (name, wanted, timeout, name, wanted))
         for flag, label in targets:
             meta = _without_nic_metadata(_xml(libvirt, dom, flag), wanted)
             if meta is not None:

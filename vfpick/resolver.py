@@ -147,10 +147,11 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     # A NIC keeps the VF this domain's claim for its MAC names on this host, before the
     # address in the XML: after `migrate --persistent` the definition libvirt wrote holds
     # the source host's addresses while the domain runs on the VFs the filter claimed here.
-    claimed = {c.mac: c.vf for c in claims.values()
+    claimed = {(c.mac, c.pool): c.vf for c in claims.values()
                if c.uuid == uuid and c.mac and c.vf in topo.vfs}
     for iface in ifaces.managed:
-        keep = targets.get(iface.mac) or claimed.get(iface.mac) or _keepable(topo, iface)
+        keep = (targets.get(iface.mac) or claimed.get((iface.mac, iface.pool))
+                or _keepable(topo, iface))
         by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, keep)))
     for iface in ifaces.pool:
         mac = iface.mac or _new_mac(macs_taken, rng)
