@@ -174,17 +174,6 @@ def test_renamed_netdev_colliding_with_a_section_keeps_two_links(make_host):
     assert topo.links["ens5f0"].pfs == ("0000:86:00.1",)
 
 
-class _RecordingNetlink:
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self):
-        return self
-
-    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
-        self.calls.append((pf_ifname, vf_index, trust, spoofchk))
-
-
 @pytest.mark.parametrize("preset, uplinks", [
     ("mlx5-cx6-switchdev", ["ens3f0np0", "ens3f1np1"]),
     ("bnxt-switchdev", ["ens1f0np0", "ens1f1np1"]),
@@ -197,9 +186,13 @@ def test_hook_sends_trust_to_the_uplink_not_a_representor(make_host, preset, upl
     host = make_host(preset)
     host.write_config(pools={"fast": "pfs = %s\ntrust = on\n" % " ".join(host.netdevs())})
     xml = vfpick(host, "resolve", "-", input=domain("bond", nics=2), check=0).stdout
-    nl, err = _RecordingNetlink(), io.StringIO()
+    from fakenetlink import FakeNetlink
+
+    nl, err = FakeNetlink(), io.StringIO()
+    for netdev in host.netdevs():  # the uplinks: a representor is no link the fake knows
+        nl.add_link(netdev, num_vfs=64)
     code = hook.run(["bond", "prepare", "begin", "-"], stdin=io.BytesIO(xml), stdout=io.BytesIO(),
-                    stderr=err, config_path=host.config_path, netlink_factory=nl)
+                    stderr=err, config_path=host.config_path, netlink_factory=lambda: nl)
     assert code == 0, err.getvalue()
     assert sorted(name for name, _, _, _ in nl.calls) == uplinks
 

@@ -9,6 +9,7 @@ import pytest
 from lxml import etree
 
 from clitools import HOOK, assert_user_error, claims_file, domain, hostdev_vfs, status_json, vfpick
+from fakenetlink import FakeNetlink
 from vfpick import hook
 
 OPS = [("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("stopped", "end"),
@@ -264,28 +265,20 @@ def test_install_hook_never_clobbers_a_foreign_hook(host, tmp_path):
     assert (qemu_d / "vfpick").read_text() == "#!/bin/sh\necho someone else\n"
 
 
-class RecordingNetlink:
-    def __init__(self, fail=None):
-        self.calls, self.fail = [], fail
-
-    def __call__(self):
-        return self
-
-    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
-        if self.fail:
-            from vfpick.errors import VfpickError
-
-            raise VfpickError(self.fail)
-        self.calls.append((pf_ifname, vf_index, trust, spoofchk))
+def fake_netlink(host):
+    nl = FakeNetlink()
+    for netdev in host.netdevs():
+        nl.add_link(netdev, num_vfs=64)
+    return nl
 
 
 def test_trust_and_spoofchk_are_applied_at_prepare(host):
     host.write_config(pools={"fast": "pfs = ens1f0 ens2f0\ntrust = on\nspoofchk = off\n"})
     xml = resolved(host, "bond", nics=2)
-    nl = RecordingNetlink()
+    nl = fake_netlink(host)
     err = io.StringIO()
     code = hook.run(["bond", "prepare", "begin", "-"], stdin=io.BytesIO(xml), stdout=io.BytesIO(),
-                    stderr=err, config_path=host.config_path, netlink_factory=nl)
+                    stderr=err, config_path=host.config_path, netlink_factory=lambda: nl)
     assert code == 0, err.getvalue()
     assert sorted(nl.calls) == [("ens1f0", 0, True, False), ("ens2f0", 0, True, False)]
 
@@ -294,12 +287,15 @@ def test_failure_to_apply_vf_settings_refuses_the_start_and_changes_nothing(host
     host.write_config(pools={"fast": "pfs = ens1f0 ens2f0\ntrust = on\n"})
     xml = resolved(host, "bond", nics=2)
     before = claims_file(host)
+    nl = fake_netlink(host)
+    nl.fail("ens2f0", 0, setting="trust")
     err = io.StringIO()
     code = hook.run(["bond", "prepare", "begin", "-"], stdin=io.BytesIO(xml), stdout=io.BytesIO(),
-                    stderr=err, config_path=host.config_path,
-                    netlink_factory=RecordingNetlink(fail="cannot set trust on for VF 0 of ens1f0"))
-    assert code == 1 and err.getvalue().startswith("vfpick: cannot set trust")
+                    stderr=err, config_path=host.config_path, netlink_factory=lambda: nl)
+    assert code == 1 and err.getvalue().startswith("vfpick: cannot set trust on for VF 0 of ens2f0")
     assert claims_file(host) == before
+    # ens1f0's VF was set first: put back, since no claim records it
+    assert nl.get_vf("ens1f0", 0).trust is False
 
 
 def test_hook_keeps_more_than_the_parser_reads():

@@ -256,11 +256,11 @@ def test_reconcile_drops_claims_of_undefined_domains_dry_run_first(cfg, conn):
     conn.lookupByName("gone").undefine()
     before = state_bytes(cfg)
     actions, text = run_reconcile(cfg, dry_run=True)
-    assert sorted((v, c.uuid) for v, c, _ in actions) == [("drop", gone.uuid)] * 2
+    assert sorted((a.verb, a.claim.uuid) for a in actions) == [("drop", gone.uuid)] * 2
     assert text.count("would drop") == 2
     assert state_bytes(cfg) == before
     actions, text = run_reconcile(cfg)
-    assert [v for v, _, _ in actions] == ["drop", "drop"] and "would" not in text
+    assert [a.verb for a in actions] == ["drop", "drop"] and "would" not in text
     assert {c.domain for c in claims(cfg)} == {"stays"}
     assert run_reconcile(cfg) == ([], "claims agree with libvirt\n")
 
@@ -278,7 +278,7 @@ def test_reconcile_records_vfs_of_running_domains_and_activity(cfg, conn, host):
     mine = define_with_vfpick(cfg, conn, "mine", nics=1)
     conn.lookupByName("mine").create()
     actions, text = run_reconcile(cfg)
-    verbs = sorted((v, c.domain) for v, c, _ in actions)
+    verbs = sorted((a.verb, a.claim.domain) for a in actions)
     assert verbs == [("add", "manual"), ("update", "mine")], text
     held = {c.vf: c for c in claims(cfg)}
     manual = held[vf]
@@ -289,7 +289,7 @@ def test_reconcile_records_vfs_of_running_domains_and_activity(cfg, conn, host):
     # stopped: claims stay, inactive
     conn.lookupByName("mine").destroy()
     actions, _ = run_reconcile(cfg)
-    assert [(v, c.domain, c.active) for v, c, _ in actions] == [("update", "mine", False)]
+    assert [(a.verb, a.claim.domain, a.claim.active) for a in actions] == [("update", "mine", False)]
 
 
 def test_reconcile_reports_a_running_domain_on_another_domains_vf(cfg, conn):
@@ -303,7 +303,7 @@ def test_reconcile_reports_a_running_domain_on_another_domains_vf(cfg, conn):
     conn.lookupByName("thief").create()
     before = state_bytes(cfg)
     actions, text = run_reconcile(cfg)
-    assert [(v, c.domain) for v, c, _ in actions] == [("conflict", "owner")]
+    assert [(a.verb, a.claim.domain) for a in actions] == [("conflict", "owner")]
     assert "thief" in text
     assert state_bytes(cfg) == before
     assert claims_of(cfg, owner.uuid)[0].domain == "owner"
@@ -323,7 +323,7 @@ def test_reconcile_rebuild_sets_a_corrupt_state_file_aside_and_recreates_it(cfg,
         run_reconcile(cfg, dry_run=True)
     # --rebuild --dry-run: shows what it would record, touches nothing
     actions, text = run_reconcile(cfg, dry_run=True, rebuild=True)
-    assert sorted(v for v, _, _ in actions) == ["add"] * 3 and "would add" in text
+    assert sorted(a.verb for a in actions) == ["add"] * 3 and "would add" in text
     assert os.listdir(cfg.state_dir).count("claims.json.corrupt-1") == 0
     with open(path, "rb") as f:
         assert f.read() == b'{"version": 1, "claims": [tru'
@@ -374,7 +374,7 @@ def test_reconcile_drops_a_vf_the_domain_no_longer_uses_once_it_stops_using_it(c
     assert run_reconcile(cfg) == ([], "claims agree with libvirt\n")
     dom.destroy()
     actions, text = run_reconcile(cfg)
-    assert sorted((v, c.vf) for v, c, _ in actions if v == "drop") == [("drop", dropped_vf)], text
+    assert sorted((a.verb, a.claim.vf) for a in actions if a.verb == "drop") == [("drop", dropped_vf)], text
     assert [(c.vf in hostdev_vfs(libvirt_xml(conn, "vm")), c.active)
             for c in claims_of(cfg, vm.uuid)] == [(True, False)]
 
@@ -393,3 +393,37 @@ def test_reconcile_claims_both_vf_sets_of_a_domain_repicked_while_running(cfg, c
         f.write("{}")
     run_reconcile(cfg, rebuild=True)
     assert {c.vf: c.active for c in claims_of(cfg, vm.uuid)} == {old: True, new: False}
+
+
+def _hostdev(vf, mac):
+    d, b, s_f = vf.split(":")[0], vf.split(":")[1], vf.split(":")[2]
+    s, f = s_f.split(".")
+    return ("<interface type='hostdev' managed='yes'><mac address='%s'/><source><address "
+            "type='pci' domain='0x%s' bus='0x%s' slot='0x%s' function='0x%s'/></source></interface>"
+            % (mac, d, b, s, f))
+
+
+def test_reconcile_reports_hand_edited_metadata_one_line_each_and_handles_the_rest(
+        cfg, conn, host, capsys):
+    vfs = sorted(host.topology().vfs)
+    records = [  # (mac, attributes of its <vfpick:nic>): four broken, one good
+        ("52:54:00:00:00:01", "vf='%s'" % vfs[0]),                        # no pool
+        ("52:54:00:00:00:02", "pool='nosuch' vf='%s'" % vfs[1]),          # unknown pool
+        ("52:54:00:00:00:03", "pool='fast' vf='not-a-pci-address'"),      # bad VF address
+        ("zz:54", "pool='fast' vf='%s'" % vfs[3]),                        # bad MAC
+        ("52:54:00:00:00:05", "pool='fast' vf='%s'" % vfs[4]),            # good
+    ]
+    meta = ("<metadata><vfpick:domain xmlns:vfpick='http://vfpick.org/xmlns/libvirt/domain/1.0'>%s"
+            "</vfpick:domain></metadata>" % "".join("<vfpick:nic mac='%s' %s/>" % (mac, attrs)
+                                                    for mac, attrs in records))
+    devices = "".join(_hostdev(vf, "52:54:00:00:00:0%d" % (n + 1)) for n, vf in enumerate(vfs[:5]))
+    conn.defineXML(domain("edited", nics=0, head=meta, extra_devices=devices).decode())
+    assert cli.main(["--config", host.config_path, "reconcile", "--connect", URI]) == 0
+    out = capsys.readouterr().out.splitlines()
+    invalid = [line for line in out if line.startswith("invalid: domain 'edited'")]
+    assert len(invalid) == 4, out
+    for words in ("has no pool", "names pool 'nosuch'", "has no valid VF address", "has a bad mac"):
+        assert sum(words in line for line in invalid) == 1, (words, invalid)
+    # the good record is handled: its VF is recorded for the domain
+    assert [(c.vf, c.mac, c.pool) for c in claims(cfg)] == [(vfs[4], "52:54:00:00:00:05", "fast")]
+    assert any(line.startswith("add %s (edited, pool fast)" % vfs[4]) for line in out)

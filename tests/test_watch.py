@@ -1,5 +1,6 @@
 """vfpick watch: the event handling on fakes, then the real thing against the harness libvirtd."""
 
+import os
 import signal
 import subprocess
 import xml.etree.ElementTree as ET
@@ -198,6 +199,54 @@ def test_unresolvable_domains_are_logged_and_left(host):
     assert "vfpick repick big" in big[0]
     assert typo == ["domain 'typo' (%s): network fsat is neither a vfpick pool (pools: fast) nor "
                     "a libvirt network; left as is" % U2]
+
+
+BAD_META = ("<metadata><vfpick:domain xmlns:vfpick='http://vfpick.org/xmlns/libvirt/domain/1.0'>"
+            "<vfpick:nic mac='52:54:00:00:00:07' vf='0000:3b:02.7'/></vfpick:domain></metadata>")
+U3 = "33333333-3333-3333-3333-333333333333"
+U4 = "44444444-4444-4444-4444-444444444444"
+
+
+class BrokenDom(FakeDom):
+    """A domain whose XML cannot be read for a reason nobody planned for."""
+
+    def XMLDesc(self, flags=0):
+        raise RuntimeError("unexpected trouble reading this domain")
+
+
+def test_sync_survives_bad_domains_and_handles_the_rest(host):
+    cfg = host.write_config()
+    conn = FakeConn()
+    conn.add(domain("meta", nics=0, uuid=U1, head=BAD_META))   # <vfpick:nic> without a pool
+    broken = BrokenDom(domain("broken", nics=1, uuid=U2))
+    conn.doms[U2] = broken
+    conn.add(domain("web1", nics=1, uuid=U3))
+    w = make_watcher(cfg, [conn])
+    assert w.connect()                      # the sync's troubles never escape the watcher
+    assert [c.domain for c in claims_of(cfg, U3)] == ["web1"]
+    assert any(x.startswith("reconcile: invalid: domain 'meta': <vfpick:nic") and "has no pool" in x
+               for x in w.lines), w.lines
+    assert "warning: domain %s: cannot read it (unexpected trouble reading this domain); its " \
+        "claims are left as they are" % U2 in w.lines
+    # and the loop goes on: a later event is handled
+    conn.add(domain("web2", nics=1, uuid=U4))
+    conn.event(conn.doms[U4], libvirt.VIR_DOMAIN_EVENT_DEFINED)
+    conn.event(broken, libvirt.VIR_DOMAIN_EVENT_DEFINED)
+    drain(w)
+    assert len(claims_of(cfg, U4)) == 1
+    assert sum("internal error on defined broken" in x for x in w.lines) == 1
+
+
+def test_a_failing_sync_is_logged_not_fatal(host):
+    cfg = host.write_config()
+    conn = FakeConn()
+    conn.add(domain("web1", nics=1, uuid=U1))
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    with open(os.path.join(cfg.state_dir, "claims.json"), "w") as f:
+        f.write("garbage")
+    w = make_watcher(cfg, [conn])
+    assert w.connect()
+    assert any(x.startswith("sync after connecting: state file") and "--rebuild" in x for x in w.lines)
 
 
 def test_undefined_drops_claims_unless_still_running(host):

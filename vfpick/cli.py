@@ -9,7 +9,7 @@ import os
 import sys
 
 from vfpick import __version__, config as configmod
-from vfpick.errors import DomainNotFound, VfpickError
+from vfpick.errors import VfpickError
 
 
 
@@ -81,37 +81,15 @@ def cmd_check(args):
     return check.exit_code(findings)
 
 
-def find_uuid(claims, who):
-    """UUID of the domain named or identified by *who* among the claims, or None."""
-    lowered = who.lower()
-    uuids = {c.uuid for c in claims.all() if c.uuid == lowered}
-    if uuids:
-        return lowered
-    by_name = {c.uuid for c in claims.all() if c.domain == who}
-    if len(by_name) > 1:
-        raise VfpickError("several domains named '%s' hold claims (%s); release by UUID"
-                          % (who, ", ".join(sorted(by_name))))
-    return by_name.pop() if by_name else None
-
-
 def cmd_release(args):
-    from vfpick import resolver
+    from vfpick import virt
 
     cfg = _load_config(args)
-    with resolver.store_for(cfg).transaction() as claims:
-        uuid = find_uuid(claims, args.domain)
-        if uuid is None:
-            # A renamed domain: its claims carry the old name, libvirt knows the new one.
-            from vfpick import virt
-
-            uuid = virt.uuid_by_name(args.connect or cfg.connect, args.domain)
-            if uuid is not None and not claims.for_uuid(uuid):
-                uuid = None
-        if uuid is None:
-            raise DomainNotFound("no claims for domain '%s' (see vfpick status)" % args.domain)
-        dropped = claims.drop_uuid(uuid)
+    dropped, warnings = virt.release(cfg, args.domain, args.connect or cfg.connect)
     for c in dropped:
         print("released %s (%s, pool %s) from %s" % (c.vf, c.mac, c.pool, c.domain))
+    for w in warnings:
+        _warn(w)
     return 0
 
 

@@ -105,7 +105,7 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
     if not uuid:
         raise Refusal("domain '%s' has no <uuid>" % name)
     running = _running_others(config, uuid)
-    settings, warnings, link_of = [], [], {}
+    ready, warnings, link_of = [], [], {}
 
     def conflict(message):
         if not reassert:
@@ -141,12 +141,11 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                     link_of = topology.for_config(config).link_of
                 link = link_of.get(pf, pf)
                 claim = Claim(vf=vf, pf=pf, link=link, pool=pool.name if pool else "",
-                              domain=name, uuid=uuid, mac=mac or "", active=True)
-            claims.put(claim)
-            if pool is not None and (pool.trust is not None or pool.spoofchk is not None):
-                settings.append((vf, pf, pool))
-        if settings and not reassert:
-            _apply_vf_settings(config, settings, netlink_factory)
+                              domain=name, uuid=uuid, mac=mac or "", active=True,
+                              pending=None, applied=None, restore=None)
+            ready.append((claim, pool))
+        # Every refusal is raised above, before any VF is touched.
+        _put_with_vf_settings(config, claims, ready, netlink_factory, reassert)
     return warnings
 
 
@@ -160,6 +159,31 @@ def _fix(name, managed, pool):
             "network='%s'/>) and run 'vfpick repick %s'" % (name, pool, pool, _shell_word(name)))
 
 
+def _put_with_vf_settings(config, claims, ready, netlink_factory, reassert):
+    """Puts the claims; sets the pools' trust/spoofchk, recording what to put back (not on a
+    reconnect: the running guest has them already). A failure takes back this run's changes."""
+    from vfpick import vfsettings
+
+    netlink, first_set = vfsettings.Netlink(netlink_factory), []
+    try:
+        for claim, pool in ready:
+            if not reassert and vfsettings.wanted(claim, pool):
+                fresh = claim.applied is None
+                try:
+                    claim = vfsettings.apply(config, claim, pool, netlink)
+                except LookupError as e:
+                    raise Refusal(str(e))
+                if fresh:
+                    first_set.append(claim)
+            claims.put(claim)
+    except BaseException:
+        # The transaction writes nothing now: no VF may keep settings no claim records.
+        vfsettings.put_back(config, first_set, netlink=netlink)
+        raise
+    finally:
+        netlink.close()
+
+
 def _site_packages():
     """The installed hook runs with ``-S`` (no ``site``: start-up speed on every VM start), so
     site-packages is not on sys.path; the migrate/restore filters (lxml) need it. Appended
@@ -170,32 +194,18 @@ def _site_packages():
         site.main()
 
 
-def _apply_vf_settings(config, settings, netlink_factory):
-    from vfpick import topology
-
-    if netlink_factory is None:
-        # set_vf is standard library only (vfpick.rtnl): no site-packages, no pyroute2.
-        from vfpick.netlink import open_netlink as netlink_factory
-    nl = netlink_factory()
-    for vf, pf, pool in settings:
-        record, _ = topology.read_pf(config.sysfs_root, pf, with_vfs=False)
-        index = topology.vf_index(config.sysfs_root, pf, vf)
-        if record is None or record.netdev is None or index is None:
-            raise Refusal("cannot apply trust/spoofchk to VF %s: PF %s has no netdev" % (vf, pf))
-        nl.set_vf(record.netdev, index, trust=pool.trust, spoofchk=pool.spoofchk)
-
-
-def release(config, name, facts):
-    """Deactivates the domain's claims; drops them when it has no persistent definition."""
+def release(config, name, facts, netlink_factory=None):
+    """Deactivates the domain's claims; drops them when it has no persistent definition
+    (putting back the VF settings vfpick applied). Returns warnings."""
     from vfpick.state import StateStore
 
     if not facts.uuid:
-        return
+        return []
     store = StateStore.for_config(config)
     try:
         os.lstat(store.path)
     except FileNotFoundError:
-        return  # no claims at all: create nothing (not even the state dir or its lock)
+        return []  # no claims at all: create nothing (not even the state dir or its lock)
     except OSError:
         pass  # the transaction names what is wrong with the state dir
     persistent = os.path.exists(os.path.join(config.libvirt_config_dir, name + ".xml")) \
@@ -203,13 +213,15 @@ def release(config, name, facts):
     with store.transaction() as claims:
         mine = claims.for_uuid(facts.uuid)
         if not mine:
-            return
+            return []
         if not persistent:
-            claims.drop_uuid(facts.uuid)
-            return
+            from vfpick import vfsettings
+
+            return vfsettings.put_back(config, claims.drop_uuid(facts.uuid), netlink_factory)
         for claim in mine:
             if claim.active:
                 claims.put(claim._replace(active=False))
+    return []
 
 
 def refilter(config, data):
@@ -325,7 +337,8 @@ def _dispatch(name, op, data, marks, stdout, stderr, config_path, netlink_factor
         for warning in prepare(config, name, facts, netlink_factory, reassert=True):
             stderr.write("vfpick: warning: %s\n" % " ".join(warning.split()))
     elif op == "release":
-        release(config, name, facts)
+        for warning in release(config, name, facts, netlink_factory):
+            stderr.write("vfpick: warning: %s\n" % " ".join(warning.split()))
     else:
         _site_packages()
         xml = refilter(config, data)

@@ -14,9 +14,10 @@ import time
 
 from lxml import etree
 
-from vfpick import domscan, resolver, virt
+from vfpick import domscan, resolver, vfsettings, virt
 from vfpick.errors import LibvirtFailure, UnknownPool, VfpickError, XmlError
 from vfpick.hostdev import Assignment, DomainXml
+from vfpick.state import writer
 
 DETACH_TIMEOUT = 30.0
 _POLL = 0.2
@@ -123,8 +124,11 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
             raise VfpickError("domain '%s' already has an interface with MAC %s" % (name, mac))
         in_use = {vf for x in xmls.values() for vf, _mac in domscan.scan(x).hostdev_vfs}
         # Policy overrides and NUMA placement: from the persistent side when it is changed.
+        # Pending until libvirt answered: a reconcile listing the domain meanwhile (without
+        # the new VF) must not drop it (docs/DESIGN.md, "Reconcile").
+        me = writer.me()
         claim = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
-                                         in_use, rng=rng, store=store)
+                                         in_use, rng=rng, store=store, pending=me)
         assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
                                 link=claim.link)
         if iface.find("mac") is None:
@@ -149,6 +153,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
                                 % (claim.mac, label, virt._message(e)))
     finally:
         conn.close()
+    resolver.settle_claims(store, claim.uuid, me)
     if any(label == "live" for _, label in targets):
         _update(store, claim, active=True)
     out.write("attached %s to domain '%s' (%s): VF %s (PF %s, link %s)\n"
@@ -253,7 +258,7 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
             if live_now else set()
     finally:
         conn.close()
-    released = []
+    released, ended = [], []
     with resolver.store_for(config).transaction() as claims:
         for claim in claims.for_uuid(uuid):
             if claim.mac != wanted:
@@ -263,6 +268,9 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
             else:
                 claims.drop(claim.vf)
                 released.append(claim.vf)
+                ended.append(claim)
+        for warning in vfsettings.put_back(config, ended):
+            sys.stderr.write("vfpick: warning: %s\n" % warning)
     out.write("detached %s from domain '%s' (%s)%s\n" % (
         wanted, name, " and ".join(label for _, label in targets),
         "; released VF %s" % ", ".join(released) if released else

@@ -29,10 +29,11 @@ waits for the lock).
 import random
 from collections import namedtuple
 
-from vfpick import policy, resolver, topology, virt
+from vfpick import policy, resolver, topology, vfsettings, virt
 from vfpick.errors import (DistinctImpossible, DomainChanged, DomainRunning, StartedDuringMove,
                            VfpickError)
 from vfpick.records import Claim
+from vfpick.state import writer
 
 Move = namedtuple("Move", "uuid name xml nics warnings assignments")
 Move.__doc__ = """One domain's move. xml: its new definition (bytes). nics: tuple of NicMove,
@@ -108,10 +109,12 @@ def apply_to(claims, move):
 
 
 def _drop_mine(claims, uuid, vfs):
+    dropped = []
     for vf in vfs:
         held = claims.get(vf)
         if held is not None and held.uuid == uuid and not held.active:
-            claims.drop(vf)
+            dropped.append(claims.drop(vf))
+    return dropped
 
 
 def _rollback(store, move, previous):
@@ -119,23 +122,27 @@ def _rollback(store, move, previous):
         _drop_mine(claims, move.uuid, {a.vf for a in move.assignments.values()} - previous)
 
 
-def _settle(store, move, previous):
-    """Step 4: the domain now runs (when started) on the new VFs only."""
+def _settle(config, store, move, previous):
+    """Step 4: the domain now runs (when started) on the new VFs only; the VFs it left get
+    their trust/spoofchk back. Returns None when it started meanwhile, else the warnings."""
     new = {a.vf for a in move.assignments.values()}
     with store.transaction() as claims:
         if any(c.active for c in claims.for_uuid(move.uuid)):
-            return False
+            return None
         for claim in _claims_of(move):
             held = claims.get(claim.vf)
-            # Re-asserted: a reconcile that listed libvirt before the define may have dropped it.
+            # Re-asserted: a reconcile that listed libvirt before the define may have dropped it
+            # (it should not: the reservations were pending for this process).
             if held is None:
                 claims.put(claim)
             elif held.uuid != move.uuid:
                 raise VfpickError(
                     "domain '%s' is now defined on VF %s, which %s took meanwhile; run 'vfpick "
                     "repick %s'" % (move.name, claim.vf, held.domain, move.name))
-        _drop_mine(claims, move.uuid, previous - new)
-    return True
+            elif held.pending is not None:
+                claims.put(held._replace(pending=None))  # libvirt has it now
+        left = _drop_mine(claims, move.uuid, previous - new)
+        return vfsettings.put_back(config, left)
 
 
 def _stopped_definition(dom, name):
@@ -170,8 +177,9 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
                          avoid=frozenset(avoid) | claims.drained(), targets=targets)
         if not move.nics:
             return move
+        # Pending until libvirt answered: a reconcile meanwhile leaves the reservations alone.
         previous = {c.vf for c in resolver.record(claims, move.uuid, move.name, move.assignments,
-                                                  busy, keep_previous=True)}
+                                                  busy, keep_previous=True, pending=writer.me())}
     try:
         if _stopped_definition(dom, move.name) != data:
             raise DomainChanged("domain '%s' was redefined while vfpick moved it; nothing moved, "
@@ -181,11 +189,12 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
         raise
     virt.define_xml(conn, move.xml, move.name, lambda: _rollback(store, move, previous),
                     "nothing moved")
-    if not _settle(store, move, previous):
+    warnings = _settle(config, store, move, previous)
+    if warnings is None:
         raise StartedDuringMove(
             "domain '%s' started while vfpick moved it: its next boot uses the new VFs, the "
             "ones it runs on stay claimed; after it stops, run 'vfpick reconcile'" % move.name)
-    return move
+    return move._replace(warnings=list(move.warnings) + warnings)
 
 
 def describe(move):

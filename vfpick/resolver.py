@@ -10,7 +10,7 @@ import os
 import random
 from collections import namedtuple
 
-from vfpick import config as configmod, domscan, policy, topology
+from vfpick import config as configmod, domscan, policy, topology, vfsettings
 from vfpick.errors import ClaimConflict, PoolError, UnknownPool, XmlError
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import StateStore
@@ -186,12 +186,15 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     return Plan(assignments, picks, warnings)
 
 
-def record(claims, uuid, name, assignments, busy, keep_previous=False):
+def record(claims, uuid, name, assignments, busy, keep_previous=False, pending=None,
+           pending_kept=False):
     """Writes the claims of *assignments* into a writable ClaimSet; returns the previous claims.
 
     A claim keeps its active flag when it stays. A VF the domain still runs on (*busy*, {vf:
     uuid}) stays its own (reconcile drops it once it stopped). keep_previous: the domain's other
-    claims stay too (a move holds both sets until libvirt has the new definition)."""
+    claims stay too (a move holds both sets until libvirt has the new definition).
+    pending: the Writer about to hand the XML to libvirt: the new claims (pending_kept: the
+    kept ones too) are marked pending for it until settle_claims."""
     previous = claims.for_uuid(uuid)
     mine = {c.vf: c for c in previous}
     kept = {a.vf for a in assignments.values()}
@@ -203,15 +206,20 @@ def record(claims, uuid, name, assignments, busy, keep_previous=False):
         fields = dict(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid, mac=a.mac)
         # A kept claim keeps the rest (active, VF settings to restore): only placement changes.
         old = mine.get(a.vf)
-        claims.put(old._replace(**fields) if old is not None else Claim(active=False, **fields))
+        if old is None:
+            claims.put(Claim(active=False, pending=pending, applied=None, restore=None, **fields))
+        else:
+            claims.put(old._replace(pending=pending if pending_kept else old.pending, **fields))
     return previous
 
 
-def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
+def resolve(config, data, network_exists=None, rng=None, store=None, topo=None, pending=None,
+            pending_kept=False, netlink_factory=None):
     """Resolves pool interfaces of domain XML *data*; returns Result.
 
     network_exists(name) -> bool tells whether a non-pool network is a libvirt network;
-    default: ``libvirt_config_dir/networks/NAME.xml``.
+    default: ``libvirt_config_dir/networks/NAME.xml``. pending, pending_kept: see record.
+    A VF a NIC leaves gets its trust/spoofchk put back (netlink_factory, for tests).
     Raises a VfpickError (unknown pool, exhausted, strict, bad XML); then nothing is claimed.
     """
     from vfpick import failover  # lxml: only the commands that rewrite
@@ -243,13 +251,19 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None):
         placed = plan(config, doc, ifaces, claims.mapping(), busy, topo, rng, avoid=claims.drained())
         doc.apply(placed.assignments)
         xml = doc.to_bytes()
-        previous = record(claims, uuid, name, placed.assignments, busy)
+        previous = record(claims, uuid, name, placed.assignments, busy, pending=pending,
+                          pending_kept=pending_kept)
+        # The VFs the domain left; one it still runs on is not ours to change under its guest.
+        left = [c for c in previous if claims.get(c.vf) is None and not c.active]
+        warnings = placed.warnings + vfsettings.put_back(config, left, netlink_factory)
     return Result(xml=xml, uuid=uuid, name=name, picks=placed.picks, previous=previous,
-                  changed=xml != data, warnings=placed.warnings)
+                  changed=xml != data, warnings=warnings)
 
 
-def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, store=None):
+def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, store=None,
+                    pending=None):
     """Picks and claims (reserved) a VF for one more NIC of domain *doc* (hotplug); the Claim.
+    pending: the Writer about to ask libvirt to attach it (see settle_claims).
 
     The NIC is placed like one more NIC of a full resolve: distinct from the VFs the domain
     already uses (*domain_vfs* and its claims count as held), the domain's policy overrides and
@@ -276,9 +290,19 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, sto
         [p] = policy.pick(topo, policy.in_service(pool.pfs, claims.drained()), claims.mapping(),
                           busy, request)
         claim = Claim(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
-                      mac=mac, active=False)
+                      mac=mac, active=False, pending=pending, applied=None, restore=None)
         claims.put(claim)
     return claim
+
+
+def settle_claims(store, uuid, writer):
+    """libvirt answered: the claims *writer* marked pending for domain *uuid* are settled."""
+    if not uuid or not any(c.pending == writer for c in store.snapshot().for_uuid(uuid)):
+        return
+    with store.transaction() as claims:
+        for claim in claims.for_uuid(uuid):
+            if claim.pending == writer:
+                claims.put(claim._replace(pending=None))
 
 
 def restore_claims(store, uuid, previous):

@@ -5,11 +5,10 @@ libvirt-python is imported here only, and only by these commands: never on the h
 """
 
 import sys
-from collections import namedtuple
 
-from vfpick import config as configmod, domscan, resolver, topology
+from vfpick import config as configmod, domscan, reconcile, resolver, topology, vfsettings
 from vfpick.errors import DomainNotFound, LibvirtFailure, VfpickError
-from vfpick.records import Claim
+from vfpick.state import ClaimSet
 
 
 def _libvirt():
@@ -86,11 +85,25 @@ def define_xml(conn, xml, name, undo, outcome):
                              % (name, _message(e), outcome)) from None
 
 
-def define_resolved(config, conn, data, store=None, only_if_changed=False):
-    """Resolves *data* and defines it; rolls the claims back when libvirt refuses."""
+def define_resolved(config, conn, data, store=None, only_if_changed=False, netlink_factory=None):
+    """Resolves *data* and defines it; rolls the claims back when libvirt refuses.
+
+    The claims libvirt does not know yet are written pending (this process waits for
+    libvirt's answer): a reconcile listing libvirt meanwhile leaves them alone. All of them for
+    a define (the domain may be new to libvirt), the new VFs only for a repick or the watcher
+    (only_if_changed: the domain is defined already, with its kept VFs). Settled once libvirt
+    answered; a crash in between leaves them to reconcile (the writer is gone).
+    No lock is held while libvirt is asked.
+    """
+    from vfpick.state import writer
+
     store = store or resolver.store_for(config)
-    result = resolver.resolve(config, data, network_exists=network_checker(config, conn), store=store)
+    me = writer.me()
+    result = resolver.resolve(config, data, network_exists=network_checker(config, conn), store=store,
+                              pending=me, pending_kept=not only_if_changed,
+                              netlink_factory=netlink_factory)
     if only_if_changed and not result.changed:
+        resolver.settle_claims(store, result.uuid, me)
         return result
 
     def undo():
@@ -98,6 +111,7 @@ def define_resolved(config, conn, data, store=None, only_if_changed=False):
             resolver.restore_claims(store, result.uuid, result.previous)
 
     define_xml(conn, result.xml, result.name, undo, "no claim changed")
+    resolver.settle_claims(store, result.uuid, me)
     return result
 
 
@@ -183,15 +197,53 @@ def uuid_by_name(uri, who):
         conn.close()
 
 
-DomainView = namedtuple("DomainView", "name persistent active live config")
-DomainView.__doc__ = """One libvirt domain as reconcile sees it. live: DomainFacts of the running
-domain (None when it is not running); config: DomainFacts of its persistent definition (None for
-a transient domain). A running domain may hold one set of VFs and be defined with another (a
-repick while it runs): both are its own."""
+def find_uuid(claims, who):
+    """UUID of the domain named or identified by *who* among the claims, or None."""
+    lowered = who.lower()
+    if any(c.uuid == lowered for c in claims.all()):
+        return lowered
+    by_name = {c.uuid for c in claims.all() if c.domain == who}
+    if len(by_name) > 1:
+        raise VfpickError("several domains named '%s' hold claims (%s); release by UUID"
+                          % (who, ", ".join(sorted(by_name))))
+    return by_name.pop() if by_name else None
 
 
-def _domain_views(conn):
-    """{uuid: DomainView, or None when libvirt could not describe it} for every domain."""
+def release(config, who, uri, netlink_factory=None):
+    """Drops the claims of domain *who* (name or UUID); returns (dropped, warnings).
+
+    A name the claims do not know may be a renamed domain: libvirt is asked for its UUID
+    first, without the lock (a hung libvirt must not hold up every VM start behind the lock),
+    and the claims are looked up again under it.
+    """
+    store = resolver.store_for(config)
+    renamed = None
+    if find_uuid(store.snapshot(), who) is None:
+        renamed = uuid_by_name(uri, who)
+    warnings = []
+    with store.transaction() as claims:
+        uuid = find_uuid(claims, who) or renamed
+        if uuid is None or not claims.for_uuid(uuid):
+            raise DomainNotFound("no claims for domain '%s' (see vfpick status)" % who)
+        dropped = claims.drop_uuid(uuid)
+        ended = []
+        for claim in dropped:
+            fix = vfsettings.manual_fix(config, claim) if claim.active else None
+            if fix:
+                # Its guest still runs on the VF: changing trust/spoofchk under it is not ours.
+                warnings.append("domain '%s' still runs on VF %s: its trust/spoofchk stay; once it "
+                                "stops, put them back with: %s" % (claim.domain, claim.vf, fix))
+            elif not claim.active:
+                ended.append(claim)
+        warnings.extend(vfsettings.put_back(config, ended, netlink_factory))
+    return dropped, warnings
+
+
+def domain_views(conn, problems=None):
+    """{uuid: reconcile.DomainView, or None when it could not be described} for every domain.
+
+    problems: a list to append one line to per domain that could not be described.
+    """
     libvirt = _libvirt()
     views = {}
     for dom in conn.listAllDomains(0):
@@ -204,92 +256,51 @@ def _domain_views(conn):
             persistent = bool(dom.isPersistent())
             live = domscan.scan(dom.XMLDesc(0).encode("utf-8")) if active else None
             config = domscan.scan(inactive_xml(dom)) if persistent else None
-            views[uuid] = DomainView(dom.name(), persistent, active, live, config)
-        except (libvirt.libvirtError, VfpickError):
+            views[uuid] = reconcile.DomainView(dom.name(), persistent, active, live, config)
+        except Exception as e:  # noqa: BLE001 - one domain's content never stops the rest
             # Vanished between list and lookup, or unreadable: leave its claims alone (a
             # domain libvirt still lists is not a domain it no longer has); next run sees it.
             views[uuid] = None
+            if problems is not None and not isinstance(e, libvirt.libvirtError):
+                problems.append("domain %s: cannot read it (%s); its claims are left as they are"
+                                % (uuid, " ".join(str(e).split()) or type(e).__name__))
     return views
 
 
-def _vfs_of(facts):
-    return {vf for vf, _mac in facts.hostdev_vfs} if facts is not None else set()
+def live_writers(snapshot):
+    """The pending writers of *snapshot* that still run (taken before libvirt is listed)."""
+    from vfpick.state import writer
+
+    return frozenset(w for w in {c.pending for c in snapshot.all() if c.pending is not None}
+                     if writer.alive(w))
 
 
-def plan_reconcile(config, claims, views, topo):
-    """Pure: the actions that make *claims* agree with libvirt's *views* ({uuid: DomainView}).
-
-    Returns a list of (verb, Claim, reason): verb is drop | add | update | conflict
-    (conflict: reported, never applied; the Claim is the holder's).
-    """
-    actions = []
+def _plan(config, claims, views, topo, unsettled):
     pool_of_pf = {addr: pool.name for addr, pool in configmod.pool_of_pf(config).items()}
-    for claim in claims.all():
-        if claim.uuid not in views:
-            actions.append(("drop", claim, "libvirt has no domain %s" % claim.uuid))
-            continue
-        view = views[claim.uuid]
-        if view is None:
-            continue  # libvirt could not describe it: keep what we know
-        live = _vfs_of(view.live)
-        if claim.vf not in live | _vfs_of(view.config):
-            actions.append(("drop", claim, "domain %s no longer uses VF %s" % (view.name, claim.vf)))
-            continue
-        active = claim.vf in live
-        if claim.domain != view.name or claim.active != active:
-            actions.append(("update", claim._replace(domain=view.name, active=active),
-                            "domain %s %s" % (view.name, "runs on it" if active else "is not running on it")))
-    claimed = {c.vf: c for c in claims.all()}
-    for uuid, view in sorted(views.items()):
-        if view is None:
-            continue
-        for facts, running in ((view.live, True), (view.config, False)):
-            if facts is None:
-                continue
-            meta = {n.mac: n for n in facts.meta_nics}
-            for vf, mac in facts.hostdev_vfs:
-                vf_record = topo.vfs.get(vf)
-                managed = mac in meta if mac else False
-                if vf_record is None or (vf_record.pf not in pool_of_pf and not managed):
-                    continue
-                holder = claimed.get(vf)
-                if holder is not None:
-                    if holder.uuid != uuid and running:
-                        actions.append(("conflict", holder, "running domain %s uses VF %s held by %s"
-                                        % (view.name, vf, holder.domain)))
-                    continue
-                if not (running or managed):
-                    continue  # a defined, stopped, hand-made hostdev: prepare will claim it
-                pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
-                claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
-                              pool=pool, domain=view.name, uuid=uuid, mac=mac or "", active=running)
-                claimed[vf] = claim
-                actions.append(("add", claim, "domain %s %s VF %s" % (
-                    view.name, "uses" if running else "was resolved to", vf)))
-    return actions
+    return reconcile.plan(frozenset(config.pools), pool_of_pf, claims, views, topo, unsettled)
 
 
-def apply_reconcile(config, store, before, views, topo):
-    """Applies plan_reconcile under the lock; returns the actions taken.
+def apply_reconcile(config, store, before, writers, views, topo, netlink_factory=None):
+    """Plans and applies under the lock; returns (actions, warnings).
 
-    before: {vf: Claim} read before libvirt was asked (libvirt is asked without the lock: a
-    VM start waits for the hook, which waits for the lock). A claim that changed since (a
-    define, a prepare) was written by someone who knew better than our listing: left alone.
+    before: the snapshot read before libvirt was listed (libvirt is asked without the lock: a
+    VM start waits for the hook, which waits for the lock); writers: live_writers(before).
+    Claims written since, or pending for a writer alive then, are not judged by this listing
+    (reconcile.unsettled). Dropped claims get their VF settings put back.
     """
     with store.transaction() as claims:
-        actions = []
-        for verb, claim, reason in plan_reconcile(config, claims, views, topo):
-            if verb in ("drop", "update") and claims.get(claim.vf) != before.get(claim.vf):
-                continue
-            actions.append((verb, claim, reason))
-            if verb == "drop":
-                claims.drop(claim.vf)
-            elif verb in ("add", "update"):
-                claims.put(claim)
-    return actions
+        actions = _plan(config, claims, views, topo, reconcile.unsettled(claims, before, writers))
+        dropped = []
+        for action in actions:
+            if action.verb == "drop":
+                dropped.append(claims.drop(action.claim.vf))
+            elif action.verb in ("add", "update"):
+                claims.put(action.claim)
+        warnings = vfsettings.put_back(config, dropped, netlink_factory)
+    return actions, warnings
 
 
-def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
+def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None, netlink_factory=None):
     out = sys.stdout if out is None else out
     store = resolver.store_for(config)
     conn = connect(uri)  # before touching the state: a daemon that is down changes nothing
@@ -298,24 +309,24 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None):
             moved = store.quarantine()
             if moved:
                 out.write("moved the old state file aside to %s\n" % moved)
-        before = {} if rebuild and dry_run else dict(store.snapshot().mapping())
-        views = _domain_views(conn)  # after the snapshot: see apply_reconcile
+        before = ClaimSet({}, False) if rebuild and dry_run else store.snapshot()
+        writers = live_writers(before)
+        problems = []
+        views = domain_views(conn, problems)  # after the snapshot: see apply_reconcile
     finally:
         conn.close()
     topo = topology.for_config(config)
+    warnings = []
     if dry_run:
-        snapshot = _EmptyClaims() if rebuild else store.snapshot()
-        actions = plan_reconcile(config, snapshot, views, topo)
+        actions = _plan(config, before, views, topo,
+                        frozenset(c.vf for c in before.all() if c.pending in writers))
     else:
-        actions = apply_reconcile(config, store, before, views, topo)
-    for verb, claim, reason in actions:
-        out.write("%s%s %s (%s, pool %s): %s\n" % ("would " if dry_run else "", verb, claim.vf,
-                                                   claim.domain, claim.pool, reason))
+        actions, warnings = apply_reconcile(config, store, before, writers, views, topo,
+                                            netlink_factory)
+    for action in actions:
+        out.write(action.line(dry_run) + "\n")
+    for warning in problems + warnings:
+        sys.stderr.write("vfpick: warning: %s\n" % warning)
     if not actions:
         out.write("claims agree with libvirt\n")
     return actions
-
-
-class _EmptyClaims:
-    def all(self):
-        return []

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from vfpick import domscan, hostevents, resolver, topology, virt
+from vfpick import domscan, hostevents, resolver, topology, vfsettings, virt
 from vfpick.errors import VfpickError
 
 BACKOFF = (0.5, 1, 2, 5, 10, 30)       # seconds between reconnect attempts
@@ -111,26 +111,30 @@ class Watcher:
             return
         self.dispatch(item)
 
+    def guarded(self, what, call, *args):
+        """call(*args); an error is logged naming *what*, and the watcher goes on."""
+        try:
+            call(*args)
+        except VfpickError as e:
+            self.log("%s: %s" % (what, e))
+        except self.lv.libvirtError as e:
+            self.log("%s: libvirt: %s" % (what, _msg(e)))
+        except Exception as e:  # a service: one bad domain or event must not stop it
+            self.log("internal error on %s: %r" % (what, e))
+
     def dispatch(self, item):
         kind = item[0]
-        try:
-            if kind == "host":
-                if self.monitor is not None:
-                    self.monitor.handle(item[1])
-            elif kind == "closed":
-                self.closed(item[1], item[2])
-            elif self.conn is None:
-                return  # disconnected: the reconcile after reconnecting covers it
-            elif kind == "defined":
-                self.defined(item[2], item[3])
-            elif kind == "undefined":
-                self.undefined(item[2], item[3])
-        except VfpickError as e:
-            self.log("%s %s: %s" % (kind, item[3] or item[2], e))
-        except self.lv.libvirtError as e:
-            self.log("%s %s: libvirt: %s" % (kind, item[3] or item[2], _msg(e)))
-        except Exception as e:  # a service: one bad event must not stop it
-            self.log("internal error on %s %s: %r" % (kind, item[3] or item[2], e))
+        if kind == "host":
+            if self.monitor is not None:
+                self.guarded("host event", self.monitor.handle, item[1])
+        elif kind == "closed":
+            self.guarded("connection closed", self.closed, item[1], item[2])
+        elif self.conn is None:
+            return  # disconnected: the reconcile after reconnecting covers it
+        elif kind in ("defined", "undefined"):
+            _kind, _generation, uuid, name = item
+            handler = self.defined if kind == "defined" else self.undefined
+            self.guarded("%s %s" % (kind, name or uuid), handler, uuid, name)
 
     def connect(self):
         lv = self.lv
@@ -153,7 +157,7 @@ class Watcher:
         self.conn = conn
         self.log("%sconnected to %s" % ("re" if self.failures or gen > 1 else "", self.uri))
         self.failures = 0
-        self.sync()
+        self.guarded("sync after connecting", self.sync)
         return True
 
     def disconnect(self):
@@ -174,16 +178,24 @@ class Watcher:
         self.next_attempt = self.clock() + BACKOFF[0]
 
     def sync(self):
-        """Reconcile the claims with libvirt, then resolve every domain with pool interfaces."""
-        before = dict(self.store.snapshot().mapping())
-        views = virt._domain_views(self.conn)
+        """Reconcile the claims with libvirt, then resolve every domain with pool interfaces.
+
+        One domain's trouble (bad metadata, a refused redefinition) is logged for it alone.
+        """
+        before = self.store.snapshot()
+        writers = virt.live_writers(before)
+        problems = []
+        views = virt.domain_views(self.conn, problems)
         topo = topology.for_config(self.config)
-        done = virt.apply_reconcile(self.config, self.store, before, views, topo)
-        for verb, claim, reason in done:
-            self.log("reconcile: %s %s (%s, pool %s): %s" % (verb, claim.vf, claim.domain, claim.pool, reason))
+        done, warnings = virt.apply_reconcile(self.config, self.store, before, writers, views, topo)
+        warnings = problems + warnings
+        for action in done:
+            self.log("reconcile: %s" % action.line())
+        for warning in warnings:
+            self.log("warning: %s" % warning)
         for uuid, view in sorted(views.items()):
-            if view is not None and view[1]:  # (name, persistent, ...): persistent domains only
-                self.defined(uuid, view[0])
+            if view is not None and view.persistent:
+                self.guarded("domain '%s' (%s)" % (view.name, uuid), self.defined, uuid, view.name)
 
     def _looping(self, uuid):
         now = self.clock()
@@ -248,6 +260,9 @@ class Watcher:
             pass
         with self.store.transaction() as claims:
             dropped = claims.drop_uuid(uuid)
+            warnings = vfsettings.put_back(self.config, dropped)
+        for warning in warnings:
+            self.log("warning: %s" % warning)
         if dropped:
             self.log("released %d VF%s of undefined domain '%s' (%s): %s" % (
                 len(dropped), "" if len(dropped) == 1 else "s", name, uuid, ", ".join(c.vf for c in dropped)))
