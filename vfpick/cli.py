@@ -117,7 +117,16 @@ def cmd_simulate(args):
 
 
 _JSON_HELP = "JSON instead of a table"
-_HOOKS_DIR_HELP = "libvirt's hooks dir: the hook is DIR/qemu.d/vfpick (default: %(default)s)"
+_CONNECT_HELP = "libvirt URI (default: config, qemu:///system)"
+
+
+def _add_connect(parser, text=_CONNECT_HELP):
+    parser.add_argument("--connect", metavar="URI", help=text)
+
+
+def _add_hooks_dir(parser):
+    parser.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
+                        help="libvirt's hooks dir: the hook is DIR/qemu.d/vfpick (default: %(default)s)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -271,14 +280,14 @@ def build_parser():
 
     p = sub.add_parser("release", parents=[common], help="drop a domain's claims")
     p.add_argument("domain", metavar="NAME|UUID")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI to look names up (default: config)")
+    _add_connect(p, text="libvirt URI to look names up (default: config)")
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("define", parents=[common], help="resolve, then define through libvirt")
     p.add_argument("file", metavar="FILE|-")
     p.add_argument("--start", action="store_true",
                    help="then start it (a failed start keeps the definition and its claims)")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    _add_connect(p)
     p.set_defaults(func=cmd_define)
 
     for verb, what, helptext in (
@@ -292,7 +301,7 @@ def build_parser():
         p.add_argument("--live", action="store_true", help="the running domain")
         p.add_argument("--config", dest="persistent", action="store_true",
                        help="the persistent definition (neither: live if running, else persistent)")
-        p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+        _add_connect(p)
         p.set_defaults(func=cmd_attach if verb == "attach" else cmd_detach)
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="how long a live detach waits for the guest to release the device (default 30)")
@@ -300,12 +309,12 @@ def build_parser():
     p = sub.add_parser("repick", parents=[common],
                        help="resolve a defined domain again (new VFs where needed), redefine")
     p.add_argument("domain", metavar="NAME|UUID")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    _add_connect(p)
     p.set_defaults(func=cmd_repick)
 
     p = sub.add_parser("reconcile", parents=[common],
                        help="make the claims agree with libvirt's domains")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    _add_connect(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
     p.add_argument("--rebuild", action="store_true",
                    help="recreate the state from libvirt's domains (lost or corrupt state file)")
@@ -313,7 +322,7 @@ def build_parser():
 
     p = sub.add_parser("watch", parents=[common],
                        help="resolve pool interfaces of domains defined with plain virsh define")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    _add_connect(p)
     p.add_argument("--metrics-listen", metavar="ADDR:PORT",
                    help="also serve Prometheus metrics on http://ADDR:PORT/metrics")
     p.set_defaults(func=cmd_watch)
@@ -328,7 +337,7 @@ def build_parser():
                        help="maintenance: new picks avoid a PF or link; its stopped domains move")
     p.add_argument("target", metavar="PF|LINK", help="PF netdev name, PCI address or link name")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    _add_connect(p)
     p.set_defaults(func=cmd_drain)
 
     p = sub.add_parser("undrain", parents=[common], help="put a drained PF or link back in service")
@@ -340,25 +349,22 @@ def build_parser():
                        "within 5 %% of the best distinct placement")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--max-moves", type=int, metavar="N", help="move at most N NICs")
-    p.add_argument("--connect", metavar="URI", help="libvirt URI (default: config, qemu:///system)")
+    _add_connect(p)
     p.set_defaults(func=cmd_rebalance)
 
     p = sub.add_parser("install-hook", parents=[common], help="install the libvirt qemu hook (qemu.d/vfpick)")
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
-                   help=_HOOKS_DIR_HELP)
+    _add_hooks_dir(p)
     p.set_defaults(func=cmd_install_hook)
 
     p = sub.add_parser("uninstall-hook", parents=[common], help="remove the hook install-hook installed")
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
-                   help=_HOOKS_DIR_HELP)
+    _add_hooks_dir(p)
     p.set_defaults(func=cmd_uninstall_hook)
 
     p = sub.add_parser("check", parents=[common],
                        help="preflight: IOMMU, vfio-pci, pool PFs, port identity, hook, daemon, "
                        "watcher, state dir; exit 1 on any fail")
     p.add_argument("--json", action="store_true", help=_JSON_HELP)
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
-                   help=_HOOKS_DIR_HELP)
+    _add_hooks_dir(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("simulate", parents=[common], help="write a simulated SR-IOV host (sysfs tree) to try vfpick")

@@ -307,6 +307,12 @@ class DomainXml(object):
             break
         return own, own + self._unit()
 
+    def _top_level_slot(self, anchor):
+        """(indent, offset) for a new child of the root: after *anchor*, else first in the root."""
+        if anchor is not None:
+            return self._indent(anchor), self._span[anchor][3]
+        return self._child_indent(self._root)[1], self._span[self._root][1]
+
     def _bytes(self, node):
         span = self._span[node]
         return self._data[span[0]:span[3]]
@@ -349,14 +355,9 @@ class DomainXml(object):
         new = str(uuidmod.uuid4())
         element = ("<uuid>%s</uuid>" % new).encode("ascii")
         name = self._root.find("name")
-        if name is not None:
-            lead = self._indent(name)
-            at = self._span[name][3]
-        else:
-            lead = self._child_indent(self._root)[1]
-            at = self._span[self._root][1]
-            if self._span[self._root][2] is None:
-                raise XmlError("the domain is empty")
+        if name is None and self._span[self._root][2] is None:
+            raise XmlError("the domain is empty")
+        lead, at = self._top_level_slot(name)
         self._commit([(at, at, (b"\n" + lead if lead is not None else b"") + element)])
         return new
 
@@ -475,12 +476,7 @@ class DomainXml(object):
             if child.tag not in _HEAD and isinstance(child.tag, str):
                 break
             anchor = child
-        if anchor is not None:
-            own = self._indent(anchor)
-            at = self._span[anchor][3]
-        else:
-            own = self._child_indent(self._root)[1]
-            at = self._span[self._root][1]
+        own, at = self._top_level_slot(anchor)
         kids = own + self._unit() if own is not None else None
         inner = self._block(block_open, nics, b"</vfpick:domain>", kids,
                             kids + self._unit() if kids is not None else None)
