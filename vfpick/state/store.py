@@ -10,12 +10,12 @@ import fcntl
 import json
 import os
 import stat
-import time
 import types
 
 from vfpick import pci
 from vfpick.errors import LockTimeout, StateCorrupt, StateError
 from vfpick.records import Claim, VfSettings, Writer
+from vfpick.state import lock
 
 STATE = "claims.json"
 LOCK = "claims.lock"
@@ -260,59 +260,6 @@ def _serialize(claimset):
     return text.encode("utf-8")
 
 
-def _flock_bounded(fd, how, timeout):
-    """True once the flock is taken, False after *timeout* seconds.
-
-    Polls with LOCK_NB: a blocking flock can only be interrupted by a signal, and signal
-    handlers belong to the main thread (the watcher is not) and to the caller."""
-    deadline = None
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, how | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + timeout
-        if now >= deadline:
-            return False
-        time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 0.02)
-
-
-def _lock_holders(fd):
-    """PIDs holding an flock on *fd*'s file, from /proc/locks (empty when it cannot tell)."""
-    st = os.fstat(fd)
-    inode = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    pids = []
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters carry a "->".
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
-                    pids.append(int(fields[4]))
-    except (OSError, ValueError):
-        return []
-    return sorted(set(pids))
-
-
-def _describe(pids):
-    if not pids:
-        return "held by another process (its pid is not visible here)"
-    out = []
-    for pid in pids:
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                cmd = b" ".join(f.read(200).split(b"\0")).decode("utf-8", "replace").strip()
-        except OSError:
-            cmd = ""
-        out.append("pid %d%s" % (pid, " (%s)" % cmd[:80] if cmd else ""))
-    return "held by " + ", ".join(out)
-
-
 class StateStore:
     """Claims in state_dir/claims.json, serialized by flock on state_dir/claims.lock.
 
@@ -416,8 +363,8 @@ class StateStore:
         lfd = self._open_at(dfd, LOCK, os.O_RDWR | os.O_CREAT, "lock file")
         path = os.path.join(self.state_dir, LOCK)
         try:
-            locked = _flock_bounded(lfd, how, self.lock_timeout)
-            holders = [] if locked else _lock_holders(lfd)
+            locked = lock.flock_bounded(lfd, how, self.lock_timeout)
+            holders = [] if locked else lock.holders(lfd)
         except OSError as exc:
             os.close(lfd)
             raise StateError("cannot lock %s: %s" % (path, _why(exc)))
@@ -426,7 +373,7 @@ class StateStore:
             raise LockTimeout(
                 "waited %g s for the claims lock %s, %s; it is freed when that process ends "
                 "(raise [vfpick] lock_timeout if such waits are expected)"
-                % (self.lock_timeout, path, _describe(holders)))
+                % (self.lock_timeout, path, lock.describe(holders)))
         _held.add(key)
         return lfd
 
