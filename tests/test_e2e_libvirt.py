@@ -519,12 +519,15 @@ def _break(env, fault, package):
             f.write("not a directory")
     elif fault == "removed-package":
         shutil.rmtree(os.path.join(package, "vfpick"))
+    elif fault == "half-removed-package":  # pip mid-upgrade: hook.py imports, domscan does not
+        os.unlink(os.path.join(package, "vfpick", "domscan.py"))
 
 
 # fault -> words of the one line refusing vfpick's own domain (None: not refused, the pool
 # degrades to the PFs present and the start goes on to libvirt)
 OURS_REFUSED = {"broken-config": "vfpick.ini", "corrupt-claims": "vfpick reconcile --rebuild",
                 "unusable-state-dir": "Not a directory", "removed-package": "reinstall vfpick",
+                "half-removed-package": "reinstall vfpick",
                 "renamed-pool-pf": None}
 
 

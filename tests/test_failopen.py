@@ -320,6 +320,34 @@ def test_the_installed_hook_fails_open_when_its_package_or_interpreter_is_gone(
                 assert err == "", (op, err)
 
 
+@pytest.mark.parametrize("gone", ["domscan.py", "config.py", "errors.py", "state"])
+def test_the_installed_hook_fails_open_when_part_of_its_package_is_gone(
+        host, tmp_path, copied_package, gone):
+    """pip upgrading or uninstalling under a running host: hook.py imports, a module it needs
+    later does not. Only vfpick's own domain may be refused, in one line; never a traceback."""
+    import shutil
+
+    host.write_config(pools={"fast": "pfs = ens1f0 ens1f1\n"})  # ens2f0's VFs: no pool's
+    mine = resolved(host, "mine", nics=1)
+    installed = _install(tmp_path, host, python=sys.executable, package_dir=str(copied_package))
+    part = copied_package / "vfpick" / gone
+    shutil.rmtree(str(part)) if part.is_dir() else part.unlink()
+    for name, xml in (foreign("gpu", host), foreign("bridge-deep", host),
+                      foreign("vf-of-no-pool", host), ("mine", mine)):
+        for op in ("prepare", "start", "stopped", "release", "reconnect", "migrate", "restore"):
+            proc = run_hook(host, name, op, SUBOP[op], xml, env={}, hook_path=installed)
+            err = proc.stderr.decode()
+            assert "Traceback" not in err and proc.stdout == b"" and err.count("\n") <= 1, err
+            if name == "mine" and op in ("prepare", "migrate", "restore"):
+                assert_user_error(proc, "refusing domain 'mine', which ", "reinstall vfpick",
+                                  str(copied_package))
+                continue
+            assert proc.returncode == 0, (name, op, err)
+            if name != "mine":
+                assert err == "" or (err.startswith("vfpick: warning: ")
+                                     and str(copied_package) in err), (name, op, err)
+
+
 # --- a pool PF renamed or removed degrades the pool (issue 9, item 3) -------------------------
 
 def test_a_renamed_pool_pf_degrades_resolve_status_and_the_hook_keep_working(host):

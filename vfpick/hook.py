@@ -252,19 +252,50 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
     # those report and exit 0; the gatekeeping and filter ops refuse with 1.
     failed = 0 if op in ("release", "reconnect") else 1
     try:
-        return _dispatch(name, op, data, marks, stdout, stderr, config_path, netlink_factory)
+        decided = _decide(name, op, data, marks, stderr, config_path)
     except Refusal as e:
-        stderr.write("vfpick: %s\n" % " ".join(str(e).split()))
+        stderr.write("vfpick: %s\n" % _one_line(e))
+        return failed
+    except Exception as e:  # noqa: BLE001 - vfpick itself is broken (a module gone mid-upgrade)
+        # Nothing but the bytes can tell whose the domain is: only vfpick's metadata says "ours".
+        why = _broken(e)
+        if NS_MARK in marks:
+            stderr.write("vfpick: refusing domain '%s', which has vfpick metadata: %s\n"
+                         % (name, why))
+            return failed
+        if op != "release" and op != "reconnect":
+            stderr.write("vfpick: warning: %s; domain '%s' left alone\n" % (why, name))
+        return 0
+    if decided is None:
+        return 0
+    try:
+        return _act(name, op, data, stdout, stderr, netlink_factory, *decided)
+    except Refusal as e:
+        stderr.write("vfpick: %s\n" % _one_line(e))
         return failed
     except Exception as e:  # noqa: BLE001 - the hook must never show libvirt a traceback
-        from vfpick.errors import VfpickError
-
+        try:
+            from vfpick.errors import VfpickError
+        except Exception:  # noqa: BLE001 - even errors.py may be gone
+            VfpickError = ()
         if isinstance(e, VfpickError):
-            stderr.write("vfpick: %s\n" % e)
+            stderr.write("vfpick: %s\n" % _one_line(e))
+        elif isinstance(e, ImportError):
+            stderr.write("vfpick: refusing domain '%s', which is vfpick's: %s\n" % (name, _broken(e)))
         else:
             stderr.write("vfpick: internal error in the %s hook: %s: %s\n"
-                         % (op, type(e).__name__, " ".join(str(e).split())))
+                         % (op, type(e).__name__, _one_line(e)))
         return failed
+
+
+def _broken(e):
+    """Why vfpick cannot run: its package is broken (a module gone mid-upgrade, a bad edit)."""
+    return "vfpick in %s cannot run (%s: %s); reinstall vfpick" % (
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), type(e).__name__, _one_line(e))
+
+
+def _one_line(e):
+    return " ".join(str(e).split())
 
 
 def _libvirt_network(name):
@@ -310,7 +341,10 @@ def whose(config, facts, data, marks):
     return None
 
 
-def _dispatch(name, op, data, marks, stdout, stderr, config_path, netlink_factory):
+def _decide(name, op, data, marks, stderr, config_path):
+    """(config, facts) of a domain that is vfpick's, None when it is not (warned, if need be).
+
+    Raises Refusal when it is vfpick's but cannot be checked."""
     from vfpick import config as configmod, domscan
     from vfpick.errors import ConfigError, XmlError
 
@@ -328,9 +362,13 @@ def _dispatch(name, op, data, marks, stdout, stderr, config_path, netlink_factor
         if unread and op == "prepare":
             stderr.write("vfpick: warning: domain '%s' left alone, not vfpick's as far as it can "
                          "tell: %s\n" % (name, unread))
-        return 0
+        return None
     if unread:
         raise Refusal("cannot check domain '%s', which is vfpick's (%s): %s" % (name, why, unread))
+    return config, facts
+
+
+def _act(name, op, data, stdout, stderr, netlink_factory, config, facts):
     if op == "prepare":
         prepare(config, name, facts, netlink_factory)
     elif op == "reconnect":
