@@ -126,3 +126,39 @@ def test_commands_and_the_hook_exit_1_with_one_line_when_the_lock_stays_taken(ho
     assert claims_file(host) == before
     h.release()
     assert run_hook(host, "vm1", "prepare", "begin", xml).returncode == 0
+
+
+def test_release_of_a_name_without_claims_asks_libvirt_without_holding_the_lock(host, tmp_path):
+    """A renamed domain is looked up in libvirt; a libvirt that never answers must not hold
+    every VM start of the host behind the claims lock."""
+    import fcntl
+    import socket
+
+    host.write_config()
+    resolved(host, "mine", nics=1)  # a claims file and its lock exist
+    sock_path = str(tmp_path / "hung-libvirt.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock_path)
+    server.listen(1)  # accepts, never answers: a hung libvirtd
+    proc = subprocess.Popen([sys.executable, "-m", "vfpick", "release", "renamed", "--connect",
+                             "qemu+unix:///system?socket=" + sock_path],
+                            env=dict(os.environ, VFPICK_CONFIG=host.config_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        server.settimeout(60)
+        conn, _ = server.accept()  # release is now waiting on libvirt
+        fd = os.open(os.path.join(host.state_dir, "claims.lock"), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: release holds it
+        finally:
+            os.close(fd)
+        assert proc.poll() is None
+        conn.close()  # libvirt goes away: release gives up on the name, one line, exit 1
+        assert proc.wait(timeout=60) == 1
+        err = proc.stderr.read().decode()
+        assert err.startswith("vfpick: no claims for domain 'renamed'") and err.count("\n") == 1, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
