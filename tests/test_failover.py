@@ -157,3 +157,26 @@ def test_migrate_filter_moves_only_the_vf(make_host):
         assert f1.find("mac").get("address") == f0.find("mac").get("address")
     new_vfs = {c.vf for c in resolver.store_for(dst_cfg).snapshot().mapping().values()} - busy
     assert len(new_vfs) == 2 and taken.picks
+
+
+def test_resolve_asks_libvirt_about_networks_only_outside_the_claims_lock(host):
+    """network_exists is libvirt's networkLookupByName in `vfpick define`: asked under the
+    claims lock, a hung libvirtd would hold every vfpick start of the host behind it."""
+    import fcntl
+
+    cfg = pool_config(host, "network:failnet")
+    asked = []
+
+    def network_exists(name):
+        fd = os.open(os.path.join(cfg.state_dir, "claims.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: held by resolve
+        finally:
+            os.close(fd)
+        asked.append(name)
+        return True
+
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    result = resolver.resolve(cfg, _read("failover-network-in.xml"), network_exists=network_exists)
+    assert b"<source network='failnet'/>" in result.xml or b'network="failnet"' in result.xml
+    assert "failnet" in asked

@@ -229,8 +229,13 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None, 
     if network_exists is None:
         def network_exists(name):
             return libvirt_network_exists(config, name)
+    network_exists = _asked_before_the_lock(network_exists)
     doc = DomainXml.parse(data)
     ifaces = interfaces(config, doc, network_exists)
+    for iface in ifaces.pool:
+        failover_net = config.pools[iface.network].failover
+        if failover_net is not None and failover_net.kind == "network":
+            network_exists(failover_net.name)
     if not ifaces.pool and not ifaces.managed:
         return Result(xml=data, uuid=doc.uuid, name=doc.name, picks={}, previous=[],
                       changed=False, warnings=[])
@@ -258,6 +263,19 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None, 
         warnings = placed.warnings + vfsettings.put_back(config, left, netlink_factory)
     return Result(xml=xml, uuid=uuid, name=name, picks=placed.picks, previous=previous,
                   changed=xml != data, warnings=warnings)
+
+
+def _asked_before_the_lock(network_exists):
+    """network_exists remembering its answers: it may ask libvirt, which must never happen
+    under the claims lock, so resolve asks every name it will need before taking it."""
+    known = {}
+
+    def remembered(name):
+        if name not in known:
+            known[name] = network_exists(name)
+        return known[name]
+
+    return remembered
 
 
 def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, store=None,
