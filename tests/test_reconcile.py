@@ -33,7 +33,8 @@ def claim(vf, uuid=U1, domain="vm1", active=False, pool="fast", mac=MAC1, pendin
 def facts(*vfs, meta=()):
     """vfs: (vf, mac) pairs; meta: MetaNic records."""
     return DomainFacts(name=None, uuid=None, networks=(), hostdev_vfs=tuple(vfs),
-                       meta_nics=tuple(meta), policy_overrides=(), interesting=True, actual_vfs=())
+                       meta_nics=tuple(meta), policy_overrides=(), interesting=True, actual_vfs=(),
+                       vfpick_meta=bool(meta))
 
 
 def nic(mac=MAC1, pool="fast", vf=V0):
