@@ -367,6 +367,39 @@ def test_reconnect_after_a_real_libvirtd_restart_keeps_the_guest_and_its_claims(
     assert sorted((c["vf"], c["uuid"], c["active"]) for c in env.claims(name)) == before
 
 
+def test_reconnect_reasserts_the_claims_of_libvirts_own_hostdev_xml(env):
+    # A hostdev domain cannot run here, so libvirt never calls its reconnect: the installed
+    # hook gets what libvirt would pass (the domain as libvirt writes it) the way libvirt
+    # calls it, after vfpick lost track of the activation (claims inactive).
+    name = env.define(nics=2)
+    vfs = sorted(c["vf"] for c in env.claims(name))
+    hook = os.path.join(HOOKS_DIR, "qemu.d", "vfpick")
+    proc = subprocess.run([hook, name, "reconnect", "begin", "-"],
+                          input=env.daemon.dumpxml(name).encode(), env=SCRUBBED,
+                          capture_output=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    assert sorted((c["vf"], c["active"]) for c in env.claims(name)) == [(vf, True) for vf in vfs]
+
+    # The live domain now uses a VF another domain holds (edited behind vfpick's back): the
+    # reconnect warns in one line and exits 0 (a refusal would kill the guest), and the other
+    # domain keeps its claim.
+    other = env.define(nics=1)
+    [theirs] = env.claims(other)
+    live = etree.fromstring(env.daemon.dumpxml(name).encode())
+    address = live.find("devices/interface[@type='hostdev']/source/address")
+    dom, bus, rest = theirs["vf"].split(":")
+    slot, function = rest.split(".")
+    address.attrib.update({"domain": "0x" + dom, "bus": "0x" + bus, "slot": "0x" + slot,
+                           "function": "0x" + function})
+    proc = subprocess.run([hook, name, "reconnect", "begin", "-"], input=etree.tostring(live),
+                          env=SCRUBBED, capture_output=True, timeout=120)
+    err = proc.stderr.decode()
+    assert (proc.returncode, proc.stdout) == (0, b""), err
+    assert err.startswith("vfpick: warning: VF %s of domain '%s' is held by domain '%s'"
+                          % (theirs["vf"], name, other)) and err.count("\n") == 1, err
+    assert env.claims(other) == [theirs]
+
+
 def _without_vf_choices(xml):
     """The domain with what a migrate filter may change taken out: hostdev sources and
     vfpick's metadata. Everything else must come through as libvirt wrote it."""
