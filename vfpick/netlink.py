@@ -158,7 +158,7 @@ class RealNetlink(_Closing):
         _pyroute2("link events")  # the events are decoded with it
         sock = None
         try:
-            sock = socket.socket(fileno=rtnl.open_socket(self.netns).detach())
+            sock = rtnl.open_socket(self.netns)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((0, _RTMGRP_LINK))
         except OSError as e:

@@ -1,8 +1,9 @@
 """Raw rtnetlink for VF trust/spoofchk, standard library only: the qemu hook's path.
 
 pyroute2 costs ~200 ms to import and the hook runs on every VM start; this costs ~1 ms.
-It imports ``_socket``, not ``socket``: the wrapper module pulls in ``enum`` and ``selectors``
-(~10 ms, as much as a third of the hook). vfpick.netlink wraps this; nothing else uses it.
+Public modules only (``socket``, not its private ``_socket`` core, although ``socket`` adds
+``selectors`` to the imports): this runs only for vfpick's own domains in pools that set
+trust/spoofchk, where correctness beats milliseconds. vfpick.netlink wraps this.
 
 Requests are RTM_SETLINK / RTM_GETLINK with ifi_index 0 and IFLA_IFNAME: the kernel looks
 the link up by name (in the socket's netns), one round trip, no rename. Errors are OSError:
@@ -10,9 +11,9 @@ errno and, as strerror, the kernel's extended ack message when it sent one (else
 os.strerror); a malformed or truncated reply is EPROTO, never a struct.error.
 """
 
-import _socket
 import errno
 import os
+import socket
 import struct
 
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
@@ -152,7 +153,7 @@ def open_socket(netns=None):
     Switches only this thread's netns, and back: the socket stays in the one it was made in.
     A missing netns is ENOENT, never created."""
     def new():
-        return _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, 0)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
 
     if not netns:
         return new()
@@ -191,7 +192,7 @@ class Rtnl:
         self._sock.close()
 
     def _recv(self):
-        size = self._sock.recv_into(self._buf, 0, _socket.MSG_PEEK | _socket.MSG_TRUNC)
+        size = self._sock.recv_into(self._buf, 0, socket.MSG_PEEK | socket.MSG_TRUNC)
         if size > len(self._buf):
             self._buf = bytearray(size)
         size = self._sock.recv_into(self._buf)
