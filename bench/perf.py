@@ -7,7 +7,7 @@ with the measured runs so that drift (frequency scaling, a busy neighbour) hits 
 
 What is measured is a fresh, regular (non-editable) ``pip install`` of this working tree into a
 temp dir, with the hook written by that install's ``vfpick install-hook --hooks-dir TMP --config
-CFG`` (the baked script libvirt runs: ``#!/bin/sh`` execing ``python -sES``). The simulated sysfs lives on tmpfs
+CFG`` (the baked script libvirt runs: ``#!/bin/sh`` execing ``python -IS``). The simulated sysfs lives on tmpfs
 (``/dev/shm``) when there is one, as the real sysfs is in memory; the state dir is on the regular
 temp dir (a disk), as ``/var/lib/vfpick`` is, so fsyncs cost what they cost.
 """
@@ -240,11 +240,11 @@ class Baseline:
 
     def __init__(self):
         self.site = []   # python -c pass           (what `vfpick` CLI pays too: site, venv)
-        self.bare = []   # python -sES -c pass      (what the -sES hook pays)
+        self.bare = []   # python -IS -c pass      (what the -IS hook pays)
 
     def sample(self):
         self.site.append(timed([PY, "-c", "pass"])[0])
-        self.bare.append(timed([PY, "-sES", "-c", "pass"])[0])
+        self.bare.append(timed([PY, "-IS", "-c", "pass"])[0])
 
     @property
     def site_ms(self):
@@ -419,7 +419,7 @@ def run(quick=False, log=print, source=REPO, only=None):
         prep, rel = bench_hook(host, base, reps)
         res["hook"] = {"prepare_ms": prep, "release_ms": rel, "site_ms": base.site_ms,
                        "bare_ms": base.bare_ms}
-        log("hook prepare %.1f ms, release %.1f ms; python -c pass %.1f ms, -sES %.1f ms"
+        log("hook prepare %.1f ms, release %.1f ms; python -c pass %.1f ms, -IS %.1f ms"
             % (prep, rel, base.site_ms, base.bare_ms))
         base = Baseline()
         res["hook_foreign"] = {"ms": bench_hook_foreign(host, base, reps), "site_ms": base.site_ms,
@@ -486,10 +486,10 @@ def markdown(res):
                "%d running domains (status files of ~16 KB in the run dir) and %d defined ones."
                % (hc["claims"], hc["running"], hc["defined_idle"]))
     out.append("")
-    out.append("| what | ms | ratio to `python -c pass` | ratio to `python -sES -c pass` | goal |")
+    out.append("| what | ms | ratio to `python -c pass` | ratio to `python -IS -c pass` | goal |")
     out.append("|---|---:|---:|---:|---|")
     out.append("| bare `python -c pass` | %.1f | 1.00 | %.2f | |" % (h["site_ms"], h["site_ms"] / h["bare_ms"]))
-    out.append("| bare `python -sES -c pass` | %.1f | %.2f | 1.00 | |" % (h["bare_ms"], h["bare_ms"] / h["site_ms"]))
+    out.append("| bare `python -IS -c pass` | %.1f | %.2f | 1.00 | |" % (h["bare_ms"], h["bare_ms"] / h["site_ms"]))
     out.append("| hook `prepare begin` | %.1f | **%.2f** | %.2f | <= 2 |"
                % (h["prepare_ms"], h["prepare_ms"] / h["site_ms"], h["prepare_ms"] / h["bare_ms"]))
     out.append("| hook `release end` | %.1f | %.2f | %.2f | |"

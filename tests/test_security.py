@@ -124,6 +124,25 @@ def test_installed_hook_ignores_vfpick_config_and_pythonpath(make_host, tmp_path
     assert not marker.exists()
 
 
+def test_installed_hook_ignores_modules_beside_it_in_qemu_d(host, tmp_path):
+    """libvirt runs every executable in qemu.d/; a file there named like a module the hook
+    imports (json.py, fcntl.py) must not shadow it: the hook runs isolated (-I)."""
+    host.write_config()
+    hooks_dir = str(tmp_path / "hooks")
+    vfpick(host, "install-hook", "--hooks-dir", hooks_dir, "--config", host.config_path, check=0)
+    installed = os.path.join(hooks_dir, "qemu.d", "vfpick")
+    xml = vfpick(host, "resolve", "-", input=domain("vm", nics=1), check=0).stdout
+    marker = tmp_path / "shadowed"
+    for name in ("json", "fcntl", "collections"):
+        with open(os.path.join(hooks_dir, "qemu.d", name + ".py"), "w") as f:
+            f.write("open(%r, 'a').write(%r)\nraise SystemExit(3)\n" % (str(marker), name))
+    proc = subprocess.run([installed, "vm", "prepare", "begin", "-"], input=xml, env=SCRUBBED,
+                          capture_output=True, timeout=60)
+    assert not marker.exists(), marker.read_text()
+    assert proc.returncode == 0, proc.stderr
+    assert b'"active": true' in open(os.path.join(host.state_dir, "claims.json"), "rb").read()
+
+
 def test_installed_hook_text_bakes_absolute_paths(host, tmp_path):
     host.write_config()
     hooks_dir = str(tmp_path / "hooks")
@@ -132,7 +151,7 @@ def test_installed_hook_text_bakes_absolute_paths(host, tmp_path):
     text = open(os.path.join(hooks_dir, "qemu.d", "vfpick")).read()
     # sh first (a VM still starts when the interpreter is gone), then the baked interpreter
     assert text.splitlines()[0] == "#!/bin/sh"
-    assert "exec '%s' -sES \"$0\" \"$@\"" % sys.executable in text, text
+    assert "exec '%s' -IS \"$0\" \"$@\"" % sys.executable in text, text
     assert repr(os.path.abspath(host.config_path)) in text
     assert "VFPICK_CONFIG" not in text and "environ" not in text
     mode = os.stat(os.path.join(hooks_dir, "qemu.d", "vfpick")).st_mode

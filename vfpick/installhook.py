@@ -30,7 +30,7 @@ _HOOK = r"""#!/bin/sh
 "true" '''\'
 # libvirt qemu hook: qemu NAME OP SUBOP EXTRA, domain XML on stdin. libvirt scrubs the
 # variables of hooks, so the interpreter, the package dir and the config path are baked in.
-if [ -x %(python_sh)s ]; then exec %(python_sh)s -sES "$0" "$@"; fi
+if [ -x %(python_sh)s ]; then exec %(python_sh)s -IS "$0" "$@"; fi
 case "$2 $3" in
 "prepare begin"|"migrate begin"|"restore begin")
     if grep -c %(mark_sh)s >/dev/null; then
@@ -77,7 +77,9 @@ def hook_text(config_path, python=None, package_dir=None):
         if any(c in baked for c in "'\"\\\n$`%"):
             raise VfpickError("cannot bake %r into the hook: quotes, backslashes, '$', '`' and "
                               "'%%' are not supported in its path" % baked)
-    # -s -E: no user site, no PYTHON* variables: the hook trusts only what is baked here.
+    # -I (isolated): no user site, no PYTHON* variables, and not the script's own directory
+    # (qemu.d/, where another hook named like a stdlib module would shadow it) on sys.path:
+    # the hook trusts only what is baked here.
     # -S skips site (and its .pth files) for start-up speed; the package dir is baked instead.
     return _HOOK % {
         "marker": MARKER, "python_sh": _sh_quote(python),
