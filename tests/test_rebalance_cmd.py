@@ -110,7 +110,7 @@ def test_claims_gone_active_mean_running_though_libvirt_says_stopped(cfg, conn, 
 
 @pytest.mark.parametrize("how", ["libvirt runs it", "its prepare hook ran"])
 def test_a_domain_that_starts_after_the_plan_is_left_alone(cfg, conn, host, how):
-    kept = holes(cfg, conn)
+    holes(cfg, conn)
     gathered = rebalancecmd.gather(cfg, conn)
     planned = [m.domain for m in gathered.plan.moves]
     assert len(planned) == 2
@@ -145,7 +145,7 @@ def test_max_moves(cfg, conn, host):
 
 def test_a_2_nic_domain_keeps_its_nics_apart(cfg, conn, host):
     define(cfg, "pair", nics=2)
-    kept = holes(cfg, conn, count=12, keep_link="ens1f0")
+    holes(cfg, conn, count=12, keep_link="ens1f0")
     rebalance(cfg)
     links = links_of(cfg, host, conn, "pair")
     assert len(set(links)) == 2
