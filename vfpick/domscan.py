@@ -47,8 +47,12 @@ MetaNic = collections.namedtuple("MetaNic", "mac pool vf pf link")
 MetaNic.__doc__ = """One <vfpick:nic> entry: mac normalized, vf/pf canonical PCI or None."""
 
 
+RunningOwner = collections.namedtuple("RunningOwner", "uuid name")
+RunningOwner.__doc__ = """The running domain that uses a VF, from its status file."""
+
+
 class RunningVfs(dict):
-    """{vf: (uuid, name)} of running domains, plus ``skipped``: [(path, reason)].
+    """{vf: RunningOwner} of running domains, plus ``skipped``: [(path, reason)].
 
     A plain dict to callers that only want the map; ``skipped`` lists status files that could
     not be read or parsed. They are skipped rather than fatal because one unreadable status file
@@ -343,7 +347,7 @@ def _save_cache(cache_path, run_dir, files, now_ns):
 
 
 def scan_running(run_dir, limit=MAX_BYTES, cache_path=None):
-    """RunningVfs {vf: (uuid, name)} of PCI devices used by running domains.
+    """RunningVfs {vf: RunningOwner} of PCI devices used by running domains.
 
     Reads libvirt's status files ``run_dir/NAME.xml`` (``<domstatus>``) without calling
     libvirt (the hook must not). VFs from <interface type='hostdev'>, <hostdev> and libvirt
@@ -389,7 +393,7 @@ def scan_running(run_dir, limit=MAX_BYTES, cache_path=None):
             used.skipped.append((path, str(exc)))
             continue
         files[fname] = entry
-        owner = (entry[1], entry[2])
+        owner = RunningOwner(uuid=entry[1], name=entry[2])
         for vf in entry[3]:
             used.setdefault(vf, owner)
     if cache_path and (files or old) and (dirty or set(files) != set(old)):

@@ -62,7 +62,7 @@ def _running_others(config, uuid):
     from vfpick.config import running_cache_path
 
     used = domscan.scan_running(config.libvirt_run_dir, cache_path=running_cache_path(config))
-    return {vf: owner for vf, owner in used.items() if owner[0] != uuid}
+    return {vf: owner for vf, owner in used.items() if owner.uuid != uuid}
 
 
 def _domain_vfs(config, facts):
@@ -123,7 +123,7 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                 continue
             if vf in running:
                 conflict("VF %s of domain '%s' is in use by running domain '%s'; %s"
-                         % (vf, name, running[vf][1], _fix(name, managed, pool)))
+                         % (vf, name, running[vf].name, _fix(name, managed, pool)))
                 continue
             if pool is None and held is None:
                 continue  # a passthrough device that is not vfpick's business

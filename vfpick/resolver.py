@@ -61,7 +61,7 @@ def running_vfs(config):
     """{vf: uuid} of VFs that running domains use, from libvirt's status XML."""
     used = domscan.scan_running(config.libvirt_run_dir,
                                 cache_path=configmod.running_cache_path(config))
-    return {vf: owner[0] for vf, owner in used.items()}
+    return {vf: owner.uuid for vf, owner in used.items()}
 
 
 def _keepable(topo, iface):
