@@ -331,13 +331,10 @@ def whose(config, facts, data, marks):
     for net, _ in facts.networks:
         if net in config.pools:
             return "it asks for pool '%s'" % net
-    from vfpick import config as configmod, topology
-
-    pool_of_pf = configmod.pool_of_pf(config)
-    for vf, _ in facts.hostdev_vfs:
-        pf = topology.physfn(config.sysfs_root, vf)
-        if pf in pool_of_pf:
-            return "VF %s is on PF %s of pool '%s'" % (vf, pf, pool_of_pf[pf].name)
+    # No vfpick metadata here, so a VF's pool can only come from its PF: prepare's own reading.
+    for vf, _mac, pf, pool, _managed in _domain_vfs(config, facts):
+        if pool is not None:
+            return "VF %s is on PF %s of pool '%s'" % (vf, pf, pool.name)
     return None
 
 
