@@ -7,11 +7,12 @@ asks ``libvirtd --version``.
 """
 
 import os
+import shlex
 import stat
 import subprocess
 from collections import namedtuple
 
-from vfpick import pci
+from vfpick import pci, safeio
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 QEMU_D_MIN = (6, 5, 0)  # libvirt runs hooks/qemu.d/* since 6.5.0
@@ -31,8 +32,7 @@ DAEMONS = ("libvirtd", "virtqemud")
 
 def _read(path):
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(1 << 16)
+        return safeio.read_text(path, 1 << 16, errors="replace")[:1 << 16]
     except OSError:
         return None
 
@@ -221,9 +221,10 @@ def check_hook(paths, config_path):
     from vfpick import installhook
 
     hook = os.path.join(paths.hooks_dir, "qemu.d", "vfpick")
+    # Every path in a command we suggest is shell-quoted: pasting it must not run a file name.
     install = "vfpick install-hook --config %s%s" % (
-        os.path.abspath(config_path),
-        "" if paths.hooks_dir == Paths().hooks_dir else " --hooks-dir %s" % paths.hooks_dir)
+        shlex.quote(os.path.abspath(config_path)),
+        "" if paths.hooks_dir == Paths().hooks_dir else " --hooks-dir %s" % shlex.quote(paths.hooks_dir))
     text = _read(hook)
     if text is None:
         return [Finding("hook", FAIL, "no hook at %s: libvirt does not consult vfpick" % hook,
@@ -235,7 +236,7 @@ def check_hook(paths, config_path):
     mode = os.stat(hook).st_mode
     if not mode & stat.S_IXUSR:
         out.append(Finding("hook", FAIL, "%s is not executable: libvirt skips it" % hook,
-                           install + " (or chmod 755 %s)" % hook))
+                           install + " (or chmod 755 %s)" % shlex.quote(hook)))
     python, package, baked = (_baked(text, k) for k in ("python", "package", "config"))
     if not python or not os.access(python, os.X_OK):
         out.append(Finding("hook", FAIL, "the hook's interpreter %s is gone" % python,
@@ -390,13 +391,17 @@ def check_state(config):
                        "check the path and its parents")
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         return Finding("state", FAIL, "state dir %s is not a plain directory" % path,
-                       "replace it with a directory (mkdir -m 700 %s)" % path)
+                       "replace it with a directory (mkdir -m 700 %s)" % shlex.quote(path))
     if st.st_uid != uid:
         return Finding("state", FAIL, "state dir %s is owned by uid %d; vfpick runs as uid %d and "
-                       "refuses it" % (path, st.st_uid, uid), "chown %d %s" % (uid, path))
+                       "refuses it" % (path, st.st_uid, uid), "chown %d %s" % (uid, shlex.quote(path)))
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        return Finding("state", FAIL, "state dir %s has mode %04o: others could have planted its "
+                       "files, so vfpick refuses it" % (path, stat.S_IMODE(st.st_mode)),
+                       "check its files, then chmod 700 %s" % shlex.quote(path))
     if stat.S_IMODE(st.st_mode) & 0o077:
         return Finding("state", WARN, "state dir %s has mode %04o: others can read or plant files"
-                       % (path, stat.S_IMODE(st.st_mode)), "chmod 700 %s" % path)
+                       % (path, stat.S_IMODE(st.st_mode)), "chmod 700 %s" % shlex.quote(path))
     claims = os.path.join(path, "claims.json")
     try:
         cst = os.lstat(claims)
@@ -405,7 +410,7 @@ def check_state(config):
     if cst is not None and (cst.st_uid != uid or stat.S_IMODE(cst.st_mode) & 0o077):
         return Finding("state", WARN, "%s: owner %d, mode %04o" % (claims, cst.st_uid,
                                                                   stat.S_IMODE(cst.st_mode)),
-                       "chown %d %s && chmod 600 %s" % (uid, claims, claims))
+                       "chown %d %s && chmod 600 %s" % (uid, shlex.quote(claims), shlex.quote(claims)))
     try:
         count = len(StateStore(path).snapshot().all())
     except VfpickError as e:

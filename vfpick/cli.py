@@ -20,8 +20,9 @@ def _read_input(path):
         if path == "-":
             data = sys.stdin.buffer.read(MAX_INPUT + 1)
         else:
-            with open(path, "rb") as f:
-                data = f.read(MAX_INPUT + 1)
+            from vfpick import safeio
+
+            data = safeio.read_file(path, MAX_INPUT)
     except OSError as e:
         raise VfpickError("cannot read %s: %s" % (path, e.strerror)) from None
     return data
@@ -376,9 +377,27 @@ def build_parser():
     return parser
 
 
+# Arguments that name a domain, a PF/link or a MAC: they end up in the state and in output.
+_NAME_ARGS = ("domain", "target", "mac")
+
+
+def _check_argv(argv, args):
+    from vfpick import names
+
+    for arg in argv:
+        if names.problem(arg) == "is not UTF-8":
+            raise VfpickError("argument '%s' is not UTF-8" % names.printable(arg))
+    for attr in _NAME_ARGS:
+        value = getattr(args, attr, None)
+        why = names.problem(value) if isinstance(value, str) else None
+        if why:
+            raise VfpickError("%s '%s' %s" % (attr.upper(), names.printable(value), why))
+
+
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
+        _check_argv(sys.argv[1:] if argv is None else argv, args)
         return args.func(args)
     except VfpickError as e:
         sys.stderr.write("vfpick: %s\n" % e)

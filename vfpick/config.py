@@ -325,9 +325,11 @@ def _failover(where, section, value):
 
 
 def load(path):
+    from vfpick import safeio
+
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(MAX_CONFIG_BYTES + 1)
+        # A FIFO or device as the config must not hang the hook of every VM start.
+        text = safeio.read_text(path, MAX_CONFIG_BYTES)
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError("cannot read config %s: %s (pass --config FILE or set VFPICK_CONFIG)"

@@ -15,7 +15,7 @@ import os
 import stat
 import xml.parsers.expat as expat
 
-from vfpick import pci
+from vfpick import pci, safeio
 from vfpick.errors import XmlError
 
 NS = "http://vfpick.org/xmlns/libvirt/domain/1.0"
@@ -286,22 +286,8 @@ def scan(data, limit=MAX_BYTES):
 
 
 def _read_bounded(path, limit):
-    # O_NOFOLLOW|O_NONBLOCK: a planted symlink or FIFO in the run dir must not redirect or hang us.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError("not a regular file")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    # No symlink, no FIFO: a planted one in the run dir must not redirect or hang us.
+    return safeio.read_file(path, limit, follow=False)
 
 
 def scan_file(path, limit=MAX_BYTES):
@@ -320,8 +306,15 @@ def _load_cache(cache_path, run_dir):
     import json
 
     try:
-        with open(cache_path, "rb") as f:
-            doc = json.loads(f.read(1 << 24).decode("utf-8"))
+        fd = os.open(cache_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            # A cache another uid wrote (or could have) could hide a running domain's VFs.
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+            doc = json.loads(safeio.read_fd(fd, 1 << 24).decode("utf-8"))
+        finally:
+            os.close(fd)
         if doc.get("v") == 1 and doc.get("dir") == run_dir and isinstance(doc.get("files"), dict):
             return doc
     except (OSError, ValueError, UnicodeDecodeError, AttributeError, RecursionError):

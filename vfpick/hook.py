@@ -269,6 +269,7 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
     if decided is None:
         return 0
     try:
+        name = _checked_name(name, decided[1])
         return _act(name, op, data, stdout, stderr, netlink_factory, *decided)
     except Refusal as e:
         stderr.write("vfpick: %s\n" % _one_line(e))
@@ -286,6 +287,18 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
             stderr.write("vfpick: internal error in the %s hook: %s: %s\n"
                          % (op, type(e).__name__, _one_line(e)))
         return failed
+
+
+def _checked_name(argv_name, facts):
+    """The domain's name for the claims: its XML's <name> (libvirt's own record) over argv;
+    Refusal when it holds control characters or is not UTF-8."""
+    from vfpick import names
+
+    name = facts.name if facts is not None and facts.name else argv_name
+    why = names.problem(name)
+    if why:
+        raise Refusal("domain name '%s' %s; rename the domain" % (names.printable(name), why))
+    return name
 
 
 def _broken(e):

@@ -185,8 +185,16 @@ class DomainXml(object):
 
     @property
     def name(self):
+        """The domain's <name>; XmlError when it holds control characters (a newline would
+        forge a status row)."""
+        from vfpick import names
+
         el = self._root.find("name")
-        return None if el is None else (el.text or "")
+        text = None if el is None else (el.text or "")
+        why = names.problem(text) if text else None
+        if why:
+            raise XmlError("the domain's <name> '%s' %s; rename it" % (names.printable(text), why))
+        return text
 
     @property
     def uuid(self):
@@ -244,6 +252,30 @@ class DomainXml(object):
 
     def macs(self):
         return {mac for mac in (self._mac(i) for i in self._interfaces()) if mac}
+
+    def duplicate_mac(self):
+        """A MAC two interfaces of the domain carry, or two vfpick:nic records, or None.
+
+        Claims and metadata are per MAC: a second NIC with it would silently share or swap
+        VFs. The transient member of a libvirt <teaming> pair shares its partner's MAC by
+        design, so it is not counted."""
+        seen = set()
+        for iface in self._interfaces():
+            teaming = iface.find("teaming")
+            mac = self._mac(iface)
+            if not mac or (teaming is not None and teaming.get("type") == "transient"):
+                continue
+            if mac in seen:
+                return mac
+            seen.add(mac)
+        seen = set()
+        dom = self._meta_domain()[1]
+        for nic in ([] if dom is None else dom.findall("{%s}nic" % NS)):
+            mac = normalize_mac(nic.get("mac"))
+            if mac in seen:
+                return mac
+            seen.add(mac)
+        return None
 
     def overrides(self, pool):
         """Overrides for *pool*: a policy with pool='NAME' beats one without a pool."""

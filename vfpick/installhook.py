@@ -9,6 +9,7 @@ are baked into the installed copy.
 import os
 import sys
 
+from vfpick import safeio
 from vfpick.errors import VfpickError
 
 MARKER = "# installed by vfpick install-hook"
@@ -87,21 +88,43 @@ def hook_text(config_path, python=None, package_dir=None):
         "config": os.path.abspath(config_path)}
 
 
+_BAKED = {  # key: (line prefix, line suffix) around the literal hook_text wrote
+    "python": ("if [ -x ", " ]; then exec "),
+    "package": ("sys.path.insert(0, ", ")"),
+    "config": ("sys.exit(run(sys.argv[1:], config_path=", "))"),
+}
+
+
 def baked(text, key):
-    """The value hook_text baked into *text* for *key* (python, package, config), or None."""
-    prefix = {"python": "if [ -x '", "package": "sys.path.insert(0, ",
-              "config": "sys.exit(run(sys.argv[1:], config_path="}[key]
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            rest = line[len(prefix):]
-            return rest.split("'", 1)[0] if key == "python" else rest.rstrip(")").strip("'\"")
+    """The value hook_text baked into *text* for *key* (python, package, config), or None.
+
+    Decoded as the literal it was written as (a Python repr, or the sh quoting of the
+    interpreter), never pattern-matched: a path with a newline, quote or backslash reads back
+    as itself."""
+    import ast
+    import shlex
+
+    prefix, suffix = _BAKED[key]
+    for line in text.split("\n"):
+        if not line.startswith(prefix) or suffix not in line[len(prefix):]:
+            continue
+        literal = line[len(prefix):]
+        literal = literal[:literal.index(suffix)] if key == "python" else literal
+        if key != "python":
+            if not literal.endswith(suffix):
+                return None
+            literal = literal[:-len(suffix)]
+        try:
+            value = shlex.split(literal)[0] if key == "python" else ast.literal_eval(literal)
+        except (ValueError, SyntaxError, IndexError):
+            return None
+        return value if isinstance(value, str) else None
     return None
 
 
 def _is_ours(path):
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return MARKER in f.read(4096)
+        return MARKER in safeio.read_text(path, 4096, errors="replace")
     except OSError:
         return False
 

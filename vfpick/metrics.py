@@ -13,11 +13,11 @@ import os
 import platform
 from collections import Counter, namedtuple
 
-from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
-from vfpick import config as configmod, pci, policy, resolver, stale, topology
+from vfpick import config as configmod, names, pci, policy, resolver, stale, topology
 from vfpick.errors import VfpickError
 
 TEXTFILE_NAME = "vfpick.prom"
@@ -121,7 +121,8 @@ def families(facts):
         by_uuid.setdefault(claim.uuid, []).append(claim)
     nics, bad = Counter(), {}
     for uuid, domain_claims in by_uuid.items():
-        name = domain_claims[0].domain
+        # Escaped: a lone surrogate from an old state file cannot be encoded in the exposition.
+        name = names.printable(domain_claims[0].domain)
         for claim in domain_claims:
             nics[(name, claim.pool)] += 1
         is_bad = degraded(topo, config.pools, domain_claims, _domain_facts(facts.index, uuid))
@@ -188,35 +189,64 @@ def exposition(config):
 
 
 def write_textfile(config, directory):
-    """Writes DIRECTORY/vfpick.prom atomically (temp file + rename, by prometheus_client)."""
+    """Writes DIRECTORY/vfpick.prom atomically: a temp file created exclusively and never
+    through a symlink (the directory is node_exporter's, maybe not root's alone), mode 0644
+    whatever the umask, fsync'd, renamed into place, the directory fsync'd."""
     if not os.path.isdir(directory):
         raise VfpickError("--textfile %s: not a directory (node_exporter's "
                           "--collector.textfile.directory)" % directory)
     # Gathered before anything is written: a failure leaves no temp file behind.
     snapshot = families(gather(config))
+    data = generate_latest(registry_for(lambda: snapshot))
     path = os.path.join(directory, TEXTFILE_NAME)
+    temp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        write_to_textfile(path, registry_for(lambda: snapshot))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except FileExistsError:
+        raise VfpickError("cannot write %s: its temp file %s already exists (planted, or left "
+                          "by a crash); remove it" % (path, temp)) from None
     except OSError as e:
-        _remove_temp_files(path)
+        raise VfpickError("cannot write %s: %s" % (path, e.strerror or e)) from None
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # node_exporter reads it; the umask must not decide
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
         raise VfpickError("cannot write %s: %s" % (path, e.strerror or e)) from None
     return path
 
 
-def _remove_temp_files(path):
-    # write_to_textfile names its temp file PATH.PID.THREAD; older versions leave it on error.
-    directory, prefix = os.path.split(path)
-    prefix += ".%d." % os.getpid()
-    for name in os.listdir(directory):
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
-
-
 # ------------------------------------------------------------------ /metrics for `vfpick watch`
-REQUEST_TIMEOUT = 10  # seconds a client may take to send its request: a stuck one frees its thread
+REQUEST_TIMEOUT = 10  # seconds a client may take for its whole request: a stuck one frees its thread
+MAX_HANDLERS = 8  # scrapes served at once; a connection past that is closed at once
+
+
+def is_loopback(host):
+    """True when *host* (an address or 'localhost') is only reachable from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to later
 
 
 def parse_listen(text):
@@ -250,17 +280,68 @@ def serve(config, listen, log):
 
     from prometheus_client import MetricsHandler
 
+    import io
+    import time
+
     host, port = parse_listen(listen)
+    slots = threading.BoundedSemaphore(MAX_HANDLERS)
 
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True
 
-    handler = MetricsHandler.factory(registry_for(_live(config, log)))
-    handler.timeout = REQUEST_TIMEOUT
+        def process_request(self, request, client_address):
+            # Bounded threads: past MAX_HANDLERS in flight, the connection is refused unserved.
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
+
+    class Deadline(io.RawIOBase):
+        """The connection's reads, each with what is left of REQUEST_TIMEOUT: a client sending
+        a byte every few seconds cannot hold its thread longer than that."""
+
+        def __init__(self, sock):
+            super().__init__()
+            self.sock, self.end = sock, time.monotonic() + REQUEST_TIMEOUT
+
+        def readable(self):
+            return True
+
+        def readinto(self, buf):
+            left = self.end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request not received within %d s" % REQUEST_TIMEOUT)
+            self.sock.settimeout(left)
+            return self.sock.recv_into(buf)
+
+    class Handler(MetricsHandler.factory(registry_for(_live(config, log)))):
+        timeout = REQUEST_TIMEOUT
+
+        def setup(self):
+            super().setup()
+            self.rfile = io.BufferedReader(Deadline(self.connection))
+
+        def do_GET(self):
+            self.connection.settimeout(REQUEST_TIMEOUT)  # the answer gets its own time
+            super().do_GET()
+
     try:
-        server = Server((host, port), handler)
+        server = Server((host, port), Handler)
     except OSError as e:
         raise VfpickError("--metrics-listen %s: %s" % (listen, e.strerror or e)) from None
+    if not is_loopback(host):
+        log("warning: --metrics-listen %s is not a loopback address: anyone who can reach it "
+            "sees this host's VFs and domain names; bind 127.0.0.1 or firewall it" % listen)
     threading.Thread(target=server.serve_forever, daemon=True, name="vfpick-metrics").start()
     return server

@@ -83,6 +83,10 @@ def interfaces(config, doc, network_exists):
     """Interfaces of *doc*; UnknownPool/XmlError for a bad one.
 
     network_exists(name) -> bool: is a non-pool <source network> a libvirt network?"""
+    dup = doc.duplicate_mac()
+    if dup:
+        raise XmlError("MAC %s is used twice in domain '%s'; give each NIC its own MAC (or "
+                       "drop the <mac> of one: vfpick assigns one)" % (dup, doc.name or "?"))
     pool_nics = []
     for iface in doc.network_interfaces():
         if iface.network in config.pools:
@@ -288,6 +292,10 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, sto
     NUMA nodes from *doc*. mac None: a new one, unique among the domain's and every claim's.
     """
     pool = config.pools[pool_name]
+    dup = doc.duplicate_mac()
+    if dup:
+        raise XmlError("MAC %s is used twice in domain '%s'; give each NIC its own MAC, then "
+                       "attach" % (dup, doc.name or "?"))
     if mac is not None and not _unicast_mac(mac):
         raise XmlError("invalid mac address %r (want six hex pairs, unicast, e.g. 52:54:00:aa:00:01)"
                        % mac)

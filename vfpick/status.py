@@ -2,7 +2,7 @@
 
 import json
 
-from vfpick import pci
+from vfpick import names, pci
 
 # The claim keys of `status --json` (the contract); pending and VF settings are internal.
 CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active")
@@ -73,6 +73,9 @@ def _speed(speed):
 
 
 def _table(rows, header):
+    # A name with a newline or an escape sequence (a state file from before names were
+    # checked) must not forge a row or repaint the terminal.
+    rows = [[names.printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join("%%-%ds" % w for w in widths)
     return [(fmt % tuple(map(str, r))).rstrip() for r in [header] + rows]

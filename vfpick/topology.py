@@ -8,15 +8,14 @@ directory is an error naming its PCI address.
 import os
 from types import MappingProxyType
 
-from vfpick import cpulist, pci
+from vfpick import cpulist, pci, safeio
 from vfpick.errors import TopologyError
 from vfpick.records import PF, VF, Link, Topology
 
 
 def _read(path):
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read(4096).strip()
+        return safeio.read_text(path, 4096, "ascii", "replace")[:4096].strip()
     except OSError:
         return None
 

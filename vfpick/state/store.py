@@ -10,9 +10,11 @@ import fcntl
 import json
 import os
 import stat
+import threading
+import time
 import types
 
-from vfpick import pci
+from vfpick import pci, safeio
 from vfpick.errors import LockTimeout, StateCorrupt, StateError
 from vfpick.records import Claim, VfSettings, Writer
 from vfpick.state import lock
@@ -27,15 +29,41 @@ VERSION = 2
 _V1_FIELDS = Claim._fields[:8]
 _FIELDS = Claim._fields + ("gen",)
 DEFAULT_LOCK_TIMEOUT = 30.0
+# ~300 bytes a claim: far beyond any host's VFs, short of what a forged file could make us load.
+MAX_STATE_BYTES = 64 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# flock on this process's own lock blocks forever (each open() is a new lock owner),
-# so a nested transaction/snapshot must fail loudly instead of hanging a VM start.
-_held = set()
+# flock on this thread's own lock blocks forever (each open() is a new lock owner), so a
+# nested transaction/snapshot must fail loudly instead of hanging a VM start. Per thread: the
+# watcher's metrics server reads the claims from other threads while the main thread writes.
+_local = threading.local()
+# Threads of one process take turns on a state dir before its flock: each waits its bounded
+# turn here instead of polling the flock against a sibling.
+_turns_guard = threading.Lock()
+_turns = {}
+
+
+def _held():
+    held = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = set()
+    return held
+
+
+def _turn(key):
+    with _turns_guard:
+        return _turns.setdefault(key, threading.Lock())
 
 
 def _why(exc):
     return exc.strerror or str(exc)
+
+
+def _quote(path):
+    # shlex.quote without importing shlex (and re) on the hook path.
+    if path and all(c.isalnum() or c in "/-_.:@%+=," for c in path):
+        return path
+    return "'" + path.replace("'", "'\"'\"'") + "'"
 
 
 class ClaimSet:
@@ -332,8 +360,8 @@ class StateStore:
             dfd = os.open(self.state_dir, _DIR_FLAGS)
         except OSError as exc:
             raise self._dir_error(exc)
-        os.fchmod(dfd, 0o700)  # makedirs' mode went through the umask
-        return dfd
+        # A racing creator (exist_ok) may have made it: judged like any existing dir.
+        return self._guard_dir(dfd, True)
 
     def _guard_dir(self, dfd, writing):
         """Whoever can write the directory can rename a forged claims.json into place."""
@@ -342,6 +370,14 @@ class StateStore:
             os.close(dfd)
             raise StateError("state directory %s is owned by uid %d, not %d; fix with chown"
                              % (self.state_dir, st.st_uid, os.geteuid()))
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            # Never adopted, not even to tighten it: what is in it may already be forged.
+            os.close(dfd)
+            raise StateError(
+                "state directory %s is writable by %s (mode %04o), so its files may be forged; "
+                "check them (or rebuild with 'vfpick reconcile --rebuild'), then chmod 0700 %s"
+                % (self.state_dir, "everyone" if st.st_mode & 0o002 else "its group",
+                   stat.S_IMODE(st.st_mode), _quote(self.state_dir)))
         if writing and stat.S_IMODE(st.st_mode) & 0o077:
             try:
                 os.fchmod(dfd, 0o700)
@@ -351,6 +387,22 @@ class StateStore:
                                  % (self.state_dir, _why(exc)))
         return dfd
 
+    def _guard_entry(self, fd, path, what):
+        """A state file or lock another uid owns or could have written is never used."""
+        st = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is not a regular file"
+        elif st.st_uid != os.geteuid():
+            problem = "is owned by uid %d, not %d" % (st.st_uid, os.geteuid())
+        elif stat.S_IMODE(st.st_mode) & 0o022:
+            problem = "is writable by others (mode %04o)" % stat.S_IMODE(st.st_mode)
+        if problem:
+            os.close(fd)
+            raise StateError("%s %s %s, so it may be forged; vfpick does not use it: check it, "
+                             "then remove it (rebuild the claims with 'vfpick reconcile "
+                             "--rebuild')" % (what, path, problem))
+
     def _dir_error(self, exc):
         if exc.errno == errno.ELOOP or os.path.islink(self.state_dir):
             return StateError("state directory %s is a symlink; refusing to use it" % self.state_dir)
@@ -358,29 +410,43 @@ class StateStore:
 
     def _lock(self, dfd, how):
         key = os.fstat(dfd)[1:3]  # (st_ino, st_dev)
-        if key in _held:
+        if key in _held():
             raise RuntimeError("nested claims transaction on %s would deadlock" % self.state_dir)
-        lfd = self._open_at(dfd, LOCK, os.O_RDWR | os.O_CREAT, "lock file")
         path = os.path.join(self.state_dir, LOCK)
-        try:
-            locked = lock.flock_bounded(lfd, how, self.lock_timeout)
-            holders = [] if locked else lock.holders(lfd)
-        except OSError as exc:
-            os.close(lfd)
-            raise StateError("cannot lock %s: %s" % (path, _why(exc)))
-        if not locked:
-            os.close(lfd)
+        deadline = time.monotonic() + self.lock_timeout
+        turn = _turn(key)
+        if not turn.acquire(timeout=max(self.lock_timeout, 0)):
             raise LockTimeout(
-                "waited %g s for the claims lock %s, %s; it is freed when that process ends "
-                "(raise [vfpick] lock_timeout if such waits are expected)"
-                % (self.lock_timeout, path, lock.describe(holders)))
-        _held.add(key)
+                "waited %g s for the claims lock %s, held by another thread of this process "
+                "(pid %d); raise [vfpick] lock_timeout if such waits are expected"
+                % (self.lock_timeout, path, os.getpid()))
+        try:
+            lfd = self._open_at(dfd, LOCK, os.O_RDWR | os.O_CREAT, "lock file")
+            self._guard_entry(lfd, path, "lock file")
+            try:
+                locked = lock.flock_bounded(lfd, how, max(deadline - time.monotonic(), 0))
+                holders = [] if locked else lock.holders(lfd)
+            except OSError as exc:
+                os.close(lfd)
+                raise StateError("cannot lock %s: %s" % (path, _why(exc)))
+            if not locked:
+                os.close(lfd)
+                raise LockTimeout(
+                    "waited %g s for the claims lock %s, %s; it is freed when that process ends "
+                    "(raise [vfpick] lock_timeout if such waits are expected)"
+                    % (self.lock_timeout, path, lock.describe(holders)))
+        except BaseException:
+            turn.release()
+            raise
+        _held().add(key)
         return lfd
 
     def _release(self, dfd, lfd):
         if lfd is not None:
-            _held.discard(os.fstat(dfd)[1:3])
+            key = os.fstat(dfd)[1:3]
+            _held().discard(key)
             os.close(lfd)  # closing drops the flock
+            _turn(key).release()
         os.close(dfd)
 
     def _open_at(self, dfd, name, flags, what):
@@ -400,13 +466,17 @@ class StateStore:
         fd = self._open_at(dfd, STATE, os.O_RDONLY | os.O_NONBLOCK, "state file")
         if fd is None:
             return {}, 0, {}, []
+        self._guard_entry(fd, self.path, "state file")
         try:
-            with open(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise StateError("state file %s is not a regular file" % self.path)
-                raw = f.read()
+            raw = safeio.read_fd(fd, MAX_STATE_BYTES)
         except OSError as exc:
             raise StateError("cannot read state file %s: %s" % (self.path, _why(exc)))
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_STATE_BYTES:
+            raise StateCorrupt("state file %s is larger than %d MiB; it was kept untouched for "
+                               "inspection; rebuild the claims from libvirt with 'vfpick "
+                               "reconcile --rebuild'" % (self.path, MAX_STATE_BYTES >> 20))
         try:
             return _parse(raw)
         except ValueError as exc:
