@@ -67,14 +67,14 @@ def _running_others(config, uuid):
 
 def _domain_vfs(config, facts):
     """(vf, mac, pf, pool, managed) for every VF of the domain vfpick manages or must guard."""
-    from vfpick import config as configmod, topology
+    from vfpick import config as configmod, pci
 
     meta = {n.mac: n for n in facts.meta_nics}
     pool_of_pf = configmod.pool_of_pf(config)
     out = []
     for vf, mac in facts.hostdev_vfs:
         nic = meta.get(mac) if mac else None
-        pf = topology.physfn(config.sysfs_root, vf)
+        pf = pci.physfn(config.sysfs_root, vf)
         pool = pool_of_pf.get(pf) if pf else None
         if nic is not None and nic.pool in config.pools:
             pool = config.pools[nic.pool]

@@ -272,8 +272,11 @@ def _live(config, log):
     return load
 
 
-def serve(config, listen, log):
-    """Serves /metrics on *listen* from a daemon thread; returns the server (``shutdown()``)."""
+def serve(config, listen, log, request_timeout=REQUEST_TIMEOUT, max_handlers=MAX_HANDLERS):
+    """Serves /metrics on *listen* from a daemon thread; returns the server (``shutdown()``).
+
+    At most *max_handlers* requests are served at once, each within *request_timeout* seconds
+    for receiving it (and as much again for the answer)."""
     import socket
     import threading
     from http.server import ThreadingHTTPServer
@@ -284,15 +287,16 @@ def serve(config, listen, log):
     import time
 
     host, port = parse_listen(listen)
-    slots = threading.BoundedSemaphore(MAX_HANDLERS)
+    slots = threading.BoundedSemaphore(max_handlers)
 
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True
 
         def process_request(self, request, client_address):
-            # Bounded threads: past MAX_HANDLERS in flight, the connection is refused unserved.
-            if not slots.acquire(blocking=False):
+            # Bounded threads: past max_handlers in flight, the next connection waits (the
+            # rest queue in the listen backlog), and is closed unserved if no slot frees in time.
+            if not slots.acquire(timeout=request_timeout):
                 self.shutdown_request(request)
                 return
             try:
@@ -313,7 +317,7 @@ def serve(config, listen, log):
 
         def __init__(self, sock):
             super().__init__()
-            self.sock, self.end = sock, time.monotonic() + REQUEST_TIMEOUT
+            self.sock, self.end = sock, time.monotonic() + request_timeout
 
         def readable(self):
             return True
@@ -321,19 +325,19 @@ def serve(config, listen, log):
         def readinto(self, buf):
             left = self.end - time.monotonic()
             if left <= 0:
-                raise TimeoutError("request not received within %d s" % REQUEST_TIMEOUT)
+                raise TimeoutError("request not received within %g s" % request_timeout)
             self.sock.settimeout(left)
             return self.sock.recv_into(buf)
 
     class Handler(MetricsHandler.factory(registry_for(_live(config, log)))):
-        timeout = REQUEST_TIMEOUT
+        timeout = request_timeout
 
         def setup(self):
             super().setup()
             self.rfile = io.BufferedReader(Deadline(self.connection))
 
         def do_GET(self):
-            self.connection.settimeout(REQUEST_TIMEOUT)  # the answer gets its own time
+            self.connection.settimeout(request_timeout)  # the answer gets its own time
             super().do_GET()
 
     try:

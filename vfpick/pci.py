@@ -79,3 +79,17 @@ def libvirt_attrs(addr):
         "slot": "0x" + slot,
         "function": "0x" + function,
     }
+
+
+def physfn(sysfs_root, addr):
+    """PF address of VF *addr*, or None when *addr* is not a VF (or does not exist).
+
+    Here, not in topology: the hook asks it of every PCI hostdev (a GPU, an NVMe: no
+    ``physfn``, so never vfpick's) without importing the topology reader."""
+    import os
+
+    try:
+        target = os.readlink(os.path.join(sysfs_root, "bus", "pci", "devices", addr, "physfn"))
+    except OSError:
+        return None
+    return normalize(os.path.basename(target))

@@ -119,9 +119,7 @@ def is_pf(sysfs_root, addr):
     return os.path.exists(os.path.join(sysfs_root, "bus", "pci", "devices", addr, "sriov_totalvfs"))
 
 
-def physfn(sysfs_root, addr):
-    """PF address of VF *addr*, or None when *addr* is not a VF (or does not exist)."""
-    return pci.normalize(_link_name(os.path.join(sysfs_root, "bus", "pci", "devices", addr, "physfn")) or "")
+physfn = pci.physfn
 
 
 def vf_index(sysfs_root, pf_addr, vf_addr):
