@@ -164,7 +164,8 @@ def free_port():
 
 def test_watch_answers_parallel_scrapes_without_errors(host):
     host.write_config()
-    resolved(host, "web", nics=2)
+    for n in range(6):
+        resolved(host, "web%d" % n, nics=2)
     port = free_port()
     proc = subprocess.Popen([VFPICK, "watch", "--connect", "test:///default",
                              "--metrics-listen", "127.0.0.1:%d" % port], env=cli_env(host),
@@ -178,11 +179,11 @@ def test_watch_answers_parallel_scrapes_without_errors(host):
             except OSError:
                 return None
         wait_until(up, "an answer on port %d" % port, interval=0.2)
-        results = scrape_many(url, 5)
+        results = scrape_many(url, 20)
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=WAIT)
-    assert results == [(200, True)] * 40
+    assert results == [(200, True)] * 160
     assert b"nested" not in err and b"Traceback" not in err, err
     assert b"not a loopback" not in err
 
