@@ -460,6 +460,29 @@ def check_state(config):
                    % (path, uid, stat.S_IMODE(st.st_mode), count), "")
 
 
+def check_lost(config):
+    """Active claims whose VF the running domain no longer has (stale.lost_vfs)."""
+    from vfpick import stale
+    from vfpick.errors import VfpickError
+    from vfpick.state import StateStore
+
+    try:
+        claims = StateStore(config.state_dir).snapshot().all()
+    except VfpickError:
+        claims = []  # check_state reports the state itself
+    lost = stale.lost_vfs(claims, stale.domain_index(config))
+    if not lost:
+        return Finding("claims", OK, "every active claim's VF is in its running domain", "")
+    mine = [c for c in claims if c.vf in lost]
+    first = mine[0]
+    return Finding("claims", WARN, "%d active claim(s) on VFs their running domain no longer has "
+                   "(VF %s of '%s', MAC %s): QEMU unplugged it (sriov_numvfs changed under the "
+                   "guest?); the guest runs without that NIC"
+                   % (len(mine), first.vf, first.domain, first.mac),
+                   "vfpick detach %s %s --live (the claim stays reserved for the definition), or "
+                   "restart the domain to plug the VF back" % (first.domain, first.mac))
+
+
 # ---------------------------------------------------------------- all of it
 
 def run(config_path, paths=None):
@@ -485,6 +508,7 @@ def run(config_path, paths=None):
     findings.append(check_watcher(paths))
     if config:
         findings.append(check_state(config))
+        findings.append(check_lost(config))
     return findings
 
 

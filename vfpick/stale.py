@@ -68,3 +68,19 @@ def stale_uuids(config, claims, index=None):
         return frozenset()
     return frozenset(c.uuid for c in claims if c.uuid not in index.defined
                      and c.uuid not in index.running and c.domain not in index.unsure)
+
+
+def lost_vfs(claims, index):
+    """frozenset of the VFs of *claims* marked active whose domain runs (its live XML is in the
+    run dir) without them: QEMU unplugged the VF (``sriov_numvfs`` lowered and raised under the
+    guest; a device removed behind vfpick's back). The recreated VF is back on its host driver;
+    the claim still holds it for the definition, but the running guest has no such NIC."""
+    if index is None:
+        return frozenset()
+    out = set()
+    for claim in claims:
+        live = index.running.get(claim.uuid)
+        if claim.active and live is not None and claim.vf not in {
+                vf for vf, _mac in live.hostdev_vfs + live.actual_vfs}:
+            out.add(claim.vf)
+    return frozenset(out)
