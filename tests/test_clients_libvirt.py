@@ -174,6 +174,26 @@ def test_detach_config_releases_the_claim_and_the_metadata(env):
     assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--live"), "is not running")
 
 
+def test_detach_of_a_nic_removed_behind_vfpicks_back_releases_claim_and_metadata(env):
+    name = env.define(nics=2)
+    claims = env.claims(name)
+    gone, kept = claims[0], claims[1]
+    # virsh detach-interface, not vfpick: libvirt drops the NIC, vfpick's claim and metadata stay
+    env.daemon.virsh("detach-interface", name, "hostdev", "--mac", gone["mac"], "--config")
+    xml = env.daemon.dumpxml(name, inactive=True)
+    assert hostdev_vfs(xml) == [kept["vf"]] and gone["mac"] in metadata_macs(xml)
+    proc = vfpick(env.host, "detach", name, gone["mac"], "--config", check=0)
+    out = proc.stdout.decode().strip().splitlines()
+    assert len(out) == 1 and "already removed" in out[0] and gone["vf"] in out[0], proc
+    assert proc.stderr == b"", proc.stderr
+    xml = env.daemon.dumpxml(name, inactive=True)
+    assert set(metadata_macs(xml)) == {kept["mac"]}
+    assert [c["vf"] for c in env.claims(name)] == [kept["vf"]]
+    # nothing of vfpick's is left for that MAC: now it is an unknown MAC again
+    assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--config"),
+                      "no interface with MAC")
+
+
 # --------------------------------------------------------------------------- failover
 
 def test_libvirt_accepts_failover_pairs(env):

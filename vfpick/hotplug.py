@@ -217,18 +217,24 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
         dom = virt.lookup(conn, who)
         name, uuid = dom.name(), dom.UUIDString()
         targets = _targets(libvirt, dom, live, persistent)
-        found = {}
+        found, removed = {}, []
         for flag, label in targets:
-            ifaces = _interfaces_with_mac(_xml(libvirt, dom, flag), wanted)
+            xml = _xml(libvirt, dom, flag)
+            ifaces = _interfaces_with_mac(xml, wanted)
             if not ifaces:
-                raise VfpickError("domain '%s' has no interface with MAC %s in its %s definition"
-                                  % (name, wanted, label))
+                # Removed behind vfpick's back (virsh detach-interface): vfpick's claim or
+                # metadata for the MAC is what is left to settle.
+                if not _ours(resolver.store_for(config), uuid, xml, wanted):
+                    raise VfpickError("domain '%s' has no interface with MAC %s in its %s "
+                                      "definition" % (name, wanted, label))
+                removed.append(label)
+                continue
             if not any(i.get("type") == "hostdev" for i in ifaces):
                 raise VfpickError("the interface %s of domain '%s' is not a VF (type '%s'): use "
                                   "virsh detach-interface" % (wanted, name, ifaces[0].get("type")))
             found[flag] = ifaces
         for flag, label in targets:
-            for iface in found[flag]:
+            for iface in found.get(flag, ()):
                 try:
                     dom.detachDeviceFlags(etree.tostring(iface).decode(), flag)
                 except libvirt.libvirtError as e:
@@ -271,8 +277,21 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
                 ended.append(claim)
         for warning in vfsettings.put_back(config, ended):
             sys.stderr.write("vfpick: warning: %s\n" % warning)
-    out.write("detached %s from domain '%s' (%s)%s\n" % (
-        wanted, name, " and ".join(label for _, label in targets),
-        "; released VF %s" % ", ".join(released) if released else
-        "; its VF stays claimed (the other definition still uses it)"))
+    detached = [label for _, label in targets if label not in removed]
+    out.write("%s%s%s\n" % (
+        "detached %s from domain '%s' (%s)" % (wanted, name, " and ".join(detached))
+        if detached else "NIC %s of domain '%s'" % (wanted, name),
+        "%s already removed from its %s definition (not by vfpick)"
+        % ("; it was" if detached else " was", " and ".join(removed)) if removed else "",
+        "; released VF %s and its metadata" % ", ".join(released) if released else
+        "; its VF stays claimed (the other definition still uses it)" if still else
+        "; its metadata is released"))
     return released
+
+
+def _ours(store, uuid, xml, mac):
+    """Whether vfpick still holds something for *mac* of the domain: a claim, or a vfpick:nic
+    entry in *xml* (its interface is gone)."""
+    if any(c.mac == mac for c in store.snapshot().for_uuid(uuid)):
+        return True
+    return any(domscan.normalize_mac(n.mac or "") == mac for n in domscan.scan(xml).meta_nics)
