@@ -7,12 +7,13 @@ with a simulated VF passes vfpick's prepare gate, then libvirt refuses it (no IO
 
 import shutil
 import subprocess
+import uuid as uuidmod
 
 from lxml import etree
 
 import libvirtd as lv
 from clitools import assert_user_error, hostdev_vfs, vfpick
-from test_e2e_libvirt import PASSTHROUGH_ERROR, env  # noqa: F401 (env: the fixture)
+from test_e2e_libvirt import PASSTHROUGH_ERROR, VFPICK_NS, env  # noqa: F401 (env: the fixture)
 
 
 def ops(env, name):
@@ -192,6 +193,71 @@ def test_detach_of_a_nic_removed_behind_vfpicks_back_releases_claim_and_metadata
     # nothing of vfpick's is left for that MAC: now it is an unknown MAC again
     assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--config"),
                       "no interface with MAC")
+
+
+def links_of(env, vfs):
+    topo = env.host.topology()
+    return [topo.link_of[topo.vfs[vf].pf] for vf in vfs]
+
+
+def test_attach_does_not_count_a_stale_claim_of_the_domain_and_warns_when_distinct_fails(env):
+    """Four NICs on the host's four links; one removed behind vfpick's back leaves a stale claim
+    on link D. The attached NIC must go to D (the stale claim is no NIC of the domain), and the
+    next one, with every link taken, is best effort with a warning, as resolve gives."""
+    name = env.define(nics=4)
+    claims = env.claims(name)
+    assert len(set(links_of(env, [c["vf"] for c in claims]))) == 4
+    stale = claims[-1]
+    env.daemon.virsh("detach-interface", name, "hostdev", "--mac", stale["mac"], "--config")
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=NIC, check=0)
+    assert proc.stderr == b"", proc.stderr
+    vfs = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
+    assert len(vfs) == 4 and len(set(links_of(env, vfs))) == 4, links_of(env, vfs)
+    # the stale claim was reused or dropped: the domain's claims are its NICs, no more
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted(vfs)
+    assert NEW_MAC in {c["mac"] for c in env.claims(name)}
+    # a fifth NIC cannot be distinct: attached, with one warning line
+    fifth = NIC.replace(NEW_MAC.encode(), b"52:54:00:77:00:02")
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=fifth, check=0)
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vfpick: warning: ") and "best effort" in err[0], err
+    assert "distinct=link" in err[0]
+    vfs = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
+    assert len(vfs) == 5 and len(set(links_of(env, vfs))) == 4
+
+
+def test_release_drops_a_claim_that_only_the_ending_live_domain_used(env):
+    """A --live-only NIC's claim must not outlive it: when the domain stops, the claim whose VF
+    its persistent definition does not use is dropped; the definition's own stays reserved.
+    (A live VF cannot be attached here, no IOMMU: the running domain is plain with vfpick's
+    metadata, its live-only claim is written as attach leaves it, active.)"""
+    name, uuid = env.daemon.unique_name("lo"), str(uuidmod.uuid4())
+    mac = "52:54:00:10:00:01"
+    want = lv.domain_xml(name, uuid=uuid, devices="<interface type='network'><mac address='%s'/>"
+                         "<source network='fast'/></interface>" % mac)
+    resolved = vfpick(env.host, "resolve", "-", input=want.encode(), check=0).stdout
+    meta = etree.fromstring(resolved).find("metadata/{%s}domain" % VFPICK_NS)
+    plain = lv.domain_xml(name, uuid=uuid, metadata=etree.tostring(meta).decode(), devices=(
+        "<interface type='user'><mac address='%s'/><model type='e1000'/></interface>" % mac))
+    env.virsh_define(plain)
+    env.daemon.virsh("start", name)
+    assert env.daemon.is_running(name)
+    env.virsh_define(resolved.decode())   # the next start's definition: the resolved VF
+    [defined_vf] = hostdev_vfs(resolved)
+    from vfpick import config as configmod, resolver
+    from vfpick.records import Claim
+    cfg = configmod.load(env.host.config_path)
+    topo = env.host.topology()
+    live_only = [vf for vf in sorted(topo.vfs) if vf != defined_vf][0]
+    pf = topo.vfs[live_only].pf
+    with resolver.store_for(cfg).transaction() as claims:
+        claims.put(Claim(vf=live_only, pf=pf, link=topo.link_of[pf], pool="fast", domain=name,
+                         uuid=uuid, mac="52:54:00:10:00:02", active=True, pending=None,
+                         applied=None, restore=None))
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted([defined_vf, live_only])
+    env.daemon.virsh("destroy", name)
+    assert ops(env, name)[-2:] == [("stopped", "end"), ("release", "end")]
+    assert [(c["vf"], c["active"]) for c in env.claims(name)] == [(defined_vf, False)]
 
 
 # --------------------------------------------------------------------------- failover

@@ -122,13 +122,15 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
         docs = [DomainXml.parse(x) for x in xmls.values()]
         if mac is not None and any(mac in d.macs() for d in docs):
             raise VfpickError("domain '%s' already has an interface with MAC %s" % (name, mac))
-        in_use = {vf for x in xmls.values() for vf, _mac in domscan.scan(x).hostdev_vfs}
+        # Both definitions, whichever is changed: a claim neither uses is no NIC of the domain.
+        definitions = [domscan.scan(x) for x in _definitions(libvirt, dom, xmls)]
         # Policy overrides and NUMA placement: from the persistent side when it is changed.
         # Pending until libvirt answered: a reconcile listing the domain meanwhile (without
         # the new VF) must not drop it (docs/DESIGN.md, "Reconcile").
         me = writer.me()
-        claim = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
-                                         in_use, rng=rng, store=store, pending=me)
+        extra = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
+                                         definitions, rng=rng, store=store, pending=me)
+        claim, warnings = extra.claim, list(extra.warnings)
         assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
                                 link=claim.link)
         if iface.find("mac") is None:
@@ -141,10 +143,9 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
             # One call for both sides: libvirt changes live and persistent together or neither.
             dom.attachDeviceFlags(parts[targets[0][0]][0], flags)
         except libvirt.libvirtError as e:
-            _forget(store, claim)
+            resolver.roll_back_extra_nic(store, extra)
             raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)"
                                  % (name, virt._message(e))) from None
-        warnings = []
         for flag, label in targets:
             try:
                 _set_metadata(libvirt, dom, flag, parts[flag][1])
@@ -154,6 +155,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
     finally:
         conn.close()
     resolver.settle_claims(store, claim.uuid, me)
+    warnings += resolver.end_unused(config, store, extra)
     if any(label == "live" for _, label in targets):
         _update(store, claim, active=True)
     out.write("attached %s to domain '%s' (%s): VF %s (PF %s, link %s)\n"
@@ -162,11 +164,14 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
     return warnings
 
 
-def _forget(store, claim):
-    """Drops *claim* unless someone changed it since (a rollback never drops another's claim)."""
-    with store.transaction() as claims:
-        if claims.get(claim.vf) == claim:
-            claims.drop(claim.vf)
+def _definitions(libvirt, dom, xmls):
+    """The live XML (when running) and the persistent one (when defined), reusing *xmls*."""
+    out = []
+    for flag, wanted in ((libvirt.VIR_DOMAIN_AFFECT_LIVE, dom.isActive()),
+                         (libvirt.VIR_DOMAIN_AFFECT_CONFIG, dom.isPersistent())):
+        if wanted:
+            out.append(xmls[flag] if flag in xmls else _xml(libvirt, dom, flag))
+    return out
 
 
 def _update(store, claim, active):
