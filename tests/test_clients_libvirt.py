@@ -226,38 +226,65 @@ def test_attach_does_not_count_a_stale_claim_of_the_domain_and_warns_when_distin
     assert len(vfs) == 5 and len(set(links_of(env, vfs))) == 4
 
 
-def test_release_drops_a_claim_that_only_the_ending_live_domain_used(env):
-    """A --live-only NIC's claim must not outlive it: when the domain stops, the claim whose VF
-    its persistent definition does not use is dropped; the definition's own stays reserved.
-    (A live VF cannot be attached here, no IOMMU: the running domain is plain with vfpick's
-    metadata, its live-only claim is written as attach leaves it, active.)"""
+def running_with_next_definition(env, mac="52:54:00:10:00:01"):
+    """A running plain domain with vfpick's metadata whose persistent definition (redefined
+    while it runs) holds one resolved VF NIC: (name, uuid, that VF). A live VF cannot run here
+    (no IOMMU), so the live side is what a guest looks like after QEMU unplugged its VF."""
     name, uuid = env.daemon.unique_name("lo"), str(uuidmod.uuid4())
-    mac = "52:54:00:10:00:01"
     want = lv.domain_xml(name, uuid=uuid, devices="<interface type='network'><mac address='%s'/>"
                          "<source network='fast'/></interface>" % mac)
     resolved = vfpick(env.host, "resolve", "-", input=want.encode(), check=0).stdout
     meta = etree.fromstring(resolved).find("metadata/{%s}domain" % VFPICK_NS)
     plain = lv.domain_xml(name, uuid=uuid, metadata=etree.tostring(meta).decode(), devices=(
-        "<interface type='user'><mac address='%s'/><model type='e1000'/></interface>" % mac))
+        "<interface type='user'><mac address='52:54:00:10:00:09'/><model type='e1000'/></interface>"))
     env.virsh_define(plain)
     env.daemon.virsh("start", name)
     assert env.daemon.is_running(name)
     env.virsh_define(resolved.decode())   # the next start's definition: the resolved VF
     [defined_vf] = hostdev_vfs(resolved)
+    return name, uuid, defined_vf
+
+
+def put_claim(env, **fields):
     from vfpick import config as configmod, resolver
     from vfpick.records import Claim
-    cfg = configmod.load(env.host.config_path)
+
     topo = env.host.topology()
-    live_only = [vf for vf in sorted(topo.vfs) if vf != defined_vf][0]
-    pf = topo.vfs[live_only].pf
-    with resolver.store_for(cfg).transaction() as claims:
-        claims.put(Claim(vf=live_only, pf=pf, link=topo.link_of[pf], pool="fast", domain=name,
-                         uuid=uuid, mac="52:54:00:10:00:02", active=True, pending=None,
-                         applied=None, restore=None))
+    pf = topo.vfs[fields["vf"]].pf
+    claim = Claim(pf=pf, link=topo.link_of[pf], pool="fast", pending=None, applied=None,
+                  restore=None, **fields)
+    with resolver.store_for(configmod.load(env.host.config_path)).transaction() as claims:
+        claims.put(claim)
+
+
+def test_release_drops_a_claim_that_only_the_ending_live_domain_used(env):
+    """A --live-only NIC's claim must not outlive it: when the domain stops, the claim whose VF
+    its persistent definition does not use is dropped; the definition's own stays reserved.
+    (The live-only claim is written as a live attach leaves it, active.)"""
+    name, uuid, defined_vf = running_with_next_definition(env)
+    live_only = [vf for vf in sorted(env.host.topology().vfs) if vf != defined_vf][0]
+    put_claim(env, vf=live_only, domain=name, uuid=uuid, mac="52:54:00:10:00:02", active=True)
     assert sorted(c["vf"] for c in env.claims(name)) == sorted([defined_vf, live_only])
     env.daemon.virsh("destroy", name)
     assert ops(env, name)[-2:] == [("stopped", "end"), ("release", "end")]
     assert [(c["vf"], c["active"]) for c in env.claims(name)] == [(defined_vf, False)]
+
+
+def test_a_lost_claim_is_settled_by_a_live_detach_of_the_unplugged_nic(env):
+    """status's fix for a lost claim: the running guest has no such NIC, the definition does:
+    `vfpick detach NAME MAC --live` exits 0 and the claim stays, reserved for the definition."""
+    mac = "52:54:00:10:00:01"
+    name, uuid, defined_vf = running_with_next_definition(env, mac)
+    put_claim(env, vf=defined_vf, domain=name, uuid=uuid, mac=mac, active=True)  # as prepare left it
+    [claim] = env.claims(name)
+    assert claim["lost"] is True and claim["active"] is False
+    proc = vfpick(env.host, "detach", name, mac, "--live", check=0)
+    out = proc.stdout.decode().strip().splitlines()
+    assert len(out) == 1 and "already removed from its live definition" in out[0], out
+    assert "stays claimed" in out[0]
+    [claim] = env.claims(name)
+    assert (claim["vf"], claim["active"], claim["lost"]) == (defined_vf, False, False)
+    assert hostdev_vfs(env.daemon.dumpxml(name, inactive=True)) == [defined_vf]
 
 
 # --------------------------------------------------------------------------- failover
