@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick      # fewer repeats and seeds (~2.5 min)
     .venv/bin/python -m bench --source DIR # measure another tree (a proposed change) the same way
     .venv/bin/python -m bench --no-write   # print only; do not rewrite docs/
+    .venv/bin/python -m bench --release-path [--source DIR]  # start/destroy hook calls only
 
 Writes docs/BENCHMARKS.md (tables) and docs/quality.png (plot; needs matplotlib in the venv:
 ``.venv/bin/pip install matplotlib``, bench only). Benchmarks are not tests: nothing here
@@ -31,7 +32,17 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true", help="do not write docs/BENCHMARKS.md and the plot")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-perf", action="store_true")
+    ap.add_argument("--release-path", action="store_true",
+                    help="only the start/destroy hook calls (stopped end, release end, ...) on a "
+                    "128-VF host; prints a table, writes nothing")
     args = ap.parse_args(argv)
+    if args.release_path:
+        rp = perf.run_release_path(quick=args.quick, source=os.path.abspath(args.source),
+                                   log=lambda m: sys.stderr.write(m + "\n"))
+        print("Release path of `%s` (%s, %d VFs, %d claims, medians of %d runs):\n"
+              % (rp["source"], rp["install"], rp["vfs"], rp["claims"], rp["reps"]))
+        print(perf.release_markdown(rp))
+        return 0
     t0 = time.time()
 
     def log(msg):

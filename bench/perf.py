@@ -267,6 +267,72 @@ def bench_hook(host, base, reps):
     return med_ms(prep), med_ms(rel)
 
 
+RELEASE_OPS = (("start", "begin"), ("started", "begin"), ("stopped", "end"), ("release", "end"))
+
+
+def bench_release_path(host, base, reps, nics=2):
+    """The hook calls libvirt makes synchronously around a *nics*-NIC vfpick domain's life
+    (``start begin``, ``started begin`` after the prepare; ``stopped end`` then ``release end``
+    at a destroy), each repeat a different defined domain whose claims a ``prepare begin``
+    (not timed) made active, as a start does. Returns {"OP SUBOP": ms, "destroy": ms} (destroy:
+    stopped end + release end, what `virsh destroy` waits for)."""
+    from vfpick import domscan
+
+    names = [n for n in sorted(host.resolved)
+             if len(domscan.scan(host.resolved[n]).meta_nics) == nics] or sorted(host.resolved)
+    times = {"%s %s" % op: [] for op in RELEASE_OPS}
+    times["destroy"] = []
+    for i in range(reps):
+        name = names[i % len(names)]
+        xml = host.resolved[name]
+        base.sample()
+        host.run_hook(name, xml)      # prepare begin: the claims go active
+        for op, subop in RELEASE_OPS:
+            times["%s %s" % (op, subop)].append(host.run_hook(name, xml, op, subop))
+        times["destroy"].append(times["stopped end"][-1] + times["release end"][-1])
+    return {k: med_ms(v) for k, v in times.items()}
+
+
+def run_release_path(quick=False, log=print, source=REPO, vfs_per_pf=16):
+    """The release-path cases alone, on a smaller host (default 128 VFs): {"ms": {...},
+    "site_ms", "bare_ms", ...}."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    root = tempfile.mkdtemp(prefix="vfpick-bench-", dir=shm)
+    disk = tempfile.mkdtemp(prefix="vfpick-bench-state-")
+    reps = 7 if quick else 21
+    try:
+        inst = Install(root, source)
+        inst.import_vfpick()
+        from vfpick import simhost
+
+        host = Host(inst, os.path.join(root, "h"), os.path.join(disk, "h"),
+                    simhost.bench_spec(vfs_per_pf=vfs_per_pf)).populate()
+        warm = Baseline()
+        bench_release_path(host, warm, 3)
+        base = Baseline()
+        ms = bench_release_path(host, base, reps)
+        res = {"source": source, "install": inst.how, "reps": reps, "vfs": host.n_vfs,
+               "claims": host.n_claims, "ms": ms, "site_ms": base.site_ms, "bare_ms": base.bare_ms,
+               "hook_shebang": host.hook_text.splitlines()[0]}
+        log("release path (%s): %s; python -c pass %.1f ms" % (source, ", ".join(
+            "%s %.1f ms" % kv for kv in ms.items()), base.site_ms))
+        return res
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
+
+
+def release_markdown(rp):
+    """Table rows of bench_release_path results *rp* ({"ms", "site_ms", "bare_ms"})."""
+    out = ["| hook call (vfpick's 2-NIC domain) | ms | ratio to `python -c pass` | ratio to "
+           "`python -IS -c pass` |", "|---|---:|---:|---:|"]
+    for key, ms in rp["ms"].items():
+        label = ("`stopped end` + `release end` (what `virsh destroy` waits for)" if key == "destroy"
+                 else "`%s`" % key)
+        out.append("| %s | %.1f | %.2f | %.2f |" % (label, ms, ms / rp["site_ms"], ms / rp["bare_ms"]))
+    return "\n".join(out)
+
+
 def foreign_xml(kind):
     """A domain that is not vfpick's: a GPU passthrough VM on libvirt's default network (the
     hook must scan it and read the config to tell), or a bridge-only VM (a byte search tells)."""
@@ -422,6 +488,10 @@ def run(quick=False, log=print, source=REPO, only=None):
         log("hook prepare %.1f ms, release %.1f ms; python -c pass %.1f ms, -IS %.1f ms"
             % (prep, rel, base.site_ms, base.bare_ms))
         base = Baseline()
+        res["release_path"] = {"ms": bench_release_path(host, base, reps), "site_ms": base.site_ms,
+                               "bare_ms": base.bare_ms}
+        log("release path: %s" % ", ".join("%s %.1f ms" % kv for kv in res["release_path"]["ms"].items()))
+        base = Baseline()
         res["hook_foreign"] = {"ms": bench_hook_foreign(host, base, reps), "site_ms": base.site_ms,
                                "bare_ms": base.bare_ms}
         for kind, (p, r) in res["hook_foreign"]["ms"].items():
@@ -505,6 +575,12 @@ def markdown(res):
     out.append("| `vfpick status` | %.1f | %.2f | | |" % (s["text_ms"], s["text_ms"] / s["site_ms"]))
     out.append("| `vfpick status --json` | %.1f | %.2f | | |" % (s["json_ms"], s["json_ms"] / s["site_ms"]))
     out.append("")
+    if "release_path" in res:
+        out.append("**Start and destroy hook calls** (libvirt runs them synchronously; the claims "
+                   "active after a `prepare begin`, as after a start):")
+        out.append("")
+        out.append(release_markdown(res["release_path"]))
+        out.append("")
     out.append("**Concurrent `vfpick resolve`** (2-NIC domains; each process resolves one after "
                "the other; all start together):")
     out.append("")

@@ -336,3 +336,90 @@ def test_real_libvirtd_started_before_and_after_the_hook(libvirtd, host):
         vfpick(host, "uninstall-hook", "--hooks-dir", hooks_dir)
         libvirtd.install_hook(lv.PLACEHOLDER_HOOK, "#!/bin/sh\n# %s\nexit 0\n" % lv.HOOK_MARK)
         libvirtd.restart()                   # the placeholder again: later tests need live hooks
+
+
+def _real_size_modules_dep(path, vfio_at=312_153):
+    """A modules.dep the size of a stock Debian 12 kernel's (~600 KiB), vfio-pci well past the
+    first 300 KB, and modules named like it that are not it (mlx5-vfio-pci, vfio-pci-core)."""
+    lines, size, i = [], 0, 0
+    placed = False
+    while size < 600_000:
+        if not placed and size >= vfio_at:
+            line = ("kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko "
+                    "kernel/drivers/vfio/vfio.ko kernel/drivers/vfio/vfio_iommu_type1.ko\n")
+            placed = True
+        else:
+            line = ("kernel/drivers/net/ethernet/vendor%d/driver%d.ko: kernel/net/core/dep%d.ko "
+                    "kernel/lib/helper%d.ko\n" % (i % 97, i, i % 13, i % 7))
+        lines.append(line)
+        size += len(line)
+        i += 1
+    text = "".join(lines)
+    path.write_text(text)
+    return text.index("kernel/drivers/vfio/pci/vfio-pci.ko:")
+
+
+def test_vfio_pci_found_in_a_real_size_modules_dep(fake):
+    f = fake()
+    offset = _real_size_modules_dep(f.modules / "modules.dep")
+    assert offset > 300_000 and os.path.getsize(f.modules / "modules.dep") > 580_000
+    finding = one(f.findings(), "vfio-pci")
+    assert finding.status == "ok", finding
+
+
+@pytest.mark.parametrize("dep, builtin", [
+    # only modules whose names merely contain vfio-pci
+    ("kernel/drivers/vfio/pci/mlx5/mlx5-vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko\n"
+     "kernel/drivers/vfio/pci/vfio-pci-core.ko: kernel/drivers/vfio/vfio.ko\n", ""),
+    ("", "kernel/drivers/vfio/pci/vfio-pci-core.ko\n"),
+])
+def test_modules_named_like_vfio_pci_are_not_it(fake, dep, builtin):
+    f = fake()
+    (f.modules / "modules.dep").write_text(dep)
+    (f.modules / "modules.builtin").write_text(builtin)
+    assert one(f.findings(), "vfio-pci").status == "fail"
+
+
+def test_vfio_pci_built_in_past_the_first_64k_of_modules_builtin(fake):
+    f = fake()
+    filler = "".join("kernel/drivers/misc/m%05d.ko\n" % i for i in range(4000))
+    (f.modules / "modules.builtin").write_text(filler + "kernel/drivers/vfio/pci/vfio-pci.ko\n")
+    assert len(filler) > 1 << 16
+    finding = one(f.findings(), "vfio-pci")
+    assert finding.status == "ok" and "built into" in finding.message, finding
+
+
+def test_vfio_pci_in_this_machines_own_modules_dep():
+    mods = os.path.join("/lib/modules", os.uname().release)
+    if not os.path.isfile(os.path.join(mods, "modules.dep")):
+        pytest.skip("this kernel has no %s/modules.dep" % mods)
+    where = check.vfio_pci_module(mods)
+    text = open(os.path.join(mods, "modules.dep")).read() + (
+        open(os.path.join(mods, "modules.builtin")).read()
+        if os.path.exists(os.path.join(mods, "modules.builtin")) else "")
+    assert (where is not None) == ("/vfio-pci.ko" in text)
+
+
+@pytest.mark.parametrize("daemon_delta, hook_delta", [
+    (0.5, 1.1),   # the daemon started 0.6 s before the hook, in the second before it
+    (0.9, 1.05),
+    (1.2, 1.1),   # after it, in the same second
+    (2.3, 1.1),
+])
+def test_daemon_line_compares_and_shows_times_at_one_resolution(fake, daemon_delta, hook_delta):
+    """/proc/stat's btime is whole seconds: the verdict and the two times printed must agree
+    (never "started 20:26:16, after the hook was installed (20:26:17)")."""
+    f = fake()
+    installed = BOOT + 1000 + hook_delta
+    f.install_hook(mtime=installed)
+    f.daemon(started=BOOT + 1000 + daemon_delta)
+    finding = one(f.findings(), "daemon")
+    shown = [s for s in finding.message.replace("(", " ").replace(")", " ").replace(",", " ").split()
+             if s.count(":") == 2]
+    started, hook = shown[0], shown[1]
+    if "after the hook" in finding.message:
+        assert started >= hook, finding
+    if "before the hook" in finding.message:
+        assert started <= hook, finding
+    if daemon_delta < hook_delta:
+        assert finding.status != "ok", finding   # it may well have started before the hook

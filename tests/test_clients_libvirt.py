@@ -7,12 +7,13 @@ with a simulated VF passes vfpick's prepare gate, then libvirt refuses it (no IO
 
 import shutil
 import subprocess
+import uuid as uuidmod
 
 from lxml import etree
 
 import libvirtd as lv
 from clitools import assert_user_error, hostdev_vfs, vfpick
-from test_e2e_libvirt import PASSTHROUGH_ERROR, env  # noqa: F401 (env: the fixture)
+from test_e2e_libvirt import PASSTHROUGH_ERROR, VFPICK_NS, env  # noqa: F401 (env: the fixture)
 
 
 def ops(env, name):
@@ -172,6 +173,118 @@ def test_detach_config_releases_the_claim_and_the_metadata(env):
     assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--config"),
                       "no interface with MAC")
     assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--live"), "is not running")
+
+
+def test_detach_of_a_nic_removed_behind_vfpicks_back_releases_claim_and_metadata(env):
+    name = env.define(nics=2)
+    claims = env.claims(name)
+    gone, kept = claims[0], claims[1]
+    # virsh detach-interface, not vfpick: libvirt drops the NIC, vfpick's claim and metadata stay
+    env.daemon.virsh("detach-interface", name, "hostdev", "--mac", gone["mac"], "--config")
+    xml = env.daemon.dumpxml(name, inactive=True)
+    assert hostdev_vfs(xml) == [kept["vf"]] and gone["mac"] in metadata_macs(xml)
+    proc = vfpick(env.host, "detach", name, gone["mac"], "--config", check=0)
+    out = proc.stdout.decode().strip().splitlines()
+    assert len(out) == 1 and "already removed" in out[0] and gone["vf"] in out[0], proc
+    assert proc.stderr == b"", proc.stderr
+    xml = env.daemon.dumpxml(name, inactive=True)
+    assert set(metadata_macs(xml)) == {kept["mac"]}
+    assert [c["vf"] for c in env.claims(name)] == [kept["vf"]]
+    # nothing of vfpick's is left for that MAC: now it is an unknown MAC again
+    assert_user_error(vfpick(env.host, "detach", name, gone["mac"], "--config"),
+                      "no interface with MAC")
+
+
+def links_of(env, vfs):
+    topo = env.host.topology()
+    return [topo.link_of[topo.vfs[vf].pf] for vf in vfs]
+
+
+def test_attach_does_not_count_a_stale_claim_of_the_domain_and_warns_when_distinct_fails(env):
+    """Four NICs on the host's four links; one removed behind vfpick's back leaves a stale claim
+    on link D. The attached NIC must go to D (the stale claim is no NIC of the domain), and the
+    next one, with every link taken, is best effort with a warning, as resolve gives."""
+    name = env.define(nics=4)
+    claims = env.claims(name)
+    assert len(set(links_of(env, [c["vf"] for c in claims]))) == 4
+    stale = claims[-1]
+    env.daemon.virsh("detach-interface", name, "hostdev", "--mac", stale["mac"], "--config")
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=NIC, check=0)
+    assert proc.stderr == b"", proc.stderr
+    vfs = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
+    assert len(vfs) == 4 and len(set(links_of(env, vfs))) == 4, links_of(env, vfs)
+    # the stale claim was reused or dropped: the domain's claims are its NICs, no more
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted(vfs)
+    assert NEW_MAC in {c["mac"] for c in env.claims(name)}
+    # a fifth NIC cannot be distinct: attached, with one warning line
+    fifth = NIC.replace(NEW_MAC.encode(), b"52:54:00:77:00:02")
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=fifth, check=0)
+    err = proc.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vfpick: warning: ") and "best effort" in err[0], err
+    assert "distinct=link" in err[0]
+    vfs = hostdev_vfs(env.daemon.dumpxml(name, inactive=True))
+    assert len(vfs) == 5 and len(set(links_of(env, vfs))) == 4
+
+
+def running_with_next_definition(env, mac="52:54:00:10:00:01"):
+    """A running plain domain with vfpick's metadata whose persistent definition (redefined
+    while it runs) holds one resolved VF NIC: (name, uuid, that VF). A live VF cannot run here
+    (no IOMMU), so the live side is what a guest looks like after QEMU unplugged its VF."""
+    name, uuid = env.daemon.unique_name("lo"), str(uuidmod.uuid4())
+    want = lv.domain_xml(name, uuid=uuid, devices="<interface type='network'><mac address='%s'/>"
+                         "<source network='fast'/></interface>" % mac)
+    resolved = vfpick(env.host, "resolve", "-", input=want.encode(), check=0).stdout
+    meta = etree.fromstring(resolved).find("metadata/{%s}domain" % VFPICK_NS)
+    plain = lv.domain_xml(name, uuid=uuid, metadata=etree.tostring(meta).decode(), devices=(
+        "<interface type='user'><mac address='52:54:00:10:00:09'/><model type='e1000'/></interface>"))
+    env.virsh_define(plain)
+    env.daemon.virsh("start", name)
+    assert env.daemon.is_running(name)
+    env.virsh_define(resolved.decode())   # the next start's definition: the resolved VF
+    [defined_vf] = hostdev_vfs(resolved)
+    return name, uuid, defined_vf
+
+
+def put_claim(env, **fields):
+    from vfpick import config as configmod, resolver
+    from vfpick.records import Claim
+
+    topo = env.host.topology()
+    pf = topo.vfs[fields["vf"]].pf
+    claim = Claim(pf=pf, link=topo.link_of[pf], pool="fast", pending=None, applied=None,
+                  restore=None, **fields)
+    with resolver.store_for(configmod.load(env.host.config_path)).transaction() as claims:
+        claims.put(claim)
+
+
+def test_release_drops_a_claim_that_only_the_ending_live_domain_used(env):
+    """A --live-only NIC's claim must not outlive it: when the domain stops, the claim whose VF
+    its persistent definition does not use is dropped; the definition's own stays reserved.
+    (The live-only claim is written as a live attach leaves it, active.)"""
+    name, uuid, defined_vf = running_with_next_definition(env)
+    live_only = [vf for vf in sorted(env.host.topology().vfs) if vf != defined_vf][0]
+    put_claim(env, vf=live_only, domain=name, uuid=uuid, mac="52:54:00:10:00:02", active=True)
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted([defined_vf, live_only])
+    env.daemon.virsh("destroy", name)
+    assert ops(env, name)[-2:] == [("stopped", "end"), ("release", "end")]
+    assert [(c["vf"], c["active"]) for c in env.claims(name)] == [(defined_vf, False)]
+
+
+def test_a_lost_claim_is_settled_by_a_live_detach_of_the_unplugged_nic(env):
+    """status's fix for a lost claim: the running guest has no such NIC, the definition does:
+    `vfpick detach NAME MAC --live` exits 0 and the claim stays, reserved for the definition."""
+    mac = "52:54:00:10:00:01"
+    name, uuid, defined_vf = running_with_next_definition(env, mac)
+    put_claim(env, vf=defined_vf, domain=name, uuid=uuid, mac=mac, active=True)  # as prepare left it
+    [claim] = env.claims(name)
+    assert claim["lost"] is True and claim["active"] is False
+    proc = vfpick(env.host, "detach", name, mac, "--live", check=0)
+    out = proc.stdout.decode().strip().splitlines()
+    assert len(out) == 1 and "already removed from its live definition" in out[0], out
+    assert "stays claimed" in out[0]
+    [claim] = env.claims(name)
+    assert (claim["vf"], claim["active"], claim["lost"]) == (defined_vf, False, False)
+    assert hostdev_vfs(env.daemon.dumpxml(name, inactive=True)) == [defined_vf]
 
 
 # --------------------------------------------------------------------------- failover

@@ -383,3 +383,26 @@ def test_a_pool_with_none_of_its_pfs_refuses_in_one_line_the_others_work(host):
     assert claims_file(host) is None
     proc = vfpick(host, "resolve", "-", input=domain("vm", pool="fast"))
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+
+
+def test_the_installed_hook_starts_no_interpreter_for_ops_vfpick_does_not_act_on(host, tmp_path):
+    """libvirt runs the hook synchronously on every start and destroy (start begin, started
+    begin, stopped end): those cost a shell, not a Python start. The baked interpreter is a
+    wrapper that records each call before it runs the real one."""
+    host.write_config()
+    mine = resolved(host, "mine", nics=1)
+    calls = tmp_path / "python-calls"
+    wrapper = tmp_path / "python3"
+    wrapper.write_text("#!/bin/sh\necho \"$@\" >> %s\nexec %s \"$@\"\n" % (calls, sys.executable))
+    wrapper.chmod(0o755)
+    installed = _install(tmp_path, host, python=str(wrapper))
+    for op, subop in (("start", "begin"), ("started", "begin"), ("stopped", "end"),
+                      ("attach", "begin"), ("shutdown", "end")):
+        proc = run_hook(host, "mine", op, subop, mine + b" " * (1 << 20), env={},
+                        hook_path=installed)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b""), (op, proc)
+        assert not calls.exists(), (op, calls.read_text())
+    for op, subop in hook.WANTED:
+        run_hook(host, "mine", op, subop, mine, env={}, hook_path=installed)
+    assert [line.split()[3:5] for line in calls.read_text().splitlines()] == [
+        list(pair) for pair in hook.WANTED]

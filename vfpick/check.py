@@ -30,9 +30,9 @@ version_commands: argv lists whose output ends with the daemon's libvirt version
 DAEMONS = ("libvirtd", "virtqemud")
 
 
-def _read(path):
+def _read(path, limit=1 << 16):
     try:
-        return safeio.read_text(path, 1 << 16, errors="replace")[:1 << 16]
+        return safeio.read_text(path, limit, errors="replace")[:limit]
     except OSError:
         return None
 
@@ -107,15 +107,38 @@ def _modules_dir(paths):
     return paths.modules_dir or os.path.join("/lib/modules", os.uname().release)
 
 
+# A stock Debian 12 modules.dep is ~526 KiB with vfio-pci at byte ~312,000: the kernel's module
+# lists are read whole (bounded, far above any real one).
+MODULES_LIST_MAX = 16 << 20
+
+
+def _module_name(path):
+    """kmod's name of a module file: basename before .ko, '-' as '_' (vfio-pci.ko.xz -> vfio_pci)."""
+    base = path.strip().rsplit("/", 1)[-1]
+    return base.split(".ko", 1)[0].replace("-", "_") if ".ko" in base else None
+
+
+def vfio_pci_module(modules_dir):
+    """Where vfio-pci comes from in *modules_dir*: "builtin", "module", or None. Pure over the
+    tree: modules.builtin (built into the kernel) and modules.dep (a loadable module), read whole,
+    each line's module matched by name (mlx5-vfio-pci and vfio-pci-core are not vfio-pci)."""
+    for fname, where in (("modules.builtin", "builtin"), ("modules.dep", "module")):
+        text = _read(os.path.join(modules_dir, fname), MODULES_LIST_MAX) or ""
+        for line in text.splitlines():
+            if _module_name(line.split(":", 1)[0]) == "vfio_pci":
+                return where
+    return None
+
+
 def check_vfio(sysfs_root, paths):
     if os.path.isdir(os.path.join(sysfs_root, "bus", "pci", "drivers", "vfio-pci")):
         return Finding("vfio-pci", OK, "vfio-pci driver loaded", "")
     mods = _modules_dir(paths)
-    if "/vfio-pci.ko" in (_read(os.path.join(mods, "modules.builtin")) or ""):
+    where = vfio_pci_module(mods)
+    if where == "builtin":
         return Finding("vfio-pci", OK, "vfio-pci built into the kernel", "")
-    dep = _read(os.path.join(mods, "modules.dep")) or ""
-    alias = _read(os.path.join(mods, "modules.alias")) or ""
-    if "/vfio-pci.ko" in dep or " vfio_pci\n" in alias:
+    alias = _read(os.path.join(mods, "modules.alias"), MODULES_LIST_MAX) or ""
+    if where == "module" or " vfio_pci\n" in alias:
         return Finding("vfio-pci", OK, "vfio-pci module available in %s (libvirt loads it for "
                        "managed hostdevs)" % mods, "")
     return Finding("vfio-pci", FAIL, "no vfio-pci: not loaded (%s) and not in %s"
@@ -270,14 +293,29 @@ def _pid_of(paths):
 
 def process_start(proc_root, pid):
     """Start time of *pid* (seconds since the epoch), from /proc/PID/stat and /proc/stat btime."""
+    found = _process_start(proc_root, pid)
+    return found and found[0]
+
+
+def _process_start(proc_root, pid):
+    """(start time, resolution in seconds) of *pid*, or None. The start is ticks since boot
+    (CLOCK_BOOTTIME) plus the boot time: this kernel's own clocks give that to the tick; a
+    /proc/stat btime (another proc root) only to the whole second it truncates to."""
+    import time
+
     text = _read(os.path.join(proc_root, str(pid), "stat"))
-    boot = [line.split()[1] for line in (_read(os.path.join(proc_root, "stat")) or "").splitlines()
-            if line.startswith("btime ")]
-    if not text or not boot:
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    if os.path.realpath(proc_root) == "/proc":
+        boot, resolution = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME), tick
+    else:
+        boot = [line.split()[1] for line in (_read(os.path.join(proc_root, "stat")) or "").splitlines()
+                if line.startswith("btime ")]
+        boot, resolution = (boot[0] if boot else None), 1.0
+    if not text or boot is None:
         return None
     fields = text.rsplit(")", 1)[-1].split()
     try:
-        return int(boot[0]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+        return float(boot) + int(fields[19]) * tick, resolution  # field 22: starttime
     except (IndexError, ValueError):
         return None
 
@@ -303,14 +341,22 @@ def check_daemon(paths, hook_mtime):
     if pid is None:
         return Finding("daemon", WARN, "no libvirtd or virtqemud running",
                        "systemctl start libvirtd (or virtqemud)")
-    started = process_start(paths.proc_root, pid)
+    found = _process_start(paths.proc_root, pid)
+    started, resolution = found or (None, None)
     if hook_mtime is None or started is None:
         return Finding("daemon", OK if started else WARN, "%s running (pid %d)" % (name, pid),
                        "" if started else "cannot read its start time in %s" % paths.proc_root)
-    # /proc/stat's btime is whole seconds: a second of doubt goes to the daemon.
-    if started + 1 >= hook_mtime:
+    # The true start lies in [started, started + resolution): only outside that window is the
+    # order known, so what is printed (whole seconds of both) never contradicts the verdict.
+    if started >= hook_mtime:
         return Finding("daemon", OK, "%s (pid %d) started %s, after the hook was installed (%s)"
                        % (name, pid, _iso(started), _iso(hook_mtime)), "")
+    if started + resolution > hook_mtime:
+        return Finding("daemon", WARN, "%s (pid %d) started %s, within %g s of the hook's "
+                       "install (%s): %s cannot tell which came first"
+                       % (name, pid, _iso(started), resolution, _iso(hook_mtime),
+                          "/proc/stat's whole-second boot time" if resolution >= 1 else
+                          "the clock tick"), "systemctl restart %s to be sure" % name)
     others = _other_hooks(paths, started)
     if others:
         return Finding("daemon", WARN, "%s (pid %d) started %s, before the hook was installed (%s); "
@@ -419,6 +465,29 @@ def check_state(config):
                    % (path, uid, stat.S_IMODE(st.st_mode), count), "")
 
 
+def check_lost(config):
+    """Active claims whose VF the running domain no longer has (stale.lost_vfs)."""
+    from vfpick import stale
+    from vfpick.errors import VfpickError
+    from vfpick.state import StateStore
+
+    try:
+        claims = StateStore(config.state_dir).snapshot().all()
+    except VfpickError:
+        claims = []  # check_state reports the state itself
+    lost = stale.lost_vfs(claims, stale.domain_index(config))
+    if not lost:
+        return Finding("claims", OK, "every active claim's VF is in its running domain", "")
+    mine = [c for c in claims if c.vf in lost]
+    first = mine[0]
+    return Finding("claims", WARN, "%d active claim(s) on VFs their running domain no longer has "
+                   "(VF %s of '%s', MAC %s): QEMU unplugged it (sriov_numvfs changed under the "
+                   "guest?); the guest runs without that NIC"
+                   % (len(mine), first.vf, first.domain, first.mac),
+                   "vfpick detach %s %s --live (the claim stays reserved for the definition), or "
+                   "restart the domain to plug the VF back" % (first.domain, first.mac))
+
+
 # ---------------------------------------------------------------- all of it
 
 def run(config_path, paths=None):
@@ -444,6 +513,7 @@ def run(config_path, paths=None):
     findings.append(check_watcher(paths))
     if config:
         findings.append(check_state(config))
+        findings.append(check_lost(config))
     return findings
 
 

@@ -23,6 +23,10 @@ MAX_KEPT = 32 << 20
 NS_MARK = b"vfpick.org/xmlns/libvirt/domain/1.0"
 # Every domain vfpick could care about holds one of these words (libvirt writes them literally).
 MARKS = (NS_MARK, b"network", b"hostdev")
+# The ops vfpick acts on; every other one (start, started, stopped, ...) exits 0 at once. The
+# installed hook's sh part exits for those before starting Python (installhook).
+WANTED = (("prepare", "begin"), ("release", "end"), ("reconnect", "begin"),
+          ("migrate", "begin"), ("restore", "begin"))
 # Where libvirt keeps networks when the config (and its libvirt_config_dir) cannot be read.
 NETWORK_DIRS = ("/etc/libvirt/qemu/networks", "/run/libvirt/network")
 
@@ -208,8 +212,9 @@ def release(config, name, facts, netlink_factory=None):
         return []  # no claims at all: create nothing (not even the state dir or its lock)
     except OSError:
         pass  # the transaction names what is wrong with the state dir
-    persistent = os.path.exists(os.path.join(config.libvirt_config_dir, name + ".xml")) \
-        if "/" not in name else False
+    definition_path = os.path.join(config.libvirt_config_dir, name + ".xml")
+    persistent = os.path.exists(definition_path) if "/" not in name else False
+    definition = _definition(definition_path) if persistent else None
     with store.transaction() as claims:
         mine = claims.for_uuid(facts.uuid)
         if not mine:
@@ -218,10 +223,38 @@ def release(config, name, facts, netlink_factory=None):
             from vfpick import vfsettings
 
             return vfsettings.put_back(config, claims.drop_uuid(facts.uuid), netlink_factory)
+        # What only the ending live domain used (a --live-only NIC) ends with it; the
+        # definition's own claims stay, reserved. Unreadable definition: nothing is dropped.
+        ended = _unused(mine, definition)
         for claim in mine:
-            if claim.active:
+            if claim in ended:
+                claims.drop(claim.vf)
+            elif claim.active:
                 claims.put(claim._replace(active=False))
+        if ended:
+            from vfpick import vfsettings
+
+            return vfsettings.put_back(config, ended, netlink_factory)
     return []
+
+
+def _definition(path):
+    """DomainFacts of the persistent definition at *path*, or None when it cannot be scanned."""
+    from vfpick import domscan
+    from vfpick.errors import XmlError
+
+    try:
+        return domscan.scan_file(path)
+    except (OSError, XmlError):
+        return None
+
+
+def _unused(mine, definition):
+    if definition is None:
+        return []
+    from vfpick import stale
+
+    return stale.unused_claims(mine, [definition])
 
 
 def refilter(config, data):
@@ -243,10 +276,8 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
         return 1
     name, op = argv[0], argv[1]
     subop = argv[2] if len(argv) > 2 else "-"
-    wanted = {("prepare", "begin"), ("release", "end"), ("reconnect", "begin"),
-              ("migrate", "begin"), ("restore", "begin")}
     data, marks = read_input(stdin)
-    if (op, subop) not in wanted or not marks:
+    if (op, subop) not in WANTED or not marks:
         return 0
     # A failed reconnect makes libvirt kill a running guest, and release's status is ignored:
     # those report and exit 0; the gatekeeping and filter ops refuse with 1.

@@ -122,13 +122,15 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
         docs = [DomainXml.parse(x) for x in xmls.values()]
         if mac is not None and any(mac in d.macs() for d in docs):
             raise VfpickError("domain '%s' already has an interface with MAC %s" % (name, mac))
-        in_use = {vf for x in xmls.values() for vf, _mac in domscan.scan(x).hostdev_vfs}
+        # Both definitions, whichever is changed: a claim neither uses is no NIC of the domain.
+        definitions = [domscan.scan(x) for x in _definitions(libvirt, dom, xmls)]
         # Policy overrides and NUMA placement: from the persistent side when it is changed.
         # Pending until libvirt answered: a reconcile listing the domain meanwhile (without
         # the new VF) must not drop it (docs/DESIGN.md, "Reconcile").
         me = writer.me()
-        claim = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
-                                         in_use, rng=rng, store=store, pending=me)
+        extra = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
+                                         definitions, rng=rng, store=store, pending=me)
+        claim, warnings = extra.claim, list(extra.warnings)
         assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
                                 link=claim.link)
         if iface.find("mac") is None:
@@ -141,10 +143,9 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
             # One call for both sides: libvirt changes live and persistent together or neither.
             dom.attachDeviceFlags(parts[targets[0][0]][0], flags)
         except libvirt.libvirtError as e:
-            _forget(store, claim)
+            resolver.roll_back_extra_nic(store, extra)
             raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)"
                                  % (name, virt._message(e))) from None
-        warnings = []
         for flag, label in targets:
             try:
                 _set_metadata(libvirt, dom, flag, parts[flag][1])
@@ -154,6 +155,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
     finally:
         conn.close()
     resolver.settle_claims(store, claim.uuid, me)
+    warnings += resolver.end_unused(config, store, extra)
     if any(label == "live" for _, label in targets):
         _update(store, claim, active=True)
     out.write("attached %s to domain '%s' (%s): VF %s (PF %s, link %s)\n"
@@ -162,11 +164,14 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
     return warnings
 
 
-def _forget(store, claim):
-    """Drops *claim* unless someone changed it since (a rollback never drops another's claim)."""
-    with store.transaction() as claims:
-        if claims.get(claim.vf) == claim:
-            claims.drop(claim.vf)
+def _definitions(libvirt, dom, xmls):
+    """The live XML (when running) and the persistent one (when defined), reusing *xmls*."""
+    out = []
+    for flag, wanted in ((libvirt.VIR_DOMAIN_AFFECT_LIVE, dom.isActive()),
+                         (libvirt.VIR_DOMAIN_AFFECT_CONFIG, dom.isPersistent())):
+        if wanted:
+            out.append(xmls[flag] if flag in xmls else _xml(libvirt, dom, flag))
+    return out
 
 
 def _update(store, claim, active):
@@ -217,18 +222,24 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
         dom = virt.lookup(conn, who)
         name, uuid = dom.name(), dom.UUIDString()
         targets = _targets(libvirt, dom, live, persistent)
-        found = {}
+        found, removed = {}, []
         for flag, label in targets:
-            ifaces = _interfaces_with_mac(_xml(libvirt, dom, flag), wanted)
+            xml = _xml(libvirt, dom, flag)
+            ifaces = _interfaces_with_mac(xml, wanted)
             if not ifaces:
-                raise VfpickError("domain '%s' has no interface with MAC %s in its %s definition"
-                                  % (name, wanted, label))
+                # Removed behind vfpick's back (virsh detach-interface): vfpick's claim or
+                # metadata for the MAC is what is left to settle.
+                if not _ours(resolver.store_for(config), uuid, xml, wanted):
+                    raise VfpickError("domain '%s' has no interface with MAC %s in its %s "
+                                      "definition" % (name, wanted, label))
+                removed.append(label)
+                continue
             if not any(i.get("type") == "hostdev" for i in ifaces):
                 raise VfpickError("the interface %s of domain '%s' is not a VF (type '%s'): use "
                                   "virsh detach-interface" % (wanted, name, ifaces[0].get("type")))
             found[flag] = ifaces
         for flag, label in targets:
-            for iface in found[flag]:
+            for iface in found.get(flag, ()):
                 try:
                     dom.detachDeviceFlags(etree.tostring(iface).decode(), flag)
                 except libvirt.libvirtError as e:
@@ -271,8 +282,21 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
                 ended.append(claim)
         for warning in vfsettings.put_back(config, ended):
             sys.stderr.write("vfpick: warning: %s\n" % warning)
-    out.write("detached %s from domain '%s' (%s)%s\n" % (
-        wanted, name, " and ".join(label for _, label in targets),
-        "; released VF %s" % ", ".join(released) if released else
-        "; its VF stays claimed (the other definition still uses it)"))
+    detached = [label for _, label in targets if label not in removed]
+    out.write("%s%s%s\n" % (
+        "detached %s from domain '%s' (%s)" % (wanted, name, " and ".join(detached))
+        if detached else "NIC %s of domain '%s'" % (wanted, name),
+        "%s already removed from its %s definition (not by vfpick)"
+        % ("; it was" if detached else " was", " and ".join(removed)) if removed else "",
+        "; released VF %s and its metadata" % ", ".join(released) if released else
+        "; its VF stays claimed (the other definition still uses it)" if still else
+        "; its metadata is released"))
     return released
+
+
+def _ours(store, uuid, xml, mac):
+    """Whether vfpick still holds something for *mac* of the domain: a claim, or a vfpick:nic
+    entry in *xml* (its interface is gone)."""
+    if any(c.mac == mac for c in store.snapshot().for_uuid(uuid)):
+        return True
+    return any(domscan.normalize_mac(n.mac or "") == mac for n in domscan.scan(xml).meta_nics)

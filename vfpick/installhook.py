@@ -31,6 +31,12 @@ _HOOK = r"""#!/bin/sh
 "true" '''\'
 # libvirt qemu hook: qemu NAME OP SUBOP EXTRA, domain XML on stdin. libvirt scrubs the
 # variables of hooks, so the interpreter, the package dir and the config path are baked in.
+# libvirt runs hooks synchronously (stopped end, then release end, on every destroy): an op
+# vfpick does not act on costs no interpreter start. stdin is drained; the exit is 0 whatever.
+case "$2 $3" in
+%(wanted_sh)s) ;;
+*) cat >/dev/null 2>&1; exit 0 ;;
+esac
 if [ -x %(python_sh)s ]; then exec %(python_sh)s -IS "$0" "$@"; fi
 case "$2 $3" in
 "prepare begin"|"migrate begin"|"restore begin")
@@ -71,7 +77,7 @@ def hook_text(config_path, python=None, package_dir=None):
         import vfpick
 
         package_dir = os.path.dirname(os.path.dirname(os.path.abspath(vfpick.__file__)))
-    from vfpick.hook import NS_MARK
+    from vfpick.hook import NS_MARK, WANTED
 
     for baked in (python, package_dir):
         # Both sit in sh and Python literals and in sh messages: keep them plain.
@@ -85,6 +91,7 @@ def hook_text(config_path, python=None, package_dir=None):
     return _HOOK % {
         "marker": MARKER, "python_sh": _sh_quote(python),
         "mark_sh": _sh_quote(NS_MARK.decode()), "mark": NS_MARK, "package_dir": package_dir,
+        "wanted_sh": "|".join('"%s %s"' % pair for pair in WANTED),
         "config": os.path.abspath(config_path)}
 
 

@@ -37,15 +37,16 @@ def gather(config):
                  drained=snapshot.drained())
 
 
-def vf_state(vf, claims, busy):
+def vf_state(vf, claims, busy, lost=frozenset()):
     """free | reserved (claimed, domain not running) | active (a running domain uses it).
 
     A VF a running domain uses without a vfpick claim counts as active: it is not free, and
-    reconcile records it as that domain's claim.
+    reconcile records it as that domain's claim. A lost claim's VF (stale.lost_vfs: its running
+    domain no longer has it) is reserved: held, used by nobody.
     """
     claim = claims.get(vf)
     if claim is not None:
-        return "active" if claim.active else "reserved"
+        return "active" if claim.active and vf not in lost else "reserved"
     return "active" if vf in busy else "free"
 
 
@@ -94,6 +95,7 @@ def families(facts):
     """The metric families for *facts* (no I/O)."""
     config, topo, claims = facts.config, facts.topo, facts.claims
 
+    lost = stale.lost_vfs(claims.values(), facts.index)
     vfs = GaugeMetricFamily("vfpick_vfs", "VFs of a pool PF by state (free, reserved: claimed by "
                             "a stopped domain, active: used by a running domain)",
                             labels=["pool", "link", "pf", "state"])
@@ -102,7 +104,7 @@ def families(facts):
             pf = topo.pfs.get(pf_addr)
             if pf is None:
                 continue
-            counts = Counter(vf_state(vf, claims, facts.busy) for vf in pf.vfs if vf in topo.vfs)
+            counts = Counter(vf_state(vf, claims, facts.busy, lost) for vf in pf.vfs if vf in topo.vfs)
             for state in VF_STATES:
                 vfs.add_metric([pool.name, topo.link_of[pf_addr], pf_addr, state], counts[state])
 
@@ -126,6 +128,7 @@ def families(facts):
         for claim in domain_claims:
             nics[(name, claim.pool)] += 1
         is_bad = degraded(topo, config.pools, domain_claims, _domain_facts(facts.index, uuid))
+        is_bad = is_bad or any(c.vf in lost for c in domain_claims)  # a NIC unplugged
         bad[name] = bad.get(name, False) or is_bad  # names clash only for stale claims
     domain_nics = GaugeMetricFamily("vfpick_domain_nics", "VFs a domain holds from a pool",
                                     labels=["domain", "pool"])
@@ -142,7 +145,11 @@ def families(facts):
         "vfpick_claims_stale", "Claims whose domain libvirt no longer has (vfpick reconcile drops them)",
         value=sum(1 for c in claims.values() if c.uuid in stale_set))
 
-    return [vfs, up, speed, domain_nics, domain_degraded, claims_stale] + drained_families(facts) + [
+    claims_lost = GaugeMetricFamily(
+        "vfpick_claims_lost", "Active claims whose VF the running domain no longer has (QEMU "
+        "unplugged it: sriov_numvfs changed under the guest)", value=len(lost))
+
+    return [vfs, up, speed, domain_nics, domain_degraded, claims_stale, claims_lost] + drained_families(facts) + [
         build_info()]
 
 

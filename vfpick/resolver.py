@@ -282,15 +282,26 @@ def _asked_before_the_lock(network_exists):
     return remembered
 
 
-def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, store=None,
+ExtraNic = namedtuple("ExtraNic", "claim warnings unused")
+ExtraNic.__doc__ = """claim_extra_nic's answer. claim: the new NIC's; warnings: lines to show;
+unused: the domain's claims no definition used, as they were (dropped or reused by claim), for
+a rollback (roll_back_extra_nic) or, once libvirt accepted, their VF settings (end_unused)."""
+
+
+def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, store=None,
                     pending=None):
-    """Picks and claims (reserved) a VF for one more NIC of domain *doc* (hotplug); the Claim.
-    pending: the Writer about to ask libvirt to attach it (see settle_claims).
+    """Picks and claims (reserved) a VF for one more NIC of domain *doc* (hotplug); returns
+    ExtraNic. pending: the Writer about to ask libvirt to attach it (see settle_claims).
 
     The NIC is placed like one more NIC of a full resolve: distinct from the VFs the domain
-    already uses (*domain_vfs* and its claims count as held), the domain's policy overrides and
-    NUMA nodes from *doc*. mac None: a new one, unique among the domain's and every claim's.
+    uses (*definitions*: DomainFacts of its live and persistent XML; its claims they use count
+    as held too), the domain's policy overrides and NUMA nodes from *doc*. A claim of the
+    domain that no definition uses (stale.unused_claims) is no NIC of it: reused when the pick
+    lands on its VF, else dropped. Best effort that misses `distinct` is a warning, as in
+    resolve. mac None: a new one, unique among the domain's and every claim's.
     """
+    from vfpick import stale
+
     pool = config.pools[pool_name]
     dup = doc.duplicate_mac()
     if dup:
@@ -302,6 +313,7 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, sto
     topo = topology.for_config(config)
     busy = running_vfs(config)
     distinct, strict, numa = effective(pool, doc.overrides(pool_name))
+    domain_vfs = {vf for facts in definitions for vf, _mac in facts.hostdev_vfs + facts.actual_vfs}
     store = store or store_for(config)
     with store.transaction() as claims:
         macs = doc.macs() | {c.mac for c in claims.all() if c.mac and c.uuid != uuid}
@@ -309,16 +321,48 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, domain_vfs, rng=None, sto
             mac = _new_mac(macs, rng or random.SystemRandom())
         elif mac in macs:
             raise XmlError("MAC %s is already used by this domain or another domain's claim" % mac)
-        held = set(domain_vfs) | {c.vf for c in claims.for_uuid(uuid)}
+        mine = claims.for_uuid(uuid)
+        unused = {c.vf: c for c in stale.unused_claims(mine, definitions)}
+        held = domain_vfs | {c.vf for c in mine if c.vf not in unused}
         request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),), distinct=distinct,
                           strict=strict, numa=numa, policy=pool.policy,
                           numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)))
         [p] = policy.pick(topo, policy.in_service(pool.pfs, claims.drained()), claims.mapping(),
                           busy, request)
-        claim = Claim(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
-                      mac=mac, active=False, pending=pending, applied=None, restore=None)
+        warnings = _missing_pfs(config, pool)
+        units = {policy.unit_of(topo, distinct, topo.vfs[vf].pf) for vf in held if vf in topo.vfs}
+        if distinct != "none" and policy.unit_of(topo, distinct, p.pf) in units:
+            warnings.append("pool '%s': NIC %s of domain '%s' shares a %s with another of its NICs "
+                            "(distinct=%s is best effort: not enough free %ss)"
+                            % (pool_name, mac, doc.name, distinct, distinct, distinct))
+        fields = dict(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
+                      mac=mac, active=False, pending=pending)
+        reused = unused.get(p.vf)
+        # A reused claim keeps what it must put back on the VF (trust/spoofchk) when it ends.
+        claim = reused._replace(**fields) if reused else Claim(applied=None, restore=None, **fields)
+        for left in unused.values():
+            claims.drop(left.vf)
         claims.put(claim)
-    return claim
+    return ExtraNic(claim, warnings, tuple(unused.values()))
+
+
+def roll_back_extra_nic(store, extra):
+    """libvirt refused the NIC: its claim goes, the unused claims it replaced come back (no
+    claim changed); one someone changed since is left alone."""
+    with store.transaction() as claims:
+        if claims.get(extra.claim.vf) == extra.claim:
+            claims.drop(extra.claim.vf)
+        for old in extra.unused:
+            if claims.get(old.vf) is None:
+                claims.put(old)
+
+
+def end_unused(config, store, extra):
+    """libvirt took the NIC: the unused claims dropped for it end; their VFs get back the
+    settings vfpick applied (under the lock, as at prepare). Returns warnings."""
+    with store.transaction() as claims:
+        ended = [c for c in extra.unused if claims.get(c.vf) is None]
+        return vfsettings.put_back(config, ended)
 
 
 def settle_claims(store, uuid, writer):

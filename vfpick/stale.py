@@ -68,3 +68,35 @@ def stale_uuids(config, claims, index=None):
         return frozenset()
     return frozenset(c.uuid for c in claims if c.uuid not in index.defined
                      and c.uuid not in index.running and c.domain not in index.unsure)
+
+
+def lost_vfs(claims, index):
+    """frozenset of the VFs of *claims* marked active whose domain runs (its live XML is in the
+    run dir) without them: QEMU unplugged the VF (``sriov_numvfs`` lowered and raised under the
+    guest; a device removed behind vfpick's back). The recreated VF is back on its host driver;
+    the claim still holds it for the definition, but the running guest has no such NIC."""
+    if index is None:
+        return frozenset()
+    out = set()
+    for claim in claims:
+        live = index.running.get(claim.uuid)
+        if claim.active and live is not None and claim.vf not in {
+                vf for vf, _mac in live.hostdev_vfs + live.actual_vfs}:
+            out.add(claim.vf)
+    return frozenset(out)
+
+
+def unused_claims(claims, definitions):
+    """The claims of one domain that none of its *definitions* (DomainFacts of its live and/or
+    persistent XML) uses: neither their VF nor their MAC is one of its hostdev NICs. They are
+    left over (a NIC removed behind vfpick's back, a --live-only NIC once the domain stopped)
+    and must not count as the domain's NICs. A pending claim (a define or attach still waiting
+    for libvirt) is never unused: libvirt may be writing the definition that holds it."""
+    vfs, macs = set(), set()
+    for facts in definitions:
+        for vf, mac in facts.hostdev_vfs + facts.actual_vfs:
+            vfs.add(vf)
+            if mac:
+                macs.add(mac)
+    return [c for c in claims
+            if c.pending is None and c.vf not in vfs and not (c.mac and c.mac in macs)]

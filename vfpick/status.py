@@ -21,12 +21,15 @@ def _summed(rows):
     return {key: sum(r[key] for r in rows) for key in ("total", "claimed", "unmanaged_in_use", "free")}
 
 
-def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozenset()):
+def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozenset(),
+                  lost=frozenset()):
     """{"pools": [...], "claims": [...], "drained": [...]}: per pool, link and PF the counts;
     per claim the holder; the drained PFs.
 
     stale: UUIDs of domains libvirt no longer defines (vfpick.stale.stale_uuids).
     drained: PF addresses taken out of service (vfpick drain).
+    lost: VFs of active claims their running domain no longer has (vfpick.stale.lost_vfs):
+    reported ``active`` false, ``lost`` true.
     """
     pools = []
     for pool in config.pools.values():
@@ -57,6 +60,9 @@ def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozens
         row["link_up"] = link.up if link else None
         row["stale"] = claim.uuid in stale
         row["drained"] = claim.pf in drained
+        row["lost"] = claim.vf in lost
+        if row["lost"]:
+            row["active"] = False  # the running guest does not use it
         claim_rows.append(row)
     drained_rows = []
     for addr in sorted(drained, key=pci.sort_key):
@@ -120,8 +126,12 @@ def render_status(report):
                 notes.append("STALE (domain undefined: vfpick reconcile)")
             if c["drained"]:
                 notes.append("ON DRAINED PF")
+            if c.get("lost"):
+                notes.append("VF NOT IN DOMAIN (unplugged from the running guest: vfpick detach "
+                             "%s %s --live, or restart the domain)" % (c["domain"], c["mac"]))
+            active = "lost" if c.get("lost") else "yes" if c["active"] else "no"
             rows.append([c["domain"], c["uuid"], c["mac"], c["vf"], c["pf"], c["link"], c["pool"],
-                         "yes" if c["active"] else "no", " ".join(notes)])
+                         active, " ".join(notes)])
         lines += _table(rows, ["domain", "uuid", "mac", "vf", "pf", "link", "pool", "active", ""])
     else:
         lines.append("no claims")
