@@ -159,3 +159,36 @@ def test_cli_one_line_errors(cfg, conn, host, capsys, monkeypatch):
     assert cli.main(["rebalance", "--connect", URI, "--max-moves", "x"]) == 1
     assert cli.main(["rebalance", "--connect", URI, "--dry-run"]) == 0
     assert "no claims on an up link" in capsys.readouterr().out
+
+
+def test_a_pair_placed_on_one_link_while_the_others_were_drained_is_repaired_first(cfg, conn, host):
+    topo = host.topology()
+    others = frozenset(pf for pf in topo.pfs if topo.link_of[pf] != "ens1f0")
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(others)
+    define(cfg, "pair", nics=2)
+    assert links_of(cfg, host, conn, "pair") == ["ens1f0", "ens1f0"]  # best effort
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(frozenset())
+    status, out = rebalance(cfg, dry_run=True)
+    repair = [line for line in out.splitlines() if line.startswith("would repair pair NIC")]
+    assert status == 0 and len(repair) == 1 and repair[0].endswith("(restores distinct)")
+    assert not any(line.startswith("would move") for line in out.splitlines())
+    assert links_of(cfg, host, conn, "pair") == ["ens1f0", "ens1f0"]
+    status, out = rebalance(cfg)
+    assert status == 0 and "repaired pair NIC" in out, out
+    assert len(set(links_of(cfg, host, conn, "pair"))) == 2
+    assert sorted(c.vf for c in claims(cfg)) == sorted(
+        hostdev_vfs(conn.lookupByName("pair").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+
+def test_a_pair_that_cannot_be_made_distinct_is_named_in_one_line(cfg, conn, host):
+    topo = host.topology()
+    others = frozenset(pf for pf in topo.pfs if topo.link_of[pf] != "ens1f0")
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(others)
+    define(cfg, "pair", nics=2)
+    status, out = rebalance(cfg, dry_run=True)
+    assert status == 0
+    assert ("not distinct: pair: 2 NICs, pool fast has 1 links up with free VFs it may use "
+            "(distinct=link)") in out.splitlines(), out

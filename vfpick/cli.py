@@ -56,8 +56,10 @@ def cmd_status(args):
     topo = topology.for_config(cfg)
     snapshot = resolver.store_for(cfg).snapshot()
     claims = snapshot.mapping()
+    index = stale.domain_index(cfg)
     report = status.status_report(cfg, topo, claims, resolver.running_vfs(cfg),
-                                  stale.stale_uuids(cfg, claims.values()), snapshot.drained())
+                                  stale.stale_uuids(cfg, claims.values(), index), snapshot.drained(),
+                                  facts_of=lambda uuid: stale.domain_facts(index, uuid))
     print(status.to_json(report) if args.json else status.render_status(report))
     return 0
 

@@ -95,7 +95,8 @@ def apply(config, conn, gathered, out):
             status = 1
             continue
         for m in mine:
-            out.write(_move_line("moved", m) + "\n")
+            out.write(_move_line("repaired" if m.repair else "moved", m)
+                      + (" (restores distinct)\n" if m.repair else "\n"))
         moved += len(mine)
         domains_moved += 1
     return status, moved, domains_moved
@@ -116,12 +117,19 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
         out.write(_figure("before", plan.before) + "\n")
         for note in plan.notes:
             out.write("note: %s\n" % note)
+        for line in plan.unrepaired:
+            out.write("not distinct: %s\n" % line)
         for uuid in plan.skipped:
             out.write("left alone: %s: its VFs wait on a VF another move would free\n"
                       % gathered.domains[uuid].name)
         if dry_run:
+            # Redundancy first: the repairs, then the balancing moves (applied in plan order).
             for m in plan.moves:
-                out.write(_move_line("would move", m) + "\n")
+                if m.repair:
+                    out.write(_move_line("would repair", m) + " (restores distinct)\n")
+            for m in plan.moves:
+                if not m.repair:
+                    out.write(_move_line("would move", m) + "\n")
             out.write(_figure("after (planned)", plan.after) + "\n")
             out.write("dry run: would move %d NIC(s) of %d domain(s); nothing changed\n"
                       % (len(plan.moves), len({m.uuid for m in plan.moves})))

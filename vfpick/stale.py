@@ -68,3 +68,11 @@ def stale_uuids(config, claims, index=None):
         return frozenset()
     return frozenset(c.uuid for c in claims if c.uuid not in index.defined
                      and c.uuid not in index.running and c.domain not in index.unsure)
+
+
+def domain_facts(index, uuid):
+    """The DomainFacts of *uuid* in *index*: the live XML (what runs now) before the definition
+    (what runs next); None when *index* is None or has neither."""
+    if index is None:
+        return None
+    return index.running.get(uuid) or index.defined.get(uuid)
