@@ -267,3 +267,21 @@ def test_libvirt_unreachable_keeps_the_mark_and_says_to_run_again(cfg, conn, hos
     assert claims_of(cfg, d.uuid) == held
     code, out, err = run(host, capsys, "drain", held[0].pf, "--connect", URI)  # libvirt is back
     assert code == 0 and "1 domain(s) moved" in out, err
+
+
+def test_drain_moves_restore_the_distinct_level_on_the_way(cfg, conn, host, capsys):
+    topo = host.topology()
+    card2 = frozenset(pf for pf in topo.pfs if topo.link_of[pf] in ("ens2f0", "ens2f1"))
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(card2)
+    define(cfg, "web3", nics=3)
+    links = sorted(topo.link_of[c.pf] for c in claims(cfg))
+    assert len(set(links)) == 2  # best effort: 3 NICs on ens1f0, ens1f1
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(frozenset())
+    code, out, err = drain(host, capsys, "ens1f1")
+    assert code == 0 and err == "", err
+    assert "(restores distinct)" in out
+    after = [topo.link_of[c.pf] for c in claims(cfg)]
+    assert len(set(after)) == 3 and "ens1f1" not in after, after
+    assert sorted(c.vf for c in claims(cfg)) == sorted(hostdev_vfs(libvirt_xml(conn, "web3")))

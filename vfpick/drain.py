@@ -3,7 +3,8 @@
 Draining records the PFs in the state file (with the claims, under the same lock), so every
 pick from then on avoids them; then each stopped domain holding VFs there is moved elsewhere
 (vfpick/moves.py: the same pool, distinct rules kept, all or nothing per domain, redefined
-through libvirt). Running domains are never touched: they are listed with what to do. A
+through libvirt; redundancy first: its NICs that share a distinct unit move to a unit of their
+own on the way, where one has a free VF). Running domains are never touched: they are listed with what to do. A
 domain that cannot move is one problem; the others still move. The drain mark is written
 first and stays when some domain could not move: running drain again retries those.
 """
@@ -126,7 +127,8 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None):
 def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo):
     """The Move of one holder; DomainRunning when it runs (libvirt or its claims say so)."""
     if not dry_run:
-        return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo)
+        return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo,
+                                 repair=True)
     dom = virt.lookup(conn, holder.uuid)
     try:
         if dom.isActive() or any(c.active for c in planned.values() if c.uuid == holder.uuid):
@@ -134,7 +136,7 @@ def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo)
         data = virt.inactive_xml(dom)
     except virt.libvirt_error() as e:
         raise VfpickError("libvirt cannot describe it: %s" % virt._message(e)) from None
-    return moves.plan_move(config, topo, data, planned, busy, avoid=avoid)
+    return moves.plan_move(config, topo, data, planned, busy, avoid=avoid, repair=True)
 
 
 def undrain(config, name, store=None, topo=None):
