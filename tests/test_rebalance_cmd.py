@@ -192,3 +192,48 @@ def test_a_pair_that_cannot_be_made_distinct_is_named_in_one_line(cfg, conn, hos
     assert status == 0
     assert ("not distinct: pair: 2 NICs, pool fast has 1 links up with free VFs it may use "
             "(distinct=link)") in out.splitlines(), out
+
+
+def test_live_names_running_domains_that_may_not_move_and_a_refused_live_move_is_one_line(
+        cfg, conn, host):
+    # A running 2-NIC domain sharing ens1f0 (placed while the rest was drained), plain VFs.
+    topo = host.topology()
+    others = frozenset(pf for pf in topo.pfs if topo.link_of[pf] != "ens1f0")
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(others)
+    define(cfg, "pair", nics=2)
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(frozenset())
+    conn.lookupByName("pair").create()  # the test driver runs it
+    before = sorted(c.vf for c in claims(cfg))
+    status, out = rebalance(cfg, dry_run=True, live=True)
+    assert status == 0
+    assert "running, not moved live: pair: NIC" in out and "is a plain VF" in out
+    assert "not distinct: pair: 2 NICs, pool fast: running (or unknown to libvirt), not moved" in out
+    # --allow-nic-gap: both NICs on one link, so neither has another NIC on a distinct link.
+    status, out = rebalance(cfg, dry_run=True, live=True, allow_gap=True)
+    assert "no other NIC on a distinct link" in out and "would repair" not in out
+    assert sorted(c.vf for c in claims(cfg)) == before
+
+
+def test_live_move_refused_by_libvirt_leaves_the_running_domain_on_its_vfs(cfg, conn, host):
+    kept = holes(cfg, conn)              # 3 one-NIC domains on ens1f0, running: fixed load
+    for name in kept:
+        conn.lookupByName(name).create()
+    topo = host.topology()
+    card2 = frozenset(pf for pf in topo.pfs if topo.link_of[pf] in ("ens2f0", "ens2f1"))
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(card2)
+    define(cfg, "pair", nics=2)          # ens1f0 + ens1f1: ens1f0 now holds 4
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(frozenset())
+    conn.lookupByName("pair").create()
+    before = sorted((c.vf, c.uuid, c.active) for c in claims(cfg))
+    status, out = rebalance(cfg, dry_run=True, live=True, allow_gap=True)
+    assert status == 0 and "would move pair NIC" in out and out.count(" live\n") == 1, out
+    status, out = rebalance(cfg, live=True, allow_gap=True)
+    # The test driver has no device hotplug: the live move stops at its first step.
+    refused = [line for line in out.splitlines() if line.startswith("not moved: ")]
+    assert status == 1 and len(refused) == 1, out
+    assert "libvirt refused to detach VF" in refused[0] and "nothing moved" in refused[0]
+    assert sorted((c.vf, c.uuid, c.active) for c in claims(cfg)) == before
