@@ -161,15 +161,21 @@ def test_cli_one_line_errors(cfg, conn, host, capsys, monkeypatch):
     assert "no claims on an up link" in capsys.readouterr().out
 
 
-def test_a_pair_placed_on_one_link_while_the_others_were_drained_is_repaired_first(cfg, conn, host):
+def defined_while_drained(cfg, host, name, nics, links, undrain=True):
+    """Defines *name* while every link but *links* is drained (a best-effort placement), then
+    undrains them again (unless told not to)."""
     topo = host.topology()
-    others = frozenset(pf for pf in topo.pfs if topo.link_of[pf] != "ens1f0")
     with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(others)
-    define(cfg, "pair", nics=2)
+        cs.set_drained(frozenset(pf for pf in topo.pfs if topo.link_of[pf] not in links))
+    define(cfg, name, nics=nics)
+    if undrain:
+        with resolver.store_for(cfg).transaction() as cs:
+            cs.set_drained(frozenset())
+
+
+def test_a_pair_placed_on_one_link_while_the_others_were_drained_is_repaired_first(cfg, conn, host):
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0"])
     assert links_of(cfg, host, conn, "pair") == ["ens1f0", "ens1f0"]  # best effort
-    with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(frozenset())
     status, out = rebalance(cfg, dry_run=True)
     repair = [line for line in out.splitlines() if line.startswith("would repair pair NIC")]
     assert status == 0 and len(repair) == 1 and repair[0].endswith("(restores distinct)")
@@ -183,11 +189,7 @@ def test_a_pair_placed_on_one_link_while_the_others_were_drained_is_repaired_fir
 
 
 def test_a_pair_that_cannot_be_made_distinct_is_named_in_one_line(cfg, conn, host):
-    topo = host.topology()
-    others = frozenset(pf for pf in topo.pfs if topo.link_of[pf] != "ens1f0")
-    with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(others)
-    define(cfg, "pair", nics=2)
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0"], undrain=False)
     status, out = rebalance(cfg, dry_run=True)
     assert status == 0
     assert ("not distinct: pair: 2 NICs, pool fast has 1 links up with free VFs it may use "
@@ -197,13 +199,7 @@ def test_a_pair_that_cannot_be_made_distinct_is_named_in_one_line(cfg, conn, hos
 def test_live_names_running_domains_that_may_not_move_and_a_refused_live_move_is_one_line(
         cfg, conn, host):
     # A running 2-NIC domain sharing ens1f0 (placed while the rest was drained), plain VFs.
-    topo = host.topology()
-    others = frozenset(pf for pf in topo.pfs if topo.link_of[pf] != "ens1f0")
-    with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(others)
-    define(cfg, "pair", nics=2)
-    with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(frozenset())
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0"])
     conn.lookupByName("pair").create()  # the test driver runs it
     before = sorted(c.vf for c in claims(cfg))
     status, out = rebalance(cfg, dry_run=True, live=True)
@@ -220,13 +216,7 @@ def test_live_move_refused_by_libvirt_leaves_the_running_domain_on_its_vfs(cfg, 
     kept = holes(cfg, conn)              # 3 one-NIC domains on ens1f0, running: fixed load
     for name in kept:
         conn.lookupByName(name).create()
-    topo = host.topology()
-    card2 = frozenset(pf for pf in topo.pfs if topo.link_of[pf] in ("ens2f0", "ens2f1"))
-    with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(card2)
-    define(cfg, "pair", nics=2)          # ens1f0 + ens1f1: ens1f0 now holds 4
-    with resolver.store_for(cfg).transaction() as cs:
-        cs.set_drained(frozenset())
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0", "ens1f1"])  # ens1f0 now holds 4
     conn.lookupByName("pair").create()
     before = sorted((c.vf, c.uuid, c.active) for c in claims(cfg))
     status, out = rebalance(cfg, dry_run=True, live=True, allow_gap=True)
