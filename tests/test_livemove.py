@@ -81,14 +81,17 @@ class Checked(virt.Devices):
     """The --config devices; every libvirt call asserts the claims lock is free, and the steps
     listed in *fail* are refused by libvirt for real (XML it rejects)."""
 
-    def __init__(self, env, dom, fail=(), keep_device=False):
-        virt.Devices.__init__(self, dom, live=False)
-        self.env, self.fail, self.keep_device, self.calls = env, list(fail), keep_device, []
+    def __init__(self, env, dom, fail=(), keep_device=False, live=False):
+        virt.Devices.__init__(self, dom, live=live)
+        self.env, self.fail, self.keep_device, self.calls = env, set(fail), keep_device, []
 
     def _step(self, what):
+        """True when this call is to be refused: 'attach' is the first attach, 'attach#2' the
+        second."""
         assert lock_is_free(self.env), "libvirt called under the claims lock (%s)" % what
         self.calls.append(what)
-        return what in self.fail and not self.fail.remove(what)
+        n = self.calls.count(what)
+        return ("%s#%d" % (what, n) if n > 1 else what) in self.fail
 
     def detach(self, iface_xml):
         if self._step("detach"):
@@ -140,8 +143,8 @@ def test_a_failover_nic_moves_step_by_step_and_keeps_its_mac_teaming_and_partner
 
 @pytest.mark.parametrize("fail, says", [
     (["detach"], "libvirt refused to detach VF"),
-    (["attach"], "is back, nothing moved"),
-    (["define"], "kept its definition (libvirt refused the new one"),
+    (["attach"], "libvirt refused to attach VF"),
+    (["define"], "libvirt refused the new definition"),
 ])
 def test_a_refused_step_leaves_the_nic_where_it_was_and_the_claims_as_they_were(fo, fail, says):
     name, dom, mac, to_vf = setup(fo)
@@ -149,6 +152,7 @@ def test_a_refused_step_leaves_the_nic_where_it_was_and_the_claims_as_they_were(
     with pytest.raises(LiveMoveFailed) as e:
         move(fo, Checked(fo, dom, fail=fail), name, dom, mac, to_vf)
     assert says in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).endswith("nothing moved")
     assert nics(fo, name) == before and claims(fo, name) == held
     assert meta_vfs(fo, name)[mac] == before[mac][0]
 
@@ -157,7 +161,7 @@ def test_attach_refused_and_the_old_vf_refused_too_leaves_the_virtio_partner_alo
     name, dom, mac, to_vf = setup(fo)
     before, held = nics(fo, name), claims(fo, name)
     with pytest.raises(LiveMoveFailed) as e:
-        move(fo, Checked(fo, dom, fail=["attach", "attach"]), name, dom, mac, to_vf)
+        move(fo, Checked(fo, dom, fail=["attach", "attach#2"]), name, dom, mac, to_vf)
     msg = str(e.value)
     assert "runs on its virtio partner alone" in msg and "keeps VF %s (claimed)" % before[mac][0] in msg
     assert mac not in nics(fo, name)                           # the VF half is out
@@ -165,6 +169,30 @@ def test_attach_refused_and_the_old_vf_refused_too_leaves_the_virtio_partner_alo
     assert [i.get("type") for i in root.findall("devices/interface")
             if i.find("mac").get("address") == mac] == ["bridge"]  # the virtio partner stays
     assert claims(fo, name) == held                            # no claim lost, none doubled
+
+
+def test_definition_refused_and_the_new_vf_refused_to_leave_keeps_both_claimed(fo):
+    name, dom, mac, to_vf = setup(fo)
+    before = nics(fo, name)
+    devices = Checked(fo, dom, fail=["define", "detach#2"])
+    with pytest.raises(LiveMoveFailed) as e:
+        move(fo, devices, name, dom, mac, to_vf)
+    assert devices.calls == ["detach", "attach", "define", "detach"]
+    assert "both stay claimed" in str(e.value) and "\n" not in str(e.value)
+    assert nics(fo, name)[mac][0] == to_vf                      # the new VF is attached
+    mine = {c["vf"]: c for c in fo.claims(name)}
+    assert {before[mac][0], to_vf} <= set(mine)                 # neither VF lost nor handed out
+    assert not any(c["active"] for c in mine.values())
+
+
+def test_live_on_a_domain_that_is_not_running_moves_nothing(fo):
+    name, dom, mac, to_vf = setup(fo)
+    before, held = nics(fo, name), claims(fo, name)
+    devices = Checked(fo, dom, live=True)
+    with pytest.raises(LiveMoveFailed) as e:
+        move(fo, devices, name, dom, mac, to_vf)
+    assert "is not running" in str(e.value) and devices.calls == []
+    assert nics(fo, name) == before and claims(fo, name) == held
 
 
 def test_a_guest_that_never_releases_the_vf_times_out_and_nothing_moves(fo):

@@ -179,6 +179,18 @@ def _mark(store, claim, active):
             claims.put(held._replace(active=active))
 
 
+def _both(store, old, new, live):
+    """Both VFs are the domain's now (the live side on *new*, the definition on *old*): the
+    reservation is no longer pending, the old claim no longer in use live."""
+    with store.transaction() as claims:
+        held = claims.get(new.vf)
+        if held is not None and held.uuid == new.uuid and held.mac == new.mac:
+            claims.put(held._replace(pending=None, active=live))
+        gone = claims.get(old.vf)
+        if gone is not None and gone.uuid == old.uuid and gone.mac == old.mac:
+            claims.put(gone._replace(active=False))
+
+
 def _settle(config, store, old, new, live):
     with store.transaction() as claims:
         held = claims.get(new.vf)
@@ -228,6 +240,10 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
     topo = topo or topology.for_config(config)
     busy = resolver.running_vfs(config) if busy is None else busy
     try:
+        if devices.live and not devices.running():
+            raise LiveMoveFailed("domain '%s' is not running (any more): nothing moved live; "
+                                 "'vfpick rebalance' or 'vfpick drain' moves it as a stopped "
+                                 "domain" % name)
         nic = vf_nics(devices.xml()).get(mac)
     except lv_error as e:
         raise LiveMoveFailed("libvirt cannot describe domain '%s': %s; nothing moved"
@@ -251,10 +267,10 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
         except lv_error as e:
             _mark(store, old, False)  # the definition still names it: reserved, not in use
             return LiveMoveFailed(
-                "domain '%s' %s, and VF %s could not be attached again (%s): it runs on %s; its "
+                "domain '%s': %s, and VF %s could not be attached again (%s): it runs on %s; its "
                 "definition keeps VF %s (claimed); run the move again or restart the domain"
                 % (name, why, nic.vf, _message(e), alone, nic.vf)), warnings
-        return LiveMoveFailed("domain '%s' %s; VF %s is back, nothing moved"
+        return LiveMoveFailed("domain '%s': %s; VF %s is back, nothing moved"
                               % (name, why, nic.vf)), warnings
 
     # 2. Detach the old VF, wait for libvirt to remove it.
@@ -268,13 +284,14 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
         _forget(config, store, new)
         raise LiveMoveFailed(
             "the guest of '%s' has not released VF %s within %g s: libvirt still lists it, so it "
-            "stays claimed and nothing moved; check the guest (ACPI hotplug), then run the move "
-            "again" % (name, nic.vf, timeout))
+            "stays claimed and nothing moved (should the guest let go later, it runs on %s); "
+            "check the guest (ACPI hotplug), then run the move again"
+            % (name, nic.vf, timeout, alone))
     # 3. Attach the new VF: same MAC, teaming, guest address.
     try:
         devices.attach(new_xml)
     except lv_error as e:
-        err, _ = put_old_back("refused VF %s (%s)" % (to_vf, _message(e)))
+        err, _ = put_old_back("libvirt refused to attach VF %s (%s)" % (to_vf, _message(e)))
         raise err from None
     # 4. The definition and the metadata follow.
     warnings = []
@@ -287,17 +304,21 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
         reason = _message(e) if isinstance(e, lv_error) else str(e)
         try:
             devices.detach(new_xml)
-            if not wait_removed(devices, to_vf, timeout, sleep=sleep):
-                raise LiveMoveFailed(
-                    "domain '%s': libvirt refused the new definition (%s) and the guest has not "
-                    "released VF %s within %g s: both VFs stay claimed; run 'vfpick reconcile' "
-                    "once it has" % (name, reason, to_vf, timeout))
+            released = wait_removed(devices, to_vf, timeout, sleep=sleep)
         except lv_error as e2:
+            _both(store, old, new, devices.live)
             raise LiveMoveFailed(
                 "domain '%s': libvirt refused the new definition (%s) and the detach of VF %s "
                 "(%s): it runs on VF %s, its definition names VF %s; both stay claimed"
                 % (name, reason, to_vf, _message(e2), to_vf, nic.vf)) from None
-        err, _ = put_old_back("kept its definition (libvirt refused the new one: %s)" % reason)
+        if not released:
+            _both(store, old, new, devices.live)
+            raise LiveMoveFailed(
+                "domain '%s': libvirt refused the new definition (%s) and the guest has not "
+                "released VF %s within %g s: both VFs stay claimed; run 'vfpick reconcile' once "
+                "it has" % (name, reason, to_vf, timeout))
+        err, _ = put_old_back("libvirt refused the new definition (%s), so VF %s left again"
+                              % (reason, to_vf))
         raise err from None
     if devices.live:
         try:

@@ -351,6 +351,9 @@ class Devices(object):
             return inactive_xml(self.dom)
         return self.dom.XMLDesc(self._lv.VIR_DOMAIN_XML_SECURE).encode("utf-8")
 
+    def running(self):
+        return bool(self.dom.isActive())
+
     def persistent_xml(self):
         return inactive_xml(self.dom) if self.dom.isPersistent() else None
 
