@@ -28,7 +28,7 @@ def _domains(config, conn, claims, topo, live=False, allow_gap=False):
         try:
             dom = conn.lookupByUUIDString(uuid)
             active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
-            live_xml = virt.Devices(dom).xml() if active else None
+            live_xml = virt.Devices(dom).xml() if active and (live or not persistent) else None
             doc = DomainXml.parse(virt.inactive_xml(dom) if persistent else live_xml)
         except (libvirt_error, VfpickError):
             continue  # gone or unreadable: not ours to move now (the planner keeps it fixed)
