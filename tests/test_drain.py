@@ -172,7 +172,8 @@ def test_running_domains_are_listed_with_what_to_do(cfg, conn, host, capsys):
     code, out, err = drain(host, capsys, netdev)
     assert code == 0, err
     assert ("running domain 'busy' (%s) stays on %s: migrate it to another host (virsh "
-            "migrate), or stop it and run 'vfpick repick busy'" % (busy.uuid, held.vf)) in out
+            "migrate), stop it and run 'vfpick repick busy', or drain with --live if its NICs "
+            "are failover pairs" % (busy.uuid, held.vf)) in out
     assert "moved domain '%s'" % idle[0] in out
     assert "1 domain(s) moved, 1 running, 0 could not move" in out
     assert sorted(claims_of(cfg, busy.uuid)) == busy_before
@@ -267,3 +268,56 @@ def test_libvirt_unreachable_keeps_the_mark_and_says_to_run_again(cfg, conn, hos
     assert claims_of(cfg, d.uuid) == held
     code, out, err = run(host, capsys, "drain", held[0].pf, "--connect", URI)  # libvirt is back
     assert code == 0 and "1 domain(s) moved" in out, err
+
+
+def test_drain_moves_restore_the_distinct_level_on_the_way(cfg, conn, host, capsys):
+    topo = host.topology()
+    card2 = frozenset(pf for pf in topo.pfs if topo.link_of[pf] in ("ens2f0", "ens2f1"))
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(card2)
+    define(cfg, "web3", nics=3)
+    links = sorted(topo.link_of[c.pf] for c in claims(cfg))
+    assert len(set(links)) == 2  # best effort: 3 NICs on ens1f0, ens1f1
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(frozenset())
+    code, out, err = drain(host, capsys, "ens1f1")
+    assert code == 0 and err == "", err
+    assert "(restores distinct)" in out
+    after = [topo.link_of[c.pf] for c in claims(cfg)]
+    assert len(set(after)) == 3 and "ens1f1" not in after, after
+    assert sorted(c.vf for c in claims(cfg)) == sorted(hostdev_vfs(libvirt_xml(conn, "web3")))
+
+
+def test_drain_live_of_a_plain_vf_nic_needs_allow_nic_gap_and_says_so(cfg, conn, host, capsys):
+    busy = define(cfg, "busy")
+    conn.lookupByName("busy").create()  # the test driver runs it
+    before = sorted(claims_of(cfg, busy.uuid))
+    netdev = host.topology().pfs[before[0].pf].netdev
+    state = state_bytes(cfg)
+    code, out, err = drain(host, capsys, netdev, "--live", "--dry-run")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("vfpick: running domain 'busy' stays on PF %s" % netdev)
+    assert "is a plain VF (no failover partner)" in err and "--allow-nic-gap" in err
+    assert state_bytes(cfg) == state
+    code, out, err = drain(host, capsys, netdev, "--allow-nic-gap")
+    assert code == 1 and err == "vfpick: --allow-nic-gap moves running domains' plain VF NICs: " \
+        "it needs --live\n"
+    assert state_bytes(cfg) == state
+    code, out, err = drain(host, capsys, netdev, "--live", "--allow-nic-gap", "--dry-run")
+    assert code == 0, err
+    assert "would move running domain 'busy' (%s) live:" % busy.uuid in out
+    assert state_bytes(cfg) == state and sorted(claims_of(cfg, busy.uuid)) == before
+
+
+def test_drain_live_where_libvirt_cannot_detach_leaves_the_domain_on_its_vf(cfg, conn, host,
+                                                                            capsys):
+    # The test driver has no device hotplug: the detach is refused for real, first step.
+    busy = define(cfg, "busy")
+    conn.lookupByName("busy").create()
+    before = sorted(claims_of(cfg, busy.uuid))
+    netdev = host.topology().pfs[before[0].pf].netdev
+    code, out, err = drain(host, capsys, netdev, "--live", "--allow-nic-gap")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "libvirt refused to detach VF %s from domain 'busy'" % before[0].vf in err
+    assert "it keeps the VF, nothing moved" in err
+    assert sorted(claims_of(cfg, busy.uuid)) == before  # no claim lost, none left behind

@@ -148,6 +148,11 @@ def test_degraded_follows_the_distinct_level_and_the_domains_override(
     else:
         resolve(host, "db", nics=nics, head=head)
     assert value(scrape(host), "vfpick_domain_degraded", domain="db") == degraded
+    # status names the same domains (table and JSON `degraded`), with the unit they share.
+    rows = [r for r in status_json(host)["degraded"] if r["domain"] == "db"]
+    assert len(rows) == degraded and all(len(r["macs"]) >= 2 for r in rows)
+    text = vfpick(host, "status", check=0).stdout.decode()
+    assert ("degraded: domain 'db'" in text) == bool(degraded)
 
 
 def test_stale_claims_are_counted(host):

@@ -159,3 +159,71 @@ def test_cli_one_line_errors(cfg, conn, host, capsys, monkeypatch):
     assert cli.main(["rebalance", "--connect", URI, "--max-moves", "x"]) == 1
     assert cli.main(["rebalance", "--connect", URI, "--dry-run"]) == 0
     assert "no claims on an up link" in capsys.readouterr().out
+
+
+def defined_while_drained(cfg, host, name, nics, links, undrain=True):
+    """Defines *name* while every link but *links* is drained (a best-effort placement), then
+    undrains them again (unless told not to)."""
+    topo = host.topology()
+    with resolver.store_for(cfg).transaction() as cs:
+        cs.set_drained(frozenset(pf for pf in topo.pfs if topo.link_of[pf] not in links))
+    define(cfg, name, nics=nics)
+    if undrain:
+        with resolver.store_for(cfg).transaction() as cs:
+            cs.set_drained(frozenset())
+
+
+def test_a_pair_placed_on_one_link_while_the_others_were_drained_is_repaired_first(cfg, conn, host):
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0"])
+    assert links_of(cfg, host, conn, "pair") == ["ens1f0", "ens1f0"]  # best effort
+    status, out = rebalance(cfg, dry_run=True)
+    repair = [line for line in out.splitlines() if line.startswith("would repair pair NIC")]
+    assert status == 0 and len(repair) == 1 and repair[0].endswith("(restores distinct)")
+    assert not any(line.startswith("would move") for line in out.splitlines())
+    assert links_of(cfg, host, conn, "pair") == ["ens1f0", "ens1f0"]
+    status, out = rebalance(cfg)
+    assert status == 0 and "repaired pair NIC" in out, out
+    assert len(set(links_of(cfg, host, conn, "pair"))) == 2
+    assert sorted(c.vf for c in claims(cfg)) == sorted(
+        hostdev_vfs(conn.lookupByName("pair").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+
+def test_a_pair_that_cannot_be_made_distinct_is_named_in_one_line(cfg, conn, host):
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0"], undrain=False)
+    status, out = rebalance(cfg, dry_run=True)
+    assert status == 0
+    assert ("not distinct: pair: 2 NICs, pool fast has 1 links up with free VFs it may use "
+            "(distinct=link)") in out.splitlines(), out
+
+
+def test_live_names_running_domains_that_may_not_move_and_a_refused_live_move_is_one_line(
+        cfg, conn, host):
+    # A running 2-NIC domain sharing ens1f0 (placed while the rest was drained), plain VFs.
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0"])
+    conn.lookupByName("pair").create()  # the test driver runs it
+    before = sorted(c.vf for c in claims(cfg))
+    status, out = rebalance(cfg, dry_run=True, live=True)
+    assert status == 0
+    assert "running, not moved live: pair: NIC" in out and "is a plain VF" in out
+    assert "not distinct: pair: 2 NICs, pool fast: running (or unknown to libvirt), not moved" in out
+    # --allow-nic-gap: both NICs on one link, so neither has another NIC on a distinct link.
+    status, out = rebalance(cfg, dry_run=True, live=True, allow_gap=True)
+    assert "no other NIC on a distinct link" in out and "would repair" not in out
+    assert sorted(c.vf for c in claims(cfg)) == before
+
+
+def test_live_move_refused_by_libvirt_leaves_the_running_domain_on_its_vfs(cfg, conn, host):
+    kept = holes(cfg, conn)              # 3 one-NIC domains on ens1f0, running: fixed load
+    for name in kept:
+        conn.lookupByName(name).create()
+    defined_while_drained(cfg, host, "pair", 2, ["ens1f0", "ens1f1"])  # ens1f0 now holds 4
+    conn.lookupByName("pair").create()
+    before = sorted((c.vf, c.uuid, c.active) for c in claims(cfg))
+    status, out = rebalance(cfg, dry_run=True, live=True, allow_gap=True)
+    assert status == 0 and "would move pair NIC" in out and out.count(" live\n") == 1, out
+    status, out = rebalance(cfg, live=True, allow_gap=True)
+    # The test driver has no device hotplug: the live move stops at its first step.
+    refused = [line for line in out.splitlines() if line.startswith("not moved: ")]
+    assert status == 1 and len(refused) == 1, out
+    assert "libvirt refused to detach VF" in refused[0] and "nothing moved" in refused[0]
+    assert sorted((c.vf, c.uuid, c.active) for c in claims(cfg)) == before

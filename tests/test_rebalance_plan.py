@@ -265,3 +265,86 @@ def test_figures_for_the_benchmark():
         h.add("d%d" % i, ["c0p0"])
     f = rebalance.figures(h.topo, h.pools, h.claims, {})
     assert f.load == per_25g(4) and f.busiest == "c0p0" and f.optimum == per_25g(1)
+
+
+# Redundancy first: domains that share a unit today (best effort) are repaired where VFs allow.
+
+THREE_LINKS = [[{"vfs": 2}, {"vfs": 2}], [{"vfs": 2}]]
+FAST_SLOW = [[{"speed": 100000, "vfs": 8}], [{"speed": 10000, "vfs": 8}]]
+ONE_FREE = [[{"vfs": 4}, {"vfs": 1}]]
+RUNNING = False
+
+
+@pytest.mark.parametrize("name, cards, domains, avoid, moves, repaired, unrepaired", [
+    ("issue 19: a 3-NIC domain on c1p1, c1p0, c1p1 after churn, free VFs elsewhere",
+     FOUR_LINKS, [("web3", ["c1p1", "c1p0", "c1p1"]), ("a", ["c0p0"]), ("b", ["c0p1"])],
+     [], 1, ["web3"], []),
+    ("issue 19: a 2-NIC domain collided on c0p1 by a drain of c0p0; two VFs freed on c1p0",
+     THREE_LINKS, [("pair", ["c0p1", "c0p1"])], ["c0p0"], 1, ["pair"], []),
+    ("balanced already (2 per link at best): the repair alone is made",
+     FOUR_LINKS, [("pair", ["c0p0", "c0p0"]), ("a", ["c0p1"]), ("b", ["c1p0"]), ("c", ["c1p1"])],
+     [], 1, ["pair"], []),
+    ("a repair that costs balance is made: the pair needs the 10G link",
+     FAST_SLOW, [("pair", ["c0p0", "c0p0"])], [], 1, ["pair"], []),
+    ("3 NICs, 2 links: cannot be distinct, named with why, nothing moves",
+     [[{"vfs": 8}, {"vfs": 8}]], [("web3", ["c0p0", "c0p0", "c0p1"])], [], 0, [],
+     ["web3: 3 NICs, pool fast has 2 links up with free VFs it may use (distinct=link)"]),
+    ("a running domain sharing a link is named, never moved",
+     FOUR_LINKS, [("live", ["c0p0", "c0p0"], RUNNING)], [], 0, [],
+     ["live: 2 NICs, pool fast: running (or unknown to libvirt), not moved"]),
+    ("two pairs want the one free VF on c0p1: the first by name gets it",
+     ONE_FREE, [("x", ["c0p0", "c0p0"]), ("y", ["c0p0", "c0p0"])], [], 1, ["x"],
+     ["y: 2 NICs, pool fast: the free VFs on other links are needed by other domains' NICs "
+      "(distinct=link)"]),
+    ("a repair never lands on a drained PF: the only other link is drained",
+     [[{"vfs": 8}, {"vfs": 8}]], [("pair", ["c0p0", "c0p0"])], ["c0p1"], 0, [],
+     ["pair: 2 NICs, pool fast has 1 links up with free VFs it may use (distinct=link)"]),
+])
+def test_repairs_come_first(name, cards, domains, avoid, moves, repaired, unrepaired):
+    h = Host(cards=cards)
+    for entry in domains:
+        h.add(entry[0], entry[1], movable=entry[2] if len(entry) > 2 else True)
+    p = h.plan(avoid=frozenset(h.pf_of(link) for link in avoid))
+    assert len(p.moves) == moves, name  # fewest: one per NIC beyond the first on a unit
+    assert sorted({m.domain for m in p.moves if m.repair}) == repaired, name
+    assert list(p.unrepaired) == unrepaired, name
+    after = h.after(p)
+    for dom in repaired:
+        links = after["uuid-" + dom]
+        assert len(set(links)) == len(links), (name, links)
+    assert all(m.to_link not in avoid for m in p.moves), name
+    if p.optimum is not None and not any(len(e) > 2 for e in domains):
+        assert p.after.load <= p.optimum * rebalance.SLACK, name
+
+
+def test_repairs_and_balancing_in_one_plan_with_fewest_moves():
+    # c0p0 holds 5 (pair twice + 3 singles); the pair must split and the link drain to 2.
+    h = Host()
+    h.add("pair", ["c0p0", "c0p0"])
+    for i in range(3):
+        h.add("s%d" % i, ["c0p0"])
+    p = h.plan()
+    assert p.optimum == per_25g(2) and p.after.load == per_25g(2)
+    assert [m.domain for m in p.moves if m.repair] == ["pair"]
+    assert len(p.moves) == 3  # 5 on c0p0 -> 2: three NICs leave, one of them the pair's
+    links = h.after(p)["uuid-pair"]
+    assert len(set(links)) == 2
+
+
+def test_the_optimum_counts_the_domains_made_distinct():
+    # 100G + 10G: 4 NICs of one domain sharing the 100G link would weigh 4/100000 there;
+    # made distinct (distinct=pf on a 2-PF NPAR 100G port + 10G): the 10G link carries one.
+    h = Host(cards=FAST_SLOW)
+    h.add("pair", ["c0p0", "c0p0"])
+    assert rebalance.figures(h.topo, h.pools, h.claims, {}).optimum == Fraction(1, 10000)
+
+
+def test_max_moves_below_the_repairs_repairs_what_it_can_and_names_the_rest():
+    h = Host()
+    h.add("pair", ["c0p0", "c0p0"])
+    h.add("pair2", ["c0p1", "c0p1"])
+    p = h.plan(max_moves=0)
+    assert p.moves == () and len(p.unrepaired) == 2
+    p = h.plan(max_moves=1)
+    assert [m.domain for m in p.moves] == ["pair"] and p.moves[0].repair
+    assert p.unrepaired == ("pair2: --max-moves 1 is too few to repair it too; run rebalance again",)

@@ -60,7 +60,8 @@ def cmd_status(args):
     index = stale.domain_index(cfg)
     report = status.status_report(cfg, topo, claims, resolver.running_vfs(cfg),
                                   stale.stale_uuids(cfg, claims.values(), index), snapshot.drained(),
-                                  stale.lost_vfs(claims.values(), index))
+                                  stale.lost_vfs(claims.values(), index),
+                                  facts_of=lambda uuid: stale.domain_facts(index, uuid))
     print(status.to_json(report) if args.json else status.render_status(report))
     return 0
 
@@ -208,7 +209,9 @@ def cmd_drain(args):
     from vfpick import drain
 
     cfg = _load_config(args)
-    report = drain.drain(cfg, args.connect or cfg.connect, args.target, dry_run=args.dry_run)
+    _live_flags(args)
+    report = drain.drain(cfg, args.connect or cfg.connect, args.target, dry_run=args.dry_run,
+                         live=args.live, allow_gap=args.allow_nic_gap)
     for w in report.warnings:
         _warn(w)
     print("\n".join(drain.render(report, args.dry_run)))
@@ -232,8 +235,24 @@ def cmd_rebalance(args):
     from vfpick import rebalancecmd
 
     cfg = _load_config(args)
+    _live_flags(args)
     return rebalancecmd.cmd_rebalance(cfg, args.connect or cfg.connect, dry_run=args.dry_run,
-                                      max_moves=args.max_moves)
+                                      max_moves=args.max_moves, live=args.live,
+                                      allow_gap=args.allow_nic_gap)
+
+
+def _live_flags(args):
+    if args.allow_nic_gap and not args.live:
+        raise VfpickError("--allow-nic-gap moves running domains' plain VF NICs: it needs --live")
+
+
+def _add_live(p):
+    p.add_argument("--live", action="store_true",
+                   help="also move running domains whose NIC is a failover pair (virtio + VF, "
+                   "one MAC): the VF is detached and the new one attached live, one NIC at a time")
+    p.add_argument("--allow-nic-gap", action="store_true",
+                   help="with --live: also a running domain's plain VF NIC when another of its "
+                   "NICs is on a distinct link (the guest's bond carries the traffic meanwhile)")
 
 
 def cmd_install_hook(args):
@@ -340,6 +359,7 @@ def build_parser():
                        help="maintenance: new picks avoid a PF or link; its stopped domains move")
     p.add_argument("target", metavar="PF|LINK", help="PF netdev name, PCI address or link name")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _add_live(p)
     _add_connect(p)
     p.set_defaults(func=cmd_drain)
 
@@ -348,10 +368,12 @@ def build_parser():
     p.set_defaults(func=cmd_undrain)
 
     p = sub.add_parser("rebalance", parents=[common],
-                       help="move NICs of defined, stopped domains until the busiest link is "
-                       "within 5 %% of the best distinct placement")
+                       help="restore lost distinctness, then move NICs of defined, stopped "
+                       "domains until the busiest link is within 5 %% of the best distinct "
+                       "placement")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--max-moves", type=int, metavar="N", help="move at most N NICs")
+    _add_live(p)
     _add_connect(p)
     p.set_defaults(func=cmd_rebalance)
 

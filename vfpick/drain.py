@@ -3,7 +3,8 @@
 Draining records the PFs in the state file (with the claims, under the same lock), so every
 pick from then on avoids them; then each stopped domain holding VFs there is moved elsewhere
 (vfpick/moves.py: the same pool, distinct rules kept, all or nothing per domain, redefined
-through libvirt). Running domains are never touched: they are listed with what to do. A
+through libvirt; redundancy first: its NICs that share a distinct unit move to a unit of their
+own on the way, where one has a free VF). Running domains are never touched: they are listed with what to do. A
 domain that cannot move is one problem; the others still move. The drain mark is written
 first and stays when some domain could not move: running drain again retries those.
 """
@@ -20,10 +21,12 @@ uplink-a'. pfs: frozenset of PF addresses."""
 Holder = namedtuple("Holder", "uuid name claims")
 Holder.__doc__ = """A domain with claims on the target. claims: its Claims there."""
 
-Report = namedtuple("Report", "target already moved running problems warnings")
+Report = namedtuple("Report", "target already moved running problems warnings live",
+                    defaults=((),))
 Report.__doc__ = """moved: tuple of moves.Move (planned ones in a dry run); running: tuple of
 Holder; problems: one-line messages, one per domain that could not move (or a libvirt outage);
-already: the target was drained before."""
+already: the target was drained before; live: (moves.Move, [livemove.Moved]) of the running
+domains moved live (--live; planned only in a dry run)."""
 
 
 def _pf_label(topo, addr):
@@ -63,8 +66,9 @@ def holders(claims, pfs):
                   key=lambda h: (h.name, h.uuid))
 
 
-def drain(config, uri, name, dry_run=False, store=None, topo=None):
-    """Drains *name*; returns a Report. VfpickError for an unknown target (nothing changed)."""
+def drain(config, uri, name, dry_run=False, store=None, topo=None, live=False, allow_gap=False):
+    """Drains *name*; returns a Report. VfpickError for an unknown target (nothing changed).
+    live: running domains whose NICs there may move live do (livemove.py), one NIC at a time."""
     store = store or resolver.store_for(config)
     topo = topo or topology.for_config(config)
     snapshot = store.snapshot()
@@ -85,7 +89,7 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None):
         return Report(target, already, (), (), ("%s; %s is %s, but none of its %d domain(s) "
                                                 "was moved: run the drain again"
                                                 % (e, target.label, state, len(found)),), ())
-    moved, running, problems, warnings = [], [], [], []
+    moved, running, problems, warnings, lived = [], [], [], [], []
     try:
         planned = dict(snapshot.mapping())  # a dry run plans each domain after the previous ones
         busy = resolver.running_vfs(config)
@@ -96,7 +100,19 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None):
                 problems.append(str(e))
                 continue
             except DomainRunning:
-                running.append(holder)
+                if not live:
+                    running.append(holder)
+                    continue
+                try:
+                    done = _drain_live(config, conn, holder, dry_run, planned, busy, avoid,
+                                       store, topo, allow_gap)
+                except VfpickError as e:
+                    problems.append("running domain '%s' stays on %s: %s"
+                                    % (holder.name, target.label, e))
+                    continue
+                if dry_run:
+                    planned = moves.apply_to(planned, done[0])
+                lived.append(done)
                 continue
             except DomainNotFound:
                 problems.append(
@@ -120,13 +136,15 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None):
             warnings.extend(move.warnings)
     finally:
         conn.close()
-    return Report(target, already, tuple(moved), tuple(running), tuple(problems), tuple(warnings))
+    return Report(target, already, tuple(moved), tuple(running), tuple(problems), tuple(warnings),
+                  tuple(lived))
 
 
 def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo):
     """The Move of one holder; DomainRunning when it runs (libvirt or its claims say so)."""
     if not dry_run:
-        return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo)
+        return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo,
+                                 repair=True)
     dom = virt.lookup(conn, holder.uuid)
     try:
         if dom.isActive() or any(c.active for c in planned.values() if c.uuid == holder.uuid):
@@ -134,7 +152,34 @@ def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo)
         data = virt.inactive_xml(dom)
     except virt.libvirt_error() as e:
         raise VfpickError("libvirt cannot describe it: %s" % virt._message(e)) from None
-    return moves.plan_move(config, topo, data, planned, busy, avoid=avoid)
+    return moves.plan_move(config, topo, data, planned, busy, avoid=avoid, repair=True)
+
+
+def _drain_live(config, conn, holder, dry_run, planned, busy, avoid, store, topo, allow_gap):
+    """(moves.Move planned on the live XML, [livemove.Moved]) of a running holder; a
+    VfpickError when one of its NICs there may not move live (nothing moved then) or a live
+    move failed (the NICs before it moved; the message says what the domain runs on)."""
+    from vfpick import livemove
+
+    dom = virt.lookup(conn, holder.uuid)
+    try:
+        xml = virt.Devices(dom).xml()
+    except virt.libvirt_error() as e:
+        raise VfpickError("libvirt cannot describe it: %s" % virt._message(e)) from None
+    held = [c for c in planned.values() if c.uuid == holder.uuid]
+    nics = livemove.vf_nics(xml)
+    for claim in holder.claims:
+        nic = nics.get(claim.mac)
+        why = "NIC %s is not in its live XML" % claim.mac if nic is None else \
+            livemove.may_move(nic, held, allow_gap)
+        if why:
+            raise VfpickError(why)
+    move = moves.plan_move(config, topo, xml, planned, busy, avoid=avoid)
+    if dry_run or not move.nics:
+        return move, []
+    return move, livemove.move_domain(config, conn, holder.uuid,
+                                      {m.mac: m.new.vf for m in move.nics},
+                                      allow_gap=allow_gap, store=store, topo=topo)
 
 
 def undrain(config, name, store=None, topo=None):
@@ -161,12 +206,17 @@ def render(report, dry_run):
         lines.append("%s domain '%s' (%s):" % ("would move" if dry_run else "moved", move.name,
                                                move.uuid))
         lines.extend(moves.describe(move))
+    for move, _done in report.live:
+        lines.append("%s running domain '%s' (%s) live:" % (
+            "would move" if dry_run else "moved", move.name, move.uuid))
+        lines.extend(moves.describe(move))
     for holder in report.running:
         lines.append(
             "running domain '%s' (%s) stays on %s: migrate it to another host (virsh migrate), "
-            "or stop it and run 'vfpick repick %s'"
-            % (holder.name, holder.uuid, ", ".join(c.vf for c in holder.claims), holder.name))
+            "stop it and run 'vfpick repick %s', or drain with --live if its NICs are failover "
+            "pairs" % (holder.name, holder.uuid, ", ".join(c.vf for c in holder.claims),
+                       holder.name))
     lines.append("%s: %d domain(s) %s, %d running, %d could not move" % (
-        label, len(report.moved), "to move" if dry_run else "moved", len(report.running),
-        len(report.problems)))
+        label, len(report.moved) + len(report.live), "to move" if dry_run else "moved",
+        len(report.running), len(report.problems)))
     return lines

@@ -75,3 +75,7 @@ class DomainChanged(VfpickError):
 
 class StartedDuringMove(DomainRunning):
     """The domain started after its new definition was in: both VF sets stay claimed."""
+
+
+class LiveMoveFailed(VfpickError):
+    """A live NIC move stopped at one step; the message says what the domain runs on now."""

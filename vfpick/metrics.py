@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
 from vfpick import config as configmod, names, pci, policy, resolver, stale, topology
+from vfpick.status import distinct_level
 from vfpick.errors import VfpickError
 
 TEXTFILE_NAME = "vfpick.prom"
@@ -50,25 +51,7 @@ def vf_state(vf, claims, busy, lost=frozenset()):
     return "active" if vf in busy else "free"
 
 
-def distinct_level(pool, facts):
-    """The distinct level that applies to *pool*'s NICs of a domain: its metadata override
-    (a policy naming the pool beats one without) or the pool's default. An invalid override is
-    ignored here: resolve refuses such a domain, metrics only report."""
-    level = pool.distinct
-    if facts is None:
-        return level
-    for wanted in (None, pool.name):
-        for pool_name, distinct, _strict, _numa in facts.policy_overrides:
-            if pool_name == wanted and distinct in configmod.DISTINCT:
-                level = distinct
-    return level
-
-
-def _domain_facts(index, uuid):
-    if index is None:
-        return None
-    # The live XML is what runs now; the definition is what runs next.
-    return index.running.get(uuid) or index.defined.get(uuid)
+_domain_facts = stale.domain_facts
 
 
 def degraded(topo, pools, domain_claims, domain_facts):

@@ -32,13 +32,14 @@ from collections import namedtuple
 from vfpick import policy, resolver, topology, vfsettings, virt
 from vfpick.errors import (DistinctImpossible, DomainChanged, DomainRunning, StartedDuringMove,
                            VfpickError)
-from vfpick.records import Claim
+from vfpick.records import Claim, Nic, Request
 from vfpick.state import writer
 
-Move = namedtuple("Move", "uuid name xml nics warnings assignments")
+Move = namedtuple("Move", "uuid name xml nics warnings assignments repaired", defaults=((),))
 Move.__doc__ = """One domain's move. xml: its new definition (bytes). nics: tuple of NicMove,
 only the NICs that change VF (empty: nothing to do). warnings: best-effort notes (distinct
-not met). assignments: {interface index: hostdev.Assignment}, every NIC as it will be."""
+not met). assignments: {interface index: hostdev.Assignment}, every NIC as it will be.
+repaired: MACs that move to leave a distinct unit they shared (plan_move(repair=True))."""
 
 NicMove = namedtuple("NicMove", "mac pool old new")
 NicMove.__doc__ = """old: the VF address the NIC holds now (None: an unresolved pool
@@ -54,13 +55,55 @@ def _units(topo, distinct, vfs):
     return {policy.unit_of(topo, distinct, topo.vfs[vf].pf) for vf in vfs if vf in topo.vfs}
 
 
-def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None, rng=None):
+def _repairs(config, doc, topo, claims, busy, placed, avoid, targets):
+    """{mac: vf}: for each NIC of the placement that shares its distinct unit with an earlier
+    NIC of the domain in its pool (a best-effort pick), a free VF on a unit of its own when
+    the pool has one (redundancy first: drain's moves restore it on the way). NICs with a
+    *target* stay as asked."""
+    found = {}
+    by_pool = {}
+    for _, a in sorted(placed.assignments.items()):
+        by_pool.setdefault(a.pool, []).append(a)
+    for pool_name, mine in by_pool.items():
+        pool = config.pools[pool_name]
+        distinct, _, numa = resolver.effective(pool, doc.overrides(pool_name))
+        if distinct == "none":
+            continue
+        held = [a.vf for a in mine]
+        seen = set()
+        for a in mine:
+            unit = policy.unit_of(topo, distinct, a.pf)
+            if unit not in seen or a.mac in targets:
+                seen.add(unit)
+                continue
+            others = [vf for vf in held if vf != a.vf]
+            request = Request(uuid=doc.uuid, pool=pool_name, nics=(Nic(a.mac, None),),
+                              distinct=distinct, strict=True, numa=numa, policy=pool.policy,
+                              numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(others))
+            taken = dict(claims)
+            # Two repairs never take one VF: the first one's counts as another's.
+            taken.update((vf, Claim(vf, None, None, pool_name, "", "(repair)", None, False))
+                         for vf in found.values())
+            try:
+                pick, = policy.pick(topo, policy.in_service(pool.pfs, avoid), taken, busy, request)
+            except VfpickError:
+                continue  # no free VF on a unit of its own: it keeps sharing (best effort)
+            found[a.mac] = pick.vf
+            held = others + [pick.vf]
+            seen.add(policy.unit_of(topo, distinct, pick.pf))
+    return found
+
+
+def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None, rng=None,
+              repair=False):
     """The Move of the defined domain *data* (its persistent XML); no I/O.
 
     claims: {vf: Claim}; busy: {vf: uuid} of running domains; avoid: PF addresses to leave
     (drained ones: pass them, the caller knows whether they are persisted yet); targets:
     {mac: vf}. A target move must not leave the domain's NICs of a pool on fewer distinct
-    units (links, PFs, cards: its distinct level) than before. Raises a VfpickError when the domain cannot be placed: nothing is planned.
+    units (links, PFs, cards: its distinct level) than before. repair: NICs sharing a unit
+    move to a unit of their own where one has a free VF (Move.repaired names them). Raises a
+    VfpickError when the domain cannot be placed: nothing is planned.
     """
     from vfpick.hostdev import DomainXml
 
@@ -73,12 +116,21 @@ def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None,
     unknown = sorted(set(targets) - set(old))
     if unknown:
         raise VfpickError("domain '%s' has no vfpick NIC with MAC %s" % (name, ", ".join(unknown)))
-    placed = resolver.plan(config, doc, ifaces, claims, busy, topo, rng or random.SystemRandom(),
-                           avoid=frozenset(avoid), targets=targets)
+    rng = rng or random.SystemRandom()
+    placed = resolver.plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(avoid),
+                           targets=targets)
+    found = {}
+    if repair:
+        found = _repairs(config, doc, topo, claims, busy, placed, avoid, targets)
+        if found:
+            targets.update(found)
+            placed = resolver.plan(config, doc, ifaces, claims, busy, topo, rng,
+                                   avoid=frozenset(avoid), targets=targets)
     nics = tuple(NicMove(mac=a.mac, pool=a.pool, old=old.get(a.mac), new=placed.picks[a.mac])
                  for _, a in sorted(placed.assignments.items())
                  if old.get(a.mac) != a.vf)
-    for pool_name in {m.pool for m in nics if m.mac in targets}:
+    asked = set(targets) - set(found)
+    for pool_name in {m.pool for m in nics if m.mac in asked}:
         distinct, _, _ = resolver.effective(config.pools[pool_name], doc.overrides(pool_name))
         if distinct == "none":
             continue
@@ -93,7 +145,7 @@ def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None,
     if nics:
         doc.apply(placed.assignments)
     return Move(uuid=uuid, name=name, xml=doc.to_bytes(), nics=nics, warnings=placed.warnings,
-                assignments=placed.assignments)
+                assignments=placed.assignments, repaired=tuple(sorted(found)))
 
 
 def _claims_of(move):
@@ -156,7 +208,8 @@ def _stopped_definition(dom, name):
                             % (name, virt._message(e))) from None
 
 
-def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, topo=None):
+def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, topo=None,
+                repair=False):
     """Moves the defined, stopped domain *who* (name or UUID) as above; returns its Move.
 
     A Move with no nics changed nothing (no claim, no definition). Raises DomainNotFound,
@@ -174,7 +227,8 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
         if any(c.active for c in claims.for_uuid(uuid)):
             raise DomainRunning(running_message(name))
         move = plan_move(config, topo, data, claims.mapping(), busy,
-                         avoid=frozenset(avoid) | claims.drained(), targets=targets)
+                         avoid=frozenset(avoid) | claims.drained(), targets=targets,
+                         repair=repair)
         if not move.nics:
             return move
         # Pending until libvirt answered: a reconcile meanwhile leaves the reservations alone.
@@ -199,5 +253,6 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
 
 def describe(move):
     """One line per moving NIC: '  MAC: OLD -> NEW (PF, link)'."""
-    return ["  %s: %s -> %s (PF %s, link %s)" % (m.mac, m.old or "unresolved", m.new.vf, m.new.pf,
-                                                 m.new.link) for m in move.nics]
+    return ["  %s: %s -> %s (PF %s, link %s)%s" % (
+        m.mac, m.old or "unresolved", m.new.vf, m.new.pf, m.new.link,
+        " (restores distinct)" if m.mac in move.repaired else "") for m in move.nics]

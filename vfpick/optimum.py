@@ -5,7 +5,8 @@ A *demand* is one domain's NICs in one pool. The network a placement must flow t
     source -> demand (NICs) -> (demand, unit) (share) -> PF -> link (PF's VFs) -> sink (link cap)
 
 ``unit`` is what the demand's NICs must not share (its ``distinct`` level: card, link or PF);
-``share`` is how many of its NICs one unit may take (1 when the domain is fully distinct).
+``share`` is how many of its NICs one unit may take (1 when the domain is fully distinct). A
+demand over its share today (two NICs on one unit, share 1) is repaired by ``min_moves``.
 A link may carry ``min(VFs, floor(T * speed))`` NICs for a threshold T of claims/speed: the
 smallest T at which every NIC flows is the distinctness-aware optimum, found exactly by a binary
 search over the finitely many values k/speed with a max-flow (Dinic) per step. The graphs are
@@ -152,14 +153,17 @@ def link_fixed(host, fixed):
 
 
 def link_caps(host, threshold, fixed=None):
-    """{link: NICs the link may carry beside the fixed ones at *threshold*} (may be < 0)."""
+    """{link: NICs the link may carry beside the fixed ones at *threshold*} (may be < 0);
+    *threshold* None: only the link's VFs limit."""
     vfs, held = {}, link_fixed(host, fixed)
     for pf, link in host.pf_link.items():
         vfs[link] = vfs.get(link, 0) + host.pf_vfs[pf]
     caps = {}
     for link, speed in host.speed.items():
-        limit = threshold * speed
-        caps[link] = min(vfs.get(link, 0), int(limit // 1)) - held.get(link, 0)
+        room = vfs.get(link, 0)
+        if threshold is not None:
+            room = min(room, int(threshold * speed // 1))
+        caps[link] = room - held.get(link, 0)
     return caps
 
 
@@ -199,7 +203,8 @@ def _build(demands, host, caps, fixed, movable_cost):
 
 
 def feasible(demands, host, threshold, fixed=None):
-    """True when every demand's NICs fit with no link over *threshold* (NICs/speed)."""
+    """True when every demand's NICs fit with no link over *threshold* (NICs/speed); None:
+    any load, only the VFs limit."""
     caps = link_caps(host, threshold, fixed)
     if any(c < 0 for c in caps.values()):
         return False
@@ -260,26 +265,31 @@ def min_moves(demands, host, threshold, fixed=None):
     # Start from the current placement: every NIC where it is. It costs 0 and every edge it
     # uses costs 0, so its residual network has no negative cycle; the links it overloads get
     # the excess, and successive shortest paths move it away as cheaply as possible.
-    load = {}
+    # A demand holding more NICs on a unit than its share (a repair: share 1 where it shares
+    # a unit today) keeps only its share there; the rest waits at the demand's node as excess
+    # and is routed like a link's excess, so the repair costs the fewest moves too.
+    load, excess = {}, {}
     for d in demands:
         if sum(d.current.values()) != d.nics:
             raise ValueError("demand %r: current placement has %d NICs, not %d"
                              % (d.key, sum(d.current.values()), d.nics))
         net.push(g.source[d.key], d.nics)
-        per_unit = {}
-        for pf, here in d.current.items():
+        room = {}
+        for pf, here in sorted(d.current.items()):
             if (d.key, pf) not in g.stay:
                 raise ValueError("demand %r is on PF %s, outside its units" % (d.key, pf))
-            unit = d.units[pf]
-            per_unit[unit] = per_unit.get(unit, 0) + here
-            net.push(g.stay[(d.key, pf)], here)
-            net.push(g.pf_out[pf], here)
-            load[host.pf_link[pf]] = load.get(host.pf_link[pf], 0) + here
-        for unit, count in per_unit.items():
-            e = g.unit[(d.key, unit)]
-            net.cap[e] = max(net.cap[e], count)  # a demand already sharing more may keep it
-            net.push(e, count)
-    excess = {}
+            e = g.unit[(d.key, d.units[pf])]
+            room.setdefault(e, net.cap[e])
+            keep = min(here, room[e])
+            room[e] -= keep
+            if keep:
+                net.push(e, keep)
+                net.push(g.stay[(d.key, pf)], keep)
+                net.push(g.pf_out[pf], keep)
+                load[host.pf_link[pf]] = load.get(host.pf_link[pf], 0) + keep
+            if here > keep:
+                node = net.head[g.source[d.key]]
+                excess[node] = excess.get(node, 0) + here - keep
     for link, e in g.link_sink.items():
         on = load.get(link, 0)
         fits = min(on, net.cap[e])

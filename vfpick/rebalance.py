@@ -7,16 +7,19 @@ The load of a link is its claims/speed (speed in Mb/s; unknown counts as the slo
 as in the policy). Only up links count: a NIC on a down link is left where it is and out of
 the figures. The *optimum* is the lowest busiest-link load over every placement of the same
 domains that keeps each domain's NICs on distinct units (its ``distinct`` level): one NIC per
-unit, except that a unit holding k > 1 of the domain's NICs today (best effort, strict=no:
-there were not enough free units) may hold up to k. So a domain never ends on fewer units, nor
-with more NICs on one unit, than it has now. NUMA-required domains stay on their nodes,
+unit. Redundancy comes before balance: a domain holding k > 1 NICs on one unit today (best
+effort, strict=no: there were not enough free units then) is repaired to one per unit when the
+VFs allow it (a max-flow with no load limit: all such domains at once, else one at a time by
+name); only one that cannot be keeps today's overlap (up to k on that unit, never fewer units),
+and the plan names it with why. NUMA-required domains stay on their nodes,
 NUMA-preferred ones never move to a remote PF; no NIC moves onto an *avoid* (drained) PF. See
 vfpick/optimum.py for the exact search.
 
-The plan: if the busiest link is more than 5 % over the optimum, find the fewest NICs to move
-(only NICs of movable domains: defined and stopped; the rest are fixed load) so that no link
-exceeds max(1.05 x optimum, the best reachable with the fixed load) — a min-cost flow, exact
-in the number of NICs that change PF. ``max_moves`` caps that number: then the lowest busiest
+The plan: if a movable domain can be repaired or the busiest link is more than 5 % over the
+optimum, find the fewest NICs to move (only NICs of movable domains: defined and stopped; the
+rest are fixed load) so that every repair is made and no link exceeds max(1.05 x optimum, the
+best reachable with the fixed load; today's load when only repairs are due) — a min-cost flow,
+exact in the number of NICs that change PF. ``max_moves`` caps that number: then the lowest busiest
 load reachable within it. Which VF on the target PF: the lowest free address.
 """
 
@@ -35,8 +38,10 @@ Domain.__doc__ = """What the planner knows of one domain with claims. movable: d
 stopped (libvirt says so, and none of its claims is active). rules: {pool: Rule}; a pool
 missing there uses the pool's own settings. numa_nodes: frozenset, or None (not placed)."""
 
-Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link")
-Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link)."""
+Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link repair",
+                  defaults=(False,))
+Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link).
+repair: it leaves a unit it shared with another NIC of its domain (redundancy restored)."""
 
 Figures = namedtuple("Figures", "load busiest claims speed optimum")
 Figures.__doc__ = """load: the busiest up link's claims/speed (Fraction, claims per Mb/s);
@@ -44,12 +49,13 @@ busiest: that link's name (None when nothing is placed), claims and speed (Mb/s)
 optimum: the distinctness-aware optimum for the same population (Fraction), None when no
 placement keeps them apart."""
 
-Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes")
+Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes unrepaired")
 Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
 Figures. reachable: the lowest busiest load moving only the movable domains. goal: the load
 the moves aim at (None: nothing to do). moves: tuple of Move, grouped by domain, in the order
-to apply them. skipped: domains whose moves could not be ordered (a cycle of full PFs).
-notes: one-line remarks for the user."""
+to apply them (Move.repair: restores distinctness). skipped: domains whose moves could not be
+ordered (a cycle of full PFs). notes: one-line remarks for the user. unrepaired: one line per
+domain that shares a unit and stays so, with why."""
 
 
 def over(figure, reference):
@@ -116,7 +122,8 @@ class _Population:
                 self.counts[claim.pf] = self.counts.get(claim.pf, 0) + 1
             else:
                 outside.setdefault(claim.uuid, []).append(claim.pf)
-        self.demands, self.movable, self.names = {}, set(), {}
+        self.demands, self.movable, self.names, self.rules = {}, set(), {}, {}
+        self.overlap = {}     # {key: today's share} of the demands sharing a unit (degraded)
         for (uuid, pool_name), held in sorted(self.claims_of.items()):
             pool = pools[pool_name]
             dom = domains.get(uuid)
@@ -144,14 +151,19 @@ class _Population:
                         continue
                 units[pf] = unit
             n = len(held)
-            share = {}  # a unit holding k > 1 NICs today may keep k; others take 1
+            kept = {}  # today's overlap: a unit holding k > 1 NICs keeps k, others take 1
             for pf, count in current.items():
-                share[units[pf]] = share.get(units[pf], 0) + count
+                kept[units[pf]] = kept.get(units[pf], 0) + count
+            key = (uuid, pool_name)
+            self.names[uuid] = held[0].domain
+            self.rules[key] = rule
             if rule.distinct == "none":
                 share = {"*": n}
-            key = (uuid, pool_name)
+            else:
+                share = {}  # distinct: one NIC per unit
+                if any(k > 1 for k in kept.values()):
+                    self.overlap[key] = kept
             self.demands[key] = optimum.Demand(key, n, share, units, current)
-            self.names[uuid] = held[0].domain
             if dom is not None and dom.movable:
                 self.movable.add(key)
 
@@ -173,10 +185,49 @@ class _Population:
         return Figures(optimum.max_load(self.host, counts), busiest, per_link[busiest],
                        self.host.speed[busiest], reference)
 
+    def repairable(self, keys, fixed):
+        """The demands among *keys* sharing a unit that can all be made distinct at once, and
+        {key: demand} with the others keeping today's overlap. All at once when the VFs allow
+        (one max-flow), else one at a time by domain name (a maximal set, not the largest)."""
+        degraded = sorted((k for k in keys if k in self.overlap),
+                          key=lambda k: (self.names.get(k[0], ""), k))
+        demands = {k: self.demands[k] for k in keys}
+        if not degraded or optimum.feasible(list(demands.values()), self.host, None, fixed):
+            return tuple(degraded), demands
+        for k in degraded:
+            demands[k] = demands[k]._replace(share=self.overlap[k])
+        repaired = []
+        for k in degraded:
+            demands[k] = self.demands[k]
+            if optimum.feasible(list(demands.values()), self.host, None, fixed):
+                repaired.append(k)
+            else:
+                demands[k] = demands[k]._replace(share=self.overlap[k])
+        return tuple(repaired), demands
+
+    def why_not(self, key, fixed):
+        """One line: why the demand *key* keeps sharing a unit."""
+        d, rule = self.demands[key], self.rules[key]
+        free_units = set()
+        for pf, unit in d.units.items():
+            if pf in d.current or self.host.pf_vfs[pf] - self.counts.get(pf, 0) > 0:
+                free_units.add(unit)
+        head = "%s: %d NICs, pool %s" % (self.names[key[0]], d.nics, key[1])
+        if len(free_units) < d.nics:
+            return "%s has %d %ss up with free VFs it may use (distinct=%s)" % (
+                head, len(free_units), rule.distinct, rule.distinct)
+        if key not in self.movable:
+            return "%s: running (or unknown to libvirt), not moved" % head
+        return ("%s: the free VFs on other %ss are needed by other domains' NICs (distinct=%s)"
+                % (head, rule.distinct, rule.distinct))
+
     def optimum(self):
         load = optimum.max_load(self.host, self.counts)
-        return optimum.min_max_load(list(self.demands.values()), self.host, self.foreign,
-                                    upper=load)
+        repaired, demands = self.repairable(list(self.demands), self.foreign)
+        # Repairs may need a busier link than today's busiest: no upper bound then.
+        upper = None if repaired else load
+        return optimum.min_max_load(list(demands.values()), self.host, self.foreign,
+                                    upper=upper)
 
 
 def figures(topology, pools, claims, busy, domains=None, avoid=frozenset()):
@@ -186,7 +237,9 @@ def figures(topology, pools, claims, busy, domains=None, avoid=frozenset()):
 
 
 def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, avoid=frozenset()):
-    """The moves that bring the busiest up link within *slack* of the optimum, fewest first.
+    """Redundancy first, then balance: the moves that put every movable domain sharing a
+    unit (best effort) back on distinct units where free VFs allow, and bring the busiest up
+    link within *slack* of the optimum, fewest NIC moves in all.
 
     claims: {vf: Claim}; busy: {vf: uuid} VFs running domains use; domains: {uuid: Domain}
     (a uuid missing there is not movable); avoid: PF addresses no NIC may move to (drained).
@@ -197,37 +250,46 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
     notes = []
     movable = sorted(population.movable)
     fixed = population.fixed(k for k in population.demands if k not in population.movable)
-    demands = [population.demands[k] for k in movable]
+    repaired, chosen = population.repairable(movable, fixed)
+    demands = [chosen[k] for k in movable]
     host = population.host
+    unrepaired = list(population.why_not(k, fixed) for k in sorted(
+        population.overlap, key=lambda k: (population.names.get(k[0], ""), k))
+        if k not in repaired)
 
-    def done(goal=None, reachable=None, placement=None):
-        moves, skipped = _concretize(population, claims, busy, placement or {})
+    def done(goal=None, reachable=None, placement=None, repairs=()):
+        moves, skipped = _concretize(population, claims, busy, placement or {}, repairs)
         counts = dict(population.counts)
         for m in moves:
             counts[m.pf] -= 1
             counts[m.to_pf] = counts.get(m.to_pf, 0) + 1
         after = population.figures(counts, before.optimum)
-        return Plan(before, after, before.optimum, reachable, goal, tuple(moves), skipped, notes)
+        return Plan(before, after, before.optimum, reachable, goal, tuple(moves), skipped, notes,
+                    tuple(unrepaired))
 
     if before.optimum is None:
         notes.append("no placement keeps every domain's NICs apart; nothing to aim at")
         return done()
-    if load <= before.optimum * slack:
+    balanced = load <= before.optimum * slack
+    if balanced and not repaired:
         notes.append("the busiest link is within %d %% of the optimum already" % round((slack - 1) * 100))
         return done()
-    reachable = optimum.min_max_load(demands, host, fixed, upper=load)
-    if reachable is None or reachable >= load:
-        notes.append("only running (or unknown) domains could make it better: none of the "
-                     "defined, stopped domains can move to help")
-        return done(reachable=reachable)
-    goal = max(before.optimum * slack, reachable)
-    if goal > before.optimum * slack:
-        notes.append("running domains hold the busiest links: the best that moving stopped "
-                     "domains reaches is %+.0f %% over the optimum" % (over(reachable, before.optimum) * 100))
-    result = optimum.min_moves(demands, host, goal, fixed)
-    if max_moves is not None and result[0] > max_moves:
+    while True:
+        reachable = optimum.min_max_load(demands, host, fixed, upper=None if repaired else load)
+        if not repaired and (reachable is None or reachable >= load):
+            notes.append("only running (or unknown) domains could make it better: none of the "
+                         "defined, stopped domains can move to help")
+            return done(reachable=reachable)
+        goal = max(before.optimum * slack, reachable)
+        if balanced:
+            goal = max(goal, load)  # only the repairs: they need not make the balance better
+        result = optimum.min_moves(demands, host, goal, fixed)
+        if max_moves is None or result[0] <= max_moves:
+            break
         # Fewer moves reach less: the lowest load within the budget (monotone in the goal).
-        values = [v for v in optimum.candidates(host, fixed) if goal < v < load]
+        values = [v for v in optimum.candidates(host, fixed) if v > goal]
+        if not repaired:
+            values = [v for v in values if v < load]
         best = None
         lo, hi = 0, len(values) - 1
         while lo <= hi:
@@ -239,15 +301,28 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
                 lo = mid + 1
         notes.append("--max-moves %d: the goal needs %d NIC moves; this goes as far as %d reach"
                      % (max_moves, result[0], max_moves))
-        if best is None:
+        if best is not None:
+            goal, result = best
+            break
+        if not repaired:
             return done(reachable=reachable)
-        goal, result = best
-    return done(goal, reachable, result[1])
+        # Too few moves for every repair: the last one by name waits for another run.
+        key = repaired[-1]
+        repaired = repaired[:-1]
+        demands = [d._replace(share=population.overlap[key]) if d.key == key else d
+                   for d in demands]
+        unrepaired.append("%s: --max-moves %d is too few to repair it too; run rebalance again"
+                          % (population.names[key[0]], max_moves))
+    if not balanced and goal > before.optimum * slack:
+        notes.append("running domains hold the busiest links: the best that moving stopped "
+                     "domains reaches is %+.0f %% over the optimum" % (over(reachable, before.optimum) * 100))
+    return done(goal, reachable, result[1], repaired)
 
 
-def _concretize(population, claims, busy, placement):
+def _concretize(population, claims, busy, placement, repairs=()):
     """Moves per domain from a {key: {pf: NICs}} placement; VFs: lowest free address, VFs free
-    now before VFs another move frees. Returns (moves in apply order, skipped uuids)."""
+    now before VFs another move frees. A NIC of a *repairs* demand leaving a unit it shared
+    is a repair (Move.repair). Returns (moves in apply order, skipped uuids)."""
     topology = population.topology
     taken = set(claims) | set(busy)
     free = {pf: [vf for vf in topology.pfs[pf].vfs if vf in topology.vfs and vf not in taken]
@@ -267,22 +342,34 @@ def _concretize(population, claims, busy, placement):
                 leaving.extend(on_pf[-extra:])
             elif extra < 0:
                 arriving.extend([pf] * -extra)
-        pending.setdefault(key[0], []).extend(zip(sorted(leaving, key=lambda c: c.mac), arriving))
+        shared = {}  # unit -> NICs beyond the first there: that many leaving ones repair
+        if key in repairs:
+            for pf, n in demand.current.items():
+                unit = demand.units[pf]
+                shared[unit] = shared.get(unit, -1) + n
+        marked = []
+        for claim in sorted(leaving, key=lambda c: c.mac):
+            unit = demand.units[claim.pf]
+            marked.append((claim, shared.get(unit, 0) > 0))
+            if shared.get(unit, 0) > 0:
+                shared[unit] -= 1
+        pending.setdefault(key[0], []).extend(
+            (claim, pf, repair) for (claim, repair), pf in zip(marked, arriving))
     moves = []
     progress = True
     while pending and progress:
         progress = False
         for uuid in sorted(pending, key=lambda u: (population.names.get(u, ""), u)):
             wanted = {}
-            for _, pf in pending[uuid]:
+            for _, pf, _ in pending[uuid]:
                 wanted[pf] = wanted.get(pf, 0) + 1
             if any(len(free[pf]) + len(vacated[pf]) < n for pf, n in wanted.items()):
                 continue
-            for claim, pf in pending.pop(uuid):
+            for claim, pf, repair in pending.pop(uuid):
                 source = free[pf] if free[pf] else vacated[pf]
                 vf = source.pop(0)
                 moves.append(Move(uuid, claim.domain, claim.pool, claim.mac, claim.vf, claim.pf,
-                                  claim.link, vf, pf, population.host.pf_link[pf]))
+                                  claim.link, vf, pf, population.host.pf_link[pf], repair))
                 vacated[claim.pf].append(claim.vf)
                 vacated[claim.pf].sort(key=pci.sort_key)
             progress = True

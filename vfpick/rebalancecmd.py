@@ -3,6 +3,9 @@
 The plan is vfpick/rebalance.py (pure); moving one domain is vfpick/moves.py (reserve the new
 VFs beside the old ones, redefine through libvirt without the claims lock, settle or roll
 back; a domain that starts meanwhile is left alone: its claims decide, not our listing).
+With --live, a running domain whose every NIC may move live (failover pairs; plain VFs beside
+a NIC on a distinct link with --allow-nic-gap) is movable too, and vfpick/livemove.py moves
+its NICs one at a time.
 """
 
 import sys
@@ -12,18 +15,21 @@ from vfpick import moves, rebalance, resolver, topology, virt
 from vfpick.errors import DomainChanged, DomainRunning, VfpickError
 
 
-def _domains(config, conn, claims, topo):
-    """{uuid: rebalance.Domain} of every domain holding claims that libvirt knows."""
+def _domains(config, conn, claims, topo, live=False, allow_gap=False):
+    """({uuid: rebalance.Domain} of every domain holding claims that libvirt knows, {uuid:
+    why} of the running ones that stay, frozenset of the running ones that move live).
+    With *live*, a running domain is movable when every NIC it holds may move live."""
+    from vfpick import livemove
     from vfpick.hostdev import DomainXml
 
     libvirt_error = virt.libvirt_error()
-    out = {}
+    out, stays, running = {}, {}, set()
     for uuid in sorted({c.uuid for c in claims.values()}):
         try:
             dom = conn.lookupByUUIDString(uuid)
             active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
-            doc = DomainXml.parse(virt.inactive_xml(dom) if persistent else
-                                  dom.XMLDesc(0).encode("utf-8"))
+            live_xml = virt.Devices(dom).xml() if active and (live or not persistent) else None
+            doc = DomainXml.parse(virt.inactive_xml(dom) if persistent else live_xml)
         except (libvirt_error, VfpickError):
             continue  # gone or unreadable: not ours to move now (the planner keeps it fixed)
         rules = {}
@@ -32,9 +38,19 @@ def _domains(config, conn, claims, topo):
             rules[name] = rebalance.Rule(distinct, strict, numa)
         held = [c for c in claims.values() if c.uuid == uuid]
         movable = persistent and not active and not any(c.active for c in held)
+        if live and active:
+            nics = {n.vf: n for n in livemove.vf_nics(live_xml).values()}
+            why = [("NIC %s is not in its live XML" % c.mac) if c.vf not in nics else
+                   livemove.may_move(nics[c.vf], held, allow_gap) for c in held]
+            why = [w for w in why if w]
+            if why:
+                stays[uuid] = why[0]
+            else:
+                movable = True
+                running.add(uuid)
         out[uuid] = rebalance.Domain(uuid, dom.name(), movable, rules,
                                      doc.numa_nodes(topo.node_cpus))
-    return out
+    return out, stays, frozenset(running)
 
 
 def _per_gbit(load):
@@ -51,27 +67,29 @@ def _figure(label, figures):
     return text
 
 
-def _move_line(verb, m):
-    return "%s %s NIC %s: VF %s (link %s) -> VF %s (link %s)" % (
-        verb, m.domain, m.mac, m.vf, m.link, m.to_vf, m.to_link)
+def _move_line(verb, m, live=False):
+    return "%s %s NIC %s: VF %s (link %s) -> VF %s (link %s)%s" % (
+        verb, m.domain, m.mac, m.vf, m.link, m.to_vf, m.to_link, " live" if live else "")
 
 
-Gathered = namedtuple("Gathered", "store topo domains drained plan")
+Gathered = namedtuple("Gathered", "store topo domains drained plan running stays allow_gap",
+                      defaults=(frozenset(), {}, False))
 Gathered.__doc__ = """What apply() needs: the store, topology, {uuid: rebalance.Domain}, drained
-PFs and the rebalance.Plan made from them."""
+PFs and the rebalance.Plan made from them; running: the running domains it moves live;
+stays: {uuid: why} of the running ones --live leaves where they are."""
 
 
-def gather(config, conn, max_moves=None):
+def gather(config, conn, max_moves=None, live=False, allow_gap=False):
     """Reads the claims, then asks libvirt (without the lock), then plans; changes nothing."""
     store = resolver.store_for(config)
     topo = topology.for_config(config)
     snapshot = store.snapshot()
     claims = dict(snapshot.mapping())
     drained = frozenset(snapshot.drained())
-    domains = _domains(config, conn, claims, topo)
+    domains, stays, running = _domains(config, conn, claims, topo, live, allow_gap)
     plan = rebalance.plan(topo, config.pools, claims, resolver.running_vfs(config), domains,
                           max_moves=max_moves, avoid=drained)
-    return Gathered(store, topo, domains, drained, plan)
+    return Gathered(store, topo, domains, drained, plan, running, stays, allow_gap)
 
 
 def apply(config, conn, gathered, out):
@@ -80,35 +98,48 @@ def apply(config, conn, gathered, out):
     The plan is a listing from the past: moves.py checks again, under the claims lock, that
     each domain is still stopped and defined as it was, so one that started meanwhile is left
     alone whatever the plan said."""
+    from vfpick import livemove
+
     plan = gathered.plan
     status, moved, domains_moved = 0, 0, 0
     for uuid in _in_order(plan.moves):
         mine = [m for m in plan.moves if m.uuid == uuid]
+        targets = {m.mac: m.to_vf for m in mine}
         try:
-            moves.move_domain(config, conn, uuid, targets={m.mac: m.to_vf for m in mine},
-                              store=gathered.store, topo=gathered.topo)
+            if uuid in gathered.running:
+                for done in livemove.move_domain(config, conn, uuid, targets,
+                                                 allow_gap=gathered.allow_gap,
+                                                 store=gathered.store, topo=gathered.topo):
+                    for warning in done.warnings:
+                        out.write("warning: %s\n" % warning)
+            else:
+                moves.move_domain(config, conn, uuid, targets=targets, store=gathered.store,
+                                  topo=gathered.topo)
         except (DomainRunning, DomainChanged) as e:
             out.write("left alone: %s\n" % e)
             continue
         except VfpickError as e:
+            # A live move stops at the failing NIC: the ones before it have moved.
             out.write("not moved: %s\n" % e)
             status = 1
             continue
         for m in mine:
-            out.write(_move_line("moved", m) + "\n")
+            out.write(_move_line("repaired" if m.repair else "moved", m, uuid in gathered.running)
+                      + (" (restores distinct)\n" if m.repair else "\n"))
         moved += len(mine)
         domains_moved += 1
     return status, moved, domains_moved
 
 
-def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
-    """Returns the exit status: 0, or 1 when libvirt refused a definition."""
+def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None, live=False,
+                  allow_gap=False):
+    """Returns the exit status: 0, or 1 when libvirt refused a definition or a live move."""
     out = sys.stdout if out is None else out
     if max_moves is not None and max_moves < 0:
         raise VfpickError("--max-moves wants a count of NICs, 0 or more (got %d)" % max_moves)
     conn = virt.connect(uri)
     try:
-        gathered = gather(config, conn, max_moves)
+        gathered = gather(config, conn, max_moves, live, allow_gap)
         plan = gathered.plan
         if plan.optimum is not None:
             out.write("optimum: %.3f claims per Gb/s on the busiest link (the best placement "
@@ -116,12 +147,22 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None):
         out.write(_figure("before", plan.before) + "\n")
         for note in plan.notes:
             out.write("note: %s\n" % note)
+        for line in plan.unrepaired:
+            out.write("not distinct: %s\n" % line)
+        for uuid, why in sorted(gathered.stays.items()):
+            out.write("running, not moved live: %s: %s\n" % (gathered.domains[uuid].name, why))
         for uuid in plan.skipped:
             out.write("left alone: %s: its VFs wait on a VF another move would free\n"
                       % gathered.domains[uuid].name)
         if dry_run:
+            # Redundancy first: the repairs, then the balancing moves (applied in plan order).
             for m in plan.moves:
-                out.write(_move_line("would move", m) + "\n")
+                if m.repair:
+                    out.write(_move_line("would repair", m, m.uuid in gathered.running)
+                              + " (restores distinct)\n")
+            for m in plan.moves:
+                if not m.repair:
+                    out.write(_move_line("would move", m, m.uuid in gathered.running) + "\n")
             out.write(_figure("after (planned)", plan.after) + "\n")
             out.write("dry run: would move %d NIC(s) of %d domain(s); nothing changed\n"
                       % (len(plan.moves), len({m.uuid for m in plan.moves})))

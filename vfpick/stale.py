@@ -100,3 +100,11 @@ def unused_claims(claims, definitions):
                 macs.add(mac)
     return [c for c in claims
             if c.pending is None and c.vf not in vfs and not (c.mac and c.mac in macs)]
+
+
+def domain_facts(index, uuid):
+    """The DomainFacts of *uuid* in *index*: the live XML (what runs now) before the definition
+    (what runs next); None when *index* is None or has neither."""
+    if index is None:
+        return None
+    return index.running.get(uuid) or index.defined.get(uuid)

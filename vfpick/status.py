@@ -2,10 +2,43 @@
 
 import json
 
-from vfpick import names, pci
+from vfpick import config as configmod, names, pci, policy
 
 # The claim keys of `status --json` (the contract); pending and VF settings are internal.
 CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active")
+
+
+def distinct_level(pool, facts):
+    """The distinct level that applies to *pool*'s NICs of a domain: its metadata override
+    (a policy naming the pool beats one without) or the pool's default. An invalid override is
+    ignored here: resolve refuses such a domain, status and metrics only report."""
+    level = pool.distinct
+    if facts is None:
+        return level
+    for wanted in (None, pool.name):
+        for pool_name, distinct, _strict, _numa in facts.policy_overrides:
+            if pool_name == wanted and distinct in configmod.DISTINCT:
+                level = distinct
+    return level
+
+
+def degraded_domains(topo, pools, claims, facts_of=lambda _uuid: None):
+    """[{domain, uuid, pool, distinct, unit, macs}]: one row per domain and unit where two or
+    more of the domain's NICs of a pool share what its distinct level (after the domain's
+    override: facts_of(uuid) -> domscan facts or None) forbids. Pure."""
+    groups = {}
+    for claim in claims.values():
+        pool = pools.get(claim.pool)
+        if pool is None or claim.pf not in topo.link_of:
+            continue
+        level = distinct_level(pool, facts_of(claim.uuid))
+        if level == "none":
+            continue
+        unit = policy.unit_of(topo, level, claim.pf)
+        groups.setdefault((claim.domain, claim.uuid, claim.pool, level, unit), []).append(claim.mac)
+    return [{"domain": d, "uuid": u, "pool": p, "distinct": level, "unit": unit,
+             "macs": sorted(macs)}
+            for (d, u, p, level, unit), macs in sorted(groups.items()) if len(macs) > 1]
 
 
 def _counts(vfs, claims, busy):
@@ -22,9 +55,10 @@ def _summed(rows):
 
 
 def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozenset(),
-                  lost=frozenset()):
-    """{"pools": [...], "claims": [...], "drained": [...]}: per pool, link and PF the counts;
-    per claim the holder; the drained PFs.
+                  lost=frozenset(), facts_of=lambda _uuid: None):
+    """{"pools": [...], "claims": [...], "drained": [...], "degraded": [...]}: per pool, link
+    and PF the counts; per claim the holder; the drained PFs; the domains whose NICs share a
+    distinct unit (degraded_domains; facts_of as there).
 
     stale: UUIDs of domains libvirt no longer defines (vfpick.stale.stale_uuids).
     drained: PF addresses taken out of service (vfpick drain).
@@ -69,7 +103,8 @@ def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozens
         pf = topo.pfs.get(addr)
         drained_rows.append({"pf": addr, "netdev": pf.netdev if pf else None,
                              "link": topo.link_of.get(addr), "present": pf is not None})
-    return {"pools": pools, "claims": claim_rows, "drained": drained_rows}
+    return {"pools": pools, "claims": claim_rows, "drained": drained_rows,
+            "degraded": degraded_domains(topo, config.pools, claims, facts_of)}
 
 
 def _speed(speed):
@@ -113,6 +148,13 @@ def render_status(report):
             pf["netdev"] or "-", pf["pf"], ", link %s" % pf["link"] if pf["present"] else
             ", not present (vfpick undrain %s)" % pf["pf"]))
     if report["drained"]:
+        lines.append("")
+    for row in report.get("degraded", ()):
+        lines.append("degraded: domain '%s' (%s): NICs %s of pool %s share %s %s (distinct=%s); "
+                     "vfpick rebalance restores it where free VFs allow"
+                     % (row["domain"], row["uuid"], ", ".join(row["macs"]), row["pool"],
+                        row["distinct"], row["unit"], row["distinct"]))
+    if report.get("degraded"):
         lines.append("")
     if report["claims"]:
         rows = []

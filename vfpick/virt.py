@@ -330,3 +330,43 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None, netlink_f
     if not actions:
         out.write("claims agree with libvirt\n")
     return actions
+
+
+class Devices(object):
+    """The libvirt calls of a live NIC move (vfpick/livemove.py), on one domain.
+
+    live=True: the running domain (VIR_DOMAIN_AFFECT_LIVE, its live XML). live=False: the same
+    steps on the persistent definition (AFFECT_CONFIG, the inactive XML): what the tests drive
+    where no VF can be hot-plugged (simulated VFs), and the seam they inject failures through.
+    Every call raises libvirt's own error; livemove turns it into one line."""
+
+    def __init__(self, dom, live=True):
+        self.dom, self.live = dom, live
+        self._lv = _libvirt()
+        self.flag = self._lv.VIR_DOMAIN_AFFECT_LIVE if live else self._lv.VIR_DOMAIN_AFFECT_CONFIG
+
+    def xml(self):
+        """The XML the moves act on (live, or the persistent definition)."""
+        if not self.live:
+            return inactive_xml(self.dom)
+        return self.dom.XMLDesc(self._lv.VIR_DOMAIN_XML_SECURE).encode("utf-8")
+
+    def running(self):
+        return bool(self.dom.isActive())
+
+    def persistent_xml(self):
+        return inactive_xml(self.dom) if self.dom.isPersistent() else None
+
+    def detach(self, iface_xml):
+        self.dom.detachDeviceFlags(iface_xml, self.flag)
+
+    def attach(self, iface_xml):
+        self.dom.attachDeviceFlags(iface_xml, self.flag)
+
+    def define(self, xml):
+        self.dom.connect().defineXML(xml.decode("utf-8"))
+
+    def set_metadata(self, element_xml, namespace, key):
+        """vfpick's <metadata> element of the side moved (libvirt wants it unprefixed)."""
+        self.dom.setMetadata(self._lv.VIR_DOMAIN_METADATA_ELEMENT, element_xml, key, namespace,
+                             self.flag)
