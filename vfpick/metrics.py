@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
-from vfpick import config as configmod, names, pci, policy, resolver, stale, topology
+from vfpick import names, pci, policy, resolver, stale, topology
 from vfpick.status import distinct_level
 from vfpick.errors import VfpickError
 
