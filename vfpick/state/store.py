@@ -59,8 +59,6 @@ def _why(exc):
     return exc.strerror or str(exc)
 
 
-
-
 class ClaimSet:
     """The claims, keyed by VF address, and the drained PFs. Writable only inside its
     transaction."""
