@@ -287,6 +287,15 @@ HOSTILE_STATE = [
 READERS = ["status", "metrics", "resolve", "hook"]
 
 
+def read_state(host, reader, xml):
+    """Runs *reader* (a READERS entry) against the host's state; the process."""
+    if reader == "hook":
+        return run_hook(host, "mine", xml)
+    if reader == "resolve":
+        return vfpick(host, "resolve", "-", input=domain("new", nics=1))
+    return vfpick(host, reader)
+
+
 @pytest.mark.parametrize("make_hostile, says, root_only", HOSTILE_STATE,
                          ids=[h[0].__name__ for h in HOSTILE_STATE])
 @pytest.mark.parametrize("reader", READERS)
@@ -300,13 +309,7 @@ def test_a_state_dir_others_could_write_is_refused_on_every_path(host, make_host
     before = {n: open(os.path.join(host.state_dir, n), "rb").read()
               for n in os.listdir(host.state_dir) if n.startswith("claims")}
     mode = stat.S_IMODE(os.stat(host.state_dir).st_mode)
-    if reader == "hook":
-        proc = run_hook(host, "mine", xml)
-    elif reader == "resolve":
-        proc = vfpick(host, "resolve", "-", input=domain("new", nics=1))
-    else:
-        proc = vfpick(host, reader)
-    err = assert_user_error(proc, says)
+    err = assert_user_error(read_state(host, reader, xml), says)
     assert "chmod 0700" in err or "remove it" in err
     after = {n: open(os.path.join(host.state_dir, n), "rb").read()
              for n in os.listdir(host.state_dir) if n.startswith("claims")}
@@ -416,13 +419,19 @@ def test_sysfs_attributes_still_read(host):
 HOSTILE_NAMES = ["two\nlines", "esc\x1b[31mred", "nul\x7f", "c1\x85", "bad\udcffutf8", "tab\there"]
 
 
+NAME_COMMANDS = {"release": ["release", "{}"], "repick": ["repick", "{}"],
+                 "attach": ["attach", "{}", "-"], "detach": ["detach", "{}", "52:54:00:aa:00:01"],
+                 "drain": ["drain", "{}"], "undrain": ["undrain", "{}"],
+                 "detach-mac": ["detach", "vm", "{}"]}
+
+
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-@pytest.mark.parametrize("command", ["release", "repick"])
+@pytest.mark.parametrize("command", sorted(NAME_COMMANDS))
 def test_hostile_names_in_argv_are_refused_in_one_line(host, capsys, name, command):
     host.write_config()
     os.environ["VFPICK_CONFIG"] = host.config_path
     try:
-        assert cli.main([command, name]) == 1
+        assert cli.main([a.replace("{}", name) for a in NAME_COMMANDS[command]]) == 1
     finally:
         del os.environ["VFPICK_CONFIG"]
     err = capsys.readouterr().err
@@ -537,3 +546,62 @@ def test_check_decodes_the_baked_config_path_and_quotes_commands(host, tmp_path,
     [finding] = [f for f in findings if f.check == "hook-config"]
     assert shlex.split(finding.fix) == ["vfpick", "install-hook", "--config", other,
                                         "--hooks-dir", hooks]
+
+
+# ------------------------------------------------------------- what held: a table, every reader
+
+def _symlinked_state_dir(host):
+    real = host.state_dir + ".real"
+    os.rename(host.state_dir, real)
+    os.symlink(real, host.state_dir)
+
+
+def _symlinked_entry(name):
+    def plant(host):
+        path = os.path.join(host.state_dir, name)
+        os.rename(path, path + ".real")
+        os.symlink(path + ".real", path)
+    plant.__name__ = "_symlinked_" + name.replace(".", "_")
+    return plant
+
+
+def _fifo_state_file(host):
+    path = os.path.join(host.state_dir, "claims.json")
+    os.rename(path, path + ".real")
+    os.mkfifo(path)
+
+
+HELD_STATE = [(_symlinked_state_dir, "symlink"), (_symlinked_entry("claims.json"), "symlink"),
+              (_symlinked_entry("claims.lock"), "symlink"), (_fifo_state_file, "not a regular file")]
+
+
+@pytest.mark.parametrize("plant, says", HELD_STATE, ids=[h[0].__name__ for h in HELD_STATE])
+@pytest.mark.parametrize("reader", READERS)
+def test_planted_state_entries_are_refused_by_every_reader(host, plant, says, reader):
+    host.write_config()
+    xml = resolved(host, "mine", nics=1)
+    plant(host)
+    assert_user_error(read_state(host, reader, xml), says)
+
+
+XML_BOMBS = {
+    "billion-laughs": b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaaaaaaaa'>"
+                      b"<!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;'>]><domain><name>&b;</name>"
+                      b"<devices><interface type='network'><source network='fast'/></interface>"
+                      b"</devices></domain>",
+    "external-entity": b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>"
+                       b"<domain><name>&x;</name><devices><interface type='network'><source "
+                       b"network='fast'/></interface></devices></domain>",
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(XML_BOMBS))
+@pytest.mark.parametrize("command", [["resolve", "{file}"], ["define", "--connect",
+                                     "test:///default", "{file}"]])
+def test_xml_bombs_from_a_file_are_refused_by_resolve_and_define(host, tmp_path, bomb, command):
+    host.write_config()
+    path = tmp_path / "bomb.xml"
+    path.write_bytes(XML_BOMBS[bomb])
+    proc = vfpick(host, *[a.replace("{file}", str(path)) for a in command])
+    assert_user_error(proc, "DOCTYPE")
+    assert not os.path.exists(os.path.join(host.state_dir, "claims.json"))

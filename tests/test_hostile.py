@@ -412,7 +412,8 @@ USAGE = "vfpick: hook usage: qemu NAME OP SUBOP EXTRA (run by libvirt)\n"
     (["", "", "", ""], 0, ""),
     (["-", "--help", "-", "-"], 0, ""),                # no option parsing: op "--help"
     (["vm", "prepare", "begin", "-", "extra", "args"], 1, "domain 'vm' has unresolved pool"),
-    (["vm\nx", "prepare", "begin", "-"], 1, "domain 'vm x' has unresolved pool"),  # one line
+    # one line, and the XML's <name> (libvirt's record) is the name, not argv's
+    (["vm\nx", "prepare", "begin", "-"], 1, "domain 'vm' has unresolved pool"),
 ])
 def test_odd_hook_argv(host, argv, rc, said):
     host.write_config()

@@ -12,7 +12,6 @@ nesting depth are bounded.
 
 import collections
 import os
-import stat
 import xml.parsers.expat as expat
 
 from vfpick import pci, safeio

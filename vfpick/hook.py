@@ -52,9 +52,9 @@ def read_input(stream):
 
 def _shell_word(text):
     # The command we print must survive copy-paste for any domain name.
-    if text and all(c.isalnum() or c in "-_.:@%+=" for c in text):
-        return text
-    return "'" + text.replace("'", "'\"'\"'") + "'"
+    from vfpick.names import shell_word
+
+    return shell_word(text)
 
 
 class Refusal(Exception):

@@ -39,3 +39,11 @@ def printable(text):
         else:
             out.append(ch)
     return "".join(out)
+
+
+def shell_word(text):
+    """*text* as one shell word (shlex.quote, without importing shlex and re on the hook path):
+    a command vfpick prints must survive copy-paste whatever the name or path in it."""
+    if text and all(c.isalnum() or c in "/-_.:@%+=," for c in text):
+        return text
+    return "'" + text.replace("'", "'\"'\"'") + "'"

@@ -37,12 +37,13 @@ def holders(fd):
     inode = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     pids = []
     try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters carry a "->".
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
-                    pids.append(int(fields[4]))
+        from vfpick import safeio
+
+        for line in safeio.read_text("/proc/locks", 1 << 24, "ascii", "replace").splitlines():
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters carry a "->".
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
+                pids.append(int(fields[4]))
     except (OSError, ValueError):
         return []
     return sorted(set(pids))
@@ -54,8 +55,10 @@ def describe(pids):
     out = []
     for pid in pids:
         try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                cmd = b" ".join(f.read(200).split(b"\0")).decode("utf-8", "replace").strip()
+            from vfpick import safeio
+
+            raw = safeio.read_file("/proc/%d/cmdline" % pid, 200)[:200]
+            cmd = b" ".join(raw.split(b"\0")).decode("utf-8", "replace").strip()
         except OSError:
             cmd = ""
         out.append("pid %d%s" % (pid, " (%s)" % cmd[:80] if cmd else ""))

@@ -14,7 +14,7 @@ import threading
 import time
 import types
 
-from vfpick import pci, safeio
+from vfpick import names, pci, safeio
 from vfpick.errors import LockTimeout, StateCorrupt, StateError
 from vfpick.records import Claim, VfSettings, Writer
 from vfpick.state import lock
@@ -57,13 +57,6 @@ def _turn(key):
 
 def _why(exc):
     return exc.strerror or str(exc)
-
-
-def _quote(path):
-    # shlex.quote without importing shlex (and re) on the hook path.
-    if path and all(c.isalnum() or c in "/-_.:@%+=," for c in path):
-        return path
-    return "'" + path.replace("'", "'\"'\"'") + "'"
 
 
 class ClaimSet:
@@ -377,7 +370,7 @@ class StateStore:
                 "state directory %s is writable by %s (mode %04o), so its files may be forged; "
                 "check them (or rebuild with 'vfpick reconcile --rebuild'), then chmod 0700 %s"
                 % (self.state_dir, "everyone" if st.st_mode & 0o002 else "its group",
-                   stat.S_IMODE(st.st_mode), _quote(self.state_dir)))
+                   stat.S_IMODE(st.st_mode), names.shell_word(self.state_dir)))
         if writing and stat.S_IMODE(st.st_mode) & 0o077:
             try:
                 os.fchmod(dfd, 0o700)

@@ -6,6 +6,7 @@ reconcile leaves a pending claim alone while its writer lives (docs/DESIGN.md, "
 
 import os
 
+from vfpick import safeio
 from vfpick.records import Writer
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -13,8 +14,7 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 def _boot_id():
     try:
-        with open(_BOOT_ID) as f:
-            return f.read().strip()
+        return safeio.read_text(_BOOT_ID, 4096, "ascii", "replace").strip()
     except OSError:
         return ""
 
@@ -22,8 +22,7 @@ def _boot_id():
 def _start_ticks(pid):
     """Field 22 of /proc/PID/stat, or None when there is no such process."""
     try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read()
+        data = safeio.read_file("/proc/%d/stat" % pid, 1 << 16)
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
