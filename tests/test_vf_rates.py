@@ -177,3 +177,21 @@ def test_status_json_claims_have_the_rate_keys(make_host, capsys):
     rows = {c["domain"]: c for c in json.loads(capsys.readouterr().out)["claims"]}
     assert (rows["vm1"]["rate_mbps"], rows["vm1"]["min_rate_mbps"]) == (500, 100)
     assert (rows["vm2"]["rate_mbps"], rows["vm2"]["min_rate_mbps"]) == (None, None)
+
+
+def test_metrics_reserved_per_link(make_host):
+    from vfpick import metrics
+
+    host, _nl = rates_host(make_host)
+    cfg = host.write_config(pools={"fast": "pfs = ens1f0 ens1f1\nguarantee = yes\n"})
+    resolver.resolve(cfg, domain("vm1", nics=2, iface_extra=BANDWIDTH))     # 100 floor each
+    resolver.resolve(cfg, domain("vm2", iface_extra=CAP_ONLY))              # 1000 average
+    resolver.resolve(cfg, domain("vm3"))                                    # no rate: nothing
+    link_of = {c.domain: c.link for c in claims(cfg).values()}
+    family = metrics.reserved_family(metrics.gather(cfg))
+    got = {s.labels["link"]: s.value for s in family.samples if s.labels["link"] in link_of.values()
+           or s.value}
+    expect = {"ens1f0": 100 * 125000, "ens1f1": 100 * 125000}
+    expect[link_of["vm2"]] += 1000 * 125000
+    assert got == expect
+    assert family.name == "vfpick_link_reserved_bytes"
