@@ -9,7 +9,7 @@ import pytest
 
 from clitools import domain, hostdev_vfs
 from fakenetlink import FakeNetlink
-from vfpick import cli, hook, resolver
+from vfpick import cli, hook, resolver, simhost
 from vfpick.errors import XmlError
 from vfpick.records import VfSettings
 
@@ -20,10 +20,13 @@ CAP_ONLY = "<bandwidth><outbound average='122070'/></bandwidth>"
 
 
 def rates_host(make_host, driver_rates="both", preset="two-dual-port"):
+    """A simulated host and a fake netlink whose PFs take the rates *driver_rates* says, or
+    (None) what the preset's drivers take (simhost.driver_rates)."""
     host = make_host(preset)
     nl = FakeNetlink()
+    takes = simhost.driver_rates(host.spec)
     for netdev in host.netdevs():
-        nl.add_link(netdev, num_vfs=64, rates=driver_rates)
+        nl.add_link(netdev, num_vfs=64, rates=driver_rates or takes[netdev])
     return host, nl
 
 
@@ -73,7 +76,7 @@ def test_prepare_sets_the_rates_and_release_puts_them_back(make_host, bandwidth,
 
 
 def test_a_driver_without_min_tx_rate_warns_and_keeps_the_cap(make_host):
-    host, nl = rates_host(make_host, "max", "igb-i350")
+    host, nl = rates_host(make_host, None, "igb-i350")  # igb: max_tx_rate only
     cfg = host.write_config()
     xml = resolver.resolve(cfg, domain("vm1", iface_extra=BANDWIDTH)).xml
     (vf,) = hostdev_vfs(xml)
@@ -101,7 +104,7 @@ def test_a_driver_without_rates_warns_and_starts(make_host):
 
 
 def test_guarantee_refuses_a_start_the_driver_cannot_guarantee(make_host):
-    host, nl = rates_host(make_host, "max", "igb-i350")
+    host, nl = rates_host(make_host, None, "igb-i350")  # igb: max_tx_rate only
     cfg = host.write_config(pools={"fast": "pfs = %s\nguarantee = yes\n" % " ".join(host.netdevs())})
     xml = resolver.resolve(cfg, domain("vm1", iface_extra=BANDWIDTH)).xml
     (vf,) = hostdev_vfs(xml)
