@@ -57,7 +57,7 @@ def test_prepare_sets_the_rates_and_release_puts_them_back(make_host, bandwidth,
     host, nl = rates_host(make_host)
     cfg = host.write_config()
     xml = resolver.resolve(cfg, domain("vm1", iface_extra=bandwidth)).xml
-    assert b"<bandwidth" not in xml  # libvirt refuses it on a hostdev interface
+    assert b"<bandwidth" not in xml  # libvirt refuses to start a hostdev interface with it
     (vf,) = hostdev_vfs(xml)
     claim = claims(cfg)[vf]
     assert (claim.rate_mbps, claim.peak_mbps, claim.min_rate_mbps) == rates

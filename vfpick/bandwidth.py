@@ -15,9 +15,10 @@ max_tx_rate; ``peak`` (the ceiling libvirt's own shaper lets it reach) is the ma
 given. ``floor`` is libvirt's guarantee; libvirt spells it only on ``<inbound>`` (``virsh
 define`` refuses it on ``<outbound>``), so vfpick reads ``<inbound floor>`` as the NIC's
 guaranteed rate (min_tx_rate: a VF's limiter shapes what the guest sends). ``burst`` and
-inbound average/peak have no VF equivalent and are ignored. libvirt refuses <bandwidth> on a
-hostdev interface, so the resolved interface has none: vfpick keeps it in its metadata
-(``<vfpick:nic average= peak= floor=>``, KiB/s as written) and in the claim (Mb/s).
+inbound average/peak have no VF equivalent and are ignored. libvirt defines a hostdev
+interface with <bandwidth> but refuses its start, so the resolved interface has none: vfpick
+keeps it in its metadata (``<vfpick:nic average= peak= floor=>``, KiB/s as written) and in the
+claim (Mb/s).
 """
 
 from collections import namedtuple
