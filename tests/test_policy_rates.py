@@ -183,3 +183,11 @@ def test_pcie_affinity_required_refuses_when_no_pf_shares_a_bridge():
     assert claims == {}
     # preferred falls back to load.
     assert place(topo, request(near=(GPU,)), claims)
+
+
+def test_a_domains_heaviest_nic_is_placed_first():
+    """A 1G and a 20G NIC of one domain on a 100G and a 10G link (distinct=link): in NIC order
+    the 1G NIC would take the 100G link and leave the 20G one a 10G link (load 2.0)."""
+    topo = memtopo.build([[{"vfs": 8, "speed": 100000}, {"vfs": 8, "speed": 10000}]], nodes=(0,))
+    light, heavy = place(topo, request(rates=(1000, 20000)), {})
+    assert (light.link, heavy.link) == ("c0p1", "c0p0")

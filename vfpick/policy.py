@@ -146,7 +146,12 @@ def pick(topology, pool_pfs, claims, busy, request):
             mine.append(vf)
             ledger.add(vf, nic.rate, nic.min_rate)
 
-    for i, nic in enumerate(request.nics):
+    # The heaviest NICs first (a stable sort: without rates, NIC order): a light NIC placed
+    # first could take the one fast link a heavy NIC of the same domain needs (distinct).
+    order = sorted(range(len(request.nics)),
+                   key=lambda i: -weight(request.nics[i].rate, request.nic_rate))
+    for i in order:
+        nic = request.nics[i]
         if chosen[i] is not None:
             continue
         free = [vf for vf in candidates_all if vf not in taken and vf not in mine]
