@@ -198,3 +198,31 @@ def test_metrics_reserved_per_link(make_host):
     expect[link_of["vm2"]] += 1000 * 125000
     assert got == expect
     assert family.name == "vfpick_link_reserved_bytes"
+
+
+@pytest.mark.parametrize("body,error", [
+    ("nic_rate = 0", "[pool fast] nic_rate: '0' is not a rate in Mb/s from 1 to 10000000"),
+    ("nic_rate = 1G", "[pool fast] nic_rate: '1G' is not a rate in Mb/s from 1 to 10000000"),
+    ("nic_rate = ²", "[pool fast] nic_rate: '²' is not a rate in Mb/s"),
+    ("guarantee = maybe", "[pool fast] guarantee: 'maybe' is not one of yes, true, on"),
+    ("pcie_affinity = near", "[pool fast] pcie_affinity: 'near' is not one of required, "
+                             "preferred, ignore"),
+])
+def test_bad_bandwidth_keys_name_file_section_and_key(make_host, body, error):
+    from vfpick.errors import ConfigError
+
+    host = make_host()
+    with pytest.raises(ConfigError) as e:
+        host.write_config(pools={"fast": "pfs = ens1f0\n%s\n" % body})
+    assert str(e.value).startswith(host.config_path + ": " + error)
+
+
+@pytest.mark.parametrize("body,expect", [
+    ("", (1000, False, "preferred")),
+    ("nic_rate = 25000\nguarantee = yes\npcie_affinity = required", (25000, True, "required")),
+    ("pcie_affinity = IGNORE", (1000, False, "ignore")),
+])
+def test_bandwidth_keys(make_host, body, expect):
+    host = make_host()
+    pool = host.write_config(pools={"fast": "pfs = ens1f0\n%s\n" % body}).pools["fast"]
+    assert (pool.nic_rate, pool.guarantee, pool.pcie_affinity) == expect
