@@ -15,18 +15,25 @@ from vfpick import netlink
 class FakeNetlink(netlink._Closing):
     """In-memory stand-in with RealNetlink's methods, errnos and messages.
 
-    calls: one (pf_ifname, vf_index, trust, spoofchk) per set_vf call, failed ones included.
-    New VFs start untrusted with spoofchk on (the usual driver defaults).
+    calls: one (pf_ifname, vf_index, trust, spoofchk) per set_vf call of trust/spoofchk,
+    failed ones included; rate_calls: one (pf_ifname, vf_index, max_tx_rate, min_tx_rate) per
+    set_vf call of the rates. New VFs start untrusted with spoofchk on and no rates (the usual
+    driver defaults; rates read None until set).
     """
 
     def __init__(self):
-        self.links, self.num_vfs, self.vfs, self.calls = {}, {}, {}, []
+        self.links, self.num_vfs, self.vfs, self.calls, self.rate_calls = {}, {}, {}, [], []
         self._index, self._failures, self._watchers, self.closed = {}, {}, [], False
+        self._rates = {}
 
-    def add_link(self, ifname, carrier=True, operstate="up", num_vfs=0):
+    def add_link(self, ifname, carrier=True, operstate="up", num_vfs=0, rates="both"):
+        """rates: what the driver's ndo_set_vf_rate takes: "both" (mlx5, ice, bnxt_en), "max"
+        (igb, ixgbe, i40e: EINVAL for a min_tx_rate other than 0), "none" (EOPNOTSUPP)."""
         self._index.setdefault(ifname, len(self._index) + 1)
         self.links[ifname] = netlink.LinkState(ifname, carrier, operstate, None)
         self.num_vfs[ifname] = num_vfs
+        self._rates[ifname] = rates
+        # Rates None until set: a kernel says 0 (no limit), which vfsettings reads the same.
         self.vfs.update(((ifname, vf), netlink.VfState(False, True)) for vf in range(num_vfs))
         self._emit("new", ifname)
 
@@ -65,13 +72,28 @@ class FakeNetlink(netlink._Closing):
         if err:
             raise netlink.NetlinkError("cannot %s: %s" % (what, text), pf, vf, setting, err)
 
-    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
-        self.calls.append((pf_ifname, vf_index, trust, spoofchk))
-        for setting, value, word in netlink._requested(trust, spoofchk):
+    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None, max_tx_rate=None,
+               min_tx_rate=None):
+        requested = netlink._requested(trust, spoofchk)
+        rates = netlink._rates_requested(max_tx_rate, min_tx_rate)
+        if requested or rates is None:
+            self.calls.append((pf_ifname, vf_index, trust, spoofchk))
+        if rates is not None:
+            self.rate_calls.append((pf_ifname, vf_index) + rates)
+        key = (pf_ifname, vf_index)
+        for setting, value, word in requested:
             self._check(pf_ifname, vf_index, "set %s %s for VF %d of %s" % (
                 setting, word, vf_index, pf_ifname), setting)
-            key = (pf_ifname, vf_index)
             self.vfs[key] = self.vfs[key]._replace(**{setting: value})
+        if rates is not None:
+            what = "set %s for VF %d of %s" % (netlink.rates_word(*rates), vf_index, pf_ifname)
+            self._check(pf_ifname, vf_index, what, "rate")
+            refusal = {"none": errno.EOPNOTSUPP, "max": errno.EINVAL if rates[1] else 0}.get(
+                self._rates.get(pf_ifname, "both"), 0)
+            if refusal:
+                raise netlink.NetlinkError("cannot %s: %s" % (what, os.strerror(refusal)),
+                                           pf_ifname, vf_index, "rate", refusal)
+            self.vfs[key] = self.vfs[key]._replace(max_tx_rate=rates[0], min_tx_rate=rates[1])
 
     def get_vf(self, pf_ifname, vf_index):
         self._check(pf_ifname, vf_index, "read VF %d of %s" % (vf_index, pf_ifname))

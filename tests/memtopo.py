@@ -7,7 +7,7 @@ from vfpick.records import PF, VF, Link, Topology
 
 def build(cards, nodes=(0, 1)):
     """cards: [[port, ...], ...]; port: dict(vfs=4, speed=25000, up=True, numa=0, parts=1,
-    name=None). Each NPAR partition of a port is its own PF on the same link."""
+    name=None, pcie=[bridges above the PF, from "pciDDDD:BB" down]). Each NPAR partition of a port is its own PF on the same link."""
     pfs, vfs, links, link_of, card_of = {}, {}, {}, {}, {}
     bus = 0x10
     for c, ports in enumerate(cards):
@@ -29,7 +29,8 @@ def build(cards, nodes=(0, 1)):
                 up = port.get("up", True)
                 pfs[addr] = PF(addr, "%sp%d" % (link_name, part), "i40e", "0x8086", "0x158b", numa,
                                64, len(vf_addrs), tuple(vf_addrs), up, "up" if up else "down",
-                               port.get("speed", 25000) if up else None, None, None, None)
+                               port.get("speed", 25000) if up else None, None, None, None,
+                               pcie=tuple(port.get("pcie", ())) + (addr,) if "pcie" in port else ())
                 link_of[addr] = link_name
                 card_of[addr] = "card%d" % c
                 members.append(addr)

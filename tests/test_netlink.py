@@ -201,6 +201,72 @@ def test_set_vf_request_encoding(setting, value):
         _pyroute2_request("ens1f0", {"vf": 3, setting: value})[16:]
 
 
+@pytest.mark.parametrize("low,high", [(0, 100), (250, 1000), (0, 0), (40000, 100000)])
+def test_set_vf_rate_request_encoding(low, high):
+    """IFLA_VF_RATE, decoded by pyroute2, as pyroute2's own request (`ip link set PF vf N
+    min_tx_rate L max_tx_rate H` sends the same attribute)."""
+    ours = _decode(rtnl.setlink_vf_rate("ens1f0", 3, low, high, seq=7))
+    rate = {"vf": 3, "min_tx_rate": low, "max_tx_rate": high}
+    theirs = _decode(_pyroute2_request("ens1f0", {"vf": 3, "rate": rate}))
+    assert [m["header"]["type"] for m in ours + theirs] == [19, 16]
+    assert [(m["header"]["flags"], m["header"]["sequence_number"]) for m in ours] == [(5, 7)]
+
+    def sent(msg):
+        infos = msg.get_attr("IFLA_VFINFO_LIST").get_attrs("IFLA_VF_INFO")
+        return (msg.get_attr("IFLA_IFNAME"), [[(name, dict(v)) for name, v in info["attrs"]]
+                                              for info in infos])
+
+    assert sent(ours[0]) == sent(theirs[0]) == ("ens1f0", [[("IFLA_VF_RATE", rate)]])
+    assert rtnl.setlink_vf_rate("ens1f0", 3, low, high)[16:] == \
+        _pyroute2_request("ens1f0", {"vf": 3, "rate": rate})[16:]
+
+
+def test_set_vf_sends_flags_then_one_rate_request():
+    kernel = Kernel(_ack, _ack)
+    _real(kernel).set_vf("ens1f0", 3, trust=True, max_tx_rate=800, min_tx_rate=200)
+    assert kernel.sent == [rtnl.setlink_vf("ens1f0", 3, "trust", 1, seq=1),
+                           rtnl.setlink_vf_rate("ens1f0", 3, 200, 800, seq=2)]
+    kernel = Kernel(_ack)
+    _real(kernel).set_vf("ens1f0", 3, max_tx_rate=800)  # the other rate is 0: no guarantee
+    assert kernel.sent == [rtnl.setlink_vf_rate("ens1f0", 3, 0, 800, seq=1)]
+
+
+def test_a_refused_rate_is_one_line_naming_both_rates():
+    """igb: min_tx_rate other than 0 is EINVAL (igb_ndo_set_vf_bw)."""
+    kernel = Kernel(lambda seq: _error(errno.EINVAL, seq))
+    with pytest.raises(NetlinkError) as e:
+        _real(kernel).set_vf("ens1f0", 3, max_tx_rate=800, min_tx_rate=200)
+    assert str(e.value) == ("cannot set max_tx_rate 800 min_tx_rate 200 for VF 3 of ens1f0: "
+                            "Invalid argument")
+    assert (e.value.setting, e.value.errno) == ("rate", errno.EINVAL)
+
+
+@pytest.mark.parametrize("bad", [-1, "100", 1.5, True, 1 << 32])
+def test_a_rate_must_be_whole_mbps(fake, bad):
+    with pytest.raises(ValueError):
+        fake.set_vf("ens1f0", 0, max_tx_rate=bad)
+
+
+@pytest.mark.parametrize("rates,asked,refused", [
+    ("both", (800, 200), None),
+    ("max", (800, 0), None),
+    ("max", (800, 200), errno.EINVAL),    # igb, ixgbe, i40e
+    ("none", (800, 0), errno.EOPNOTSUPP),
+])
+def test_fake_rates_follow_the_driver(rates, asked, refused):
+    nl = FakeNetlink()
+    nl.add_link("ens1f0", num_vfs=2, rates=rates)
+    if refused:
+        with pytest.raises(NetlinkError) as e:
+            nl.set_vf("ens1f0", 1, max_tx_rate=asked[0], min_tx_rate=asked[1])
+        assert e.value.errno == refused and e.value.setting == "rate"
+        assert nl.get_vf("ens1f0", 1)[2:] == (None, None)
+    else:
+        nl.set_vf("ens1f0", 1, max_tx_rate=asked[0], min_tx_rate=asked[1])
+        assert nl.get_vf("ens1f0", 1)[2:] == asked
+    assert nl.rate_calls == [("ens1f0", 1) + asked] and nl.calls == []
+
+
 def test_getlink_request_encoding():
     msg, = _decode(rtnl.getlink_vfs("ens1f0", seq=2))
     assert (msg["header"]["type"], msg["header"]["flags"]) == (18, 1)  # RTM_GETLINK, REQUEST
@@ -326,8 +392,9 @@ def test_a_damaged_extack_keeps_the_errno():
     assert (err.errno, err.strerror) == (errno.EBUSY, os.strerror(errno.EBUSY))
 
 
-def _newlink(vfs, seq, ifname="ens1f0"):
-    """A kernel-style RTM_NEWLINK, encoded by pyroute2: vfs = [(vf, spoofchk, trust)]."""
+def _newlink(vfs, seq, ifname="ens1f0", rates=None):
+    """A kernel-style RTM_NEWLINK, encoded by pyroute2: vfs = [(vf, spoofchk, trust)];
+    rates: {vf: (min, max)} sent as the kernel does, IFLA_VF_TX_RATE and IFLA_VF_RATE."""
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
     msg = ifinfmsg()
     msg["header"]["type"], msg["header"]["sequence_number"] = 16, seq
@@ -336,7 +403,11 @@ def _newlink(vfs, seq, ifname="ens1f0"):
         "attrs": [("IFLA_VF_INFO", {"attrs": [
             ("IFLA_VF_MAC", {"vf": vf, "mac": "52:54:00:00:%02x:%02x" % divmod(vf, 256)}),
             ("IFLA_VF_SPOOFCHK", {"vf": vf, "spoofchk": spoof}),
-            ("IFLA_VF_TRUST", {"vf": vf, "trust": trust})]}) for vf, spoof, trust in vfs]})]
+            ("IFLA_VF_TRUST", {"vf": vf, "trust": trust})] + ([
+                ("IFLA_VF_TX_RATE", {"vf": vf, "tx_rate": rates[vf][1]}),
+                ("IFLA_VF_RATE", {"vf": vf, "min_tx_rate": rates[vf][0],
+                                  "max_tx_rate": rates[vf][1]})] if rates else [])})
+            for vf, spoof, trust in vfs]})]
     msg.encode()
     return bytes(msg.data)
 
@@ -351,6 +422,13 @@ def test_get_vf_decodes_a_kernel_style_reply():
         nl.get_vf("ens1f0", 3)
     assert str(e.value) == "cannot read VF 3 of ens1f0: the kernel reports no such VF"
     assert nl._rtnl._sock.sent[0] == rtnl.getlink_vfs("ens1f0", seq=1)
+
+
+def test_get_vf_decodes_the_rates():
+    vfs = [(0, 1, 0), (1, 1, 0)]
+    nl = _real(Kernel(*[lambda seq: _newlink(vfs, seq, rates={0: (0, 0), 1: (250, 1000)})] * 2))
+    assert nl.get_vf("ens1f0", 0) == VfState(False, True, 0, 0)
+    assert nl.get_vf("ens1f0", 1) == VfState(False, True, 1000, 250)
 
 
 def test_get_vf_errors():
@@ -479,6 +557,25 @@ def test_set_vf_in_a_netns_without_pyroute2(netns):
     assert out.stdout == "cannot set trust on for VF 3 of va: Operation not supported\n"
 
 
+def test_set_vf_rate_on_a_link_without_vfs(netns, real):
+    """The kernel's answer to IFLA_VF_RATE on a link whose driver has no ndo_set_vf_rate (veth,
+    dummy): one line naming both rates, the same errno as pyroute2's request."""
+    from pyroute2 import IPRoute, NetlinkError as KernelError
+    with pytest.raises(NetlinkError) as e:
+        real.set_vf("va", 1, max_tx_rate=100, min_tx_rate=0)
+    assert str(e.value) == ("cannot set max_tx_rate 100 min_tx_rate 0 for VF 1 of va: "
+                            "Operation not supported")
+    assert (e.value.setting, e.value.errno) == ("rate", errno.EOPNOTSUPP)
+    with IPRoute(netns=netns, flags=0, ext_ack=True) as ipr:
+        with pytest.raises(KernelError) as theirs:
+            ipr.link("set", ifname="va", vf={"vf": 1, "rate": {
+                "vf": 1, "min_tx_rate": 0, "max_tx_rate": 100}})
+    assert theirs.value.code == errno.EOPNOTSUPP
+    with pytest.raises(NetlinkError, match="^cannot set max_tx_rate 100 min_tx_rate 0 for VF 0 "
+                                           "of nope0: No such device$"):
+        real.set_vf("nope0", 0, max_tx_rate=100)
+
+
 def test_get_vf_on_a_link_without_vfs(real):
     with pytest.raises(NetlinkError) as e:
         real.get_vf("va", 0)
@@ -575,8 +672,12 @@ def nsim():
 def test_set_vf_on_netdevsim(nsim):
     with netlink.open_netlink() as nl:
         nl.set_vf(nsim, 2, trust=True, spoofchk=False)
-        assert nl.get_vf(nsim, 2) == VfState(True, False)
+        assert nl.get_vf(nsim, 2) == VfState(True, False, 0, 0)
         nl.set_vf(nsim, 2, trust=False)
-        assert nl.get_vf(nsim, 2) == VfState(False, False)
+        assert nl.get_vf(nsim, 2) == VfState(False, False, 0, 0)
+        nl.set_vf(nsim, 2, max_tx_rate=500, min_tx_rate=100)  # netdevsim takes both
+        assert nl.get_vf(nsim, 2)[2:] == (500, 100)
+        nl.set_vf(nsim, 2, max_tx_rate=0, min_tx_rate=0)
+        assert nl.get_vf(nsim, 2)[2:] == (0, 0)
         with pytest.raises(NetlinkError, match="VF 9 of %s: " % nsim):
             nl.set_vf(nsim, 9, trust=True)

@@ -23,13 +23,15 @@ Config = namedtuple(
 Config.__doc__ = """pools: {name: Pool} in file order; links: {name: tuple of PF addrs}.
 lock_timeout: seconds any command or the hook waits for the claims lock."""
 
-Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk failover missing",
-                  defaults=(None, ()))
+Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk failover missing "
+                  "nic_rate guarantee pcie_affinity", defaults=(None, (), 1000, False, "preferred"))
 Pool.__doc__ = """pfs: PF PCI addresses in the order the file lists them (``pack`` uses it), of the
 PFs present on this host. missing: the names the file lists that are not on this host (a netdev
 renamed by a kernel upgrade, a card removed): the pool degrades to the PFs present.
 trust/spoofchk: True, False or None (leave the VF as the driver set it).
-failover: a Failover, or None (plain VF NICs)."""
+failover: a Failover, or None (plain VF NICs). nic_rate: Mb/s a NIC without a <bandwidth> rate
+weighs on its link. guarantee: the guaranteed (floor, else average) rates on a link never exceed
+its speed. pcie_affinity: required|preferred|ignore (the domain's other PCI hostdevs)."""
 
 Failover = namedtuple("Failover", "kind name")
 Failover.__doc__ = """``failover = bridge:BR | network:NET``: each NIC of the pool also gets a
@@ -51,7 +53,10 @@ _MAIN_KEYS = {
     "lock_timeout": "30",
 }
 _NOT_PATHS = {"connect", "lock_timeout"}
-_POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk", "failover"}
+_POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk", "failover",
+              "nic_rate", "guarantee", "pcie_affinity"}
+PCIE_AFFINITY = ("required", "preferred", "ignore")
+MAX_RATE_MBPS = 10 ** 7  # 10 Tb/s: far past any link, well inside IFLA_VF_RATE's u32
 _LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -149,6 +154,13 @@ def _seconds(where, section, key, value):
     if not 0 <= seconds <= 86400:
         raise where.error(section, key, "%r is not a number of seconds from 0 to 86400" % value)
     return seconds
+
+
+def _mbps(where, section, key, value):
+    value = value.strip()
+    if not value or not set(value) <= set("0123456789") or not 1 <= int(value) <= MAX_RATE_MBPS:
+        raise where.error(section, key, "%r is not a rate in Mb/s from 1 to %d" % (value, MAX_RATE_MBPS))
+    return int(value)
 
 
 def _name(where, section, kind, name):
@@ -302,6 +314,10 @@ def parse(text, path="<config>"):
             trust=_mapped(where, section, "trust", items.get("trust", "unset"), _TRISTATE),
             spoofchk=_mapped(where, section, "spoofchk", items.get("spoofchk", "unset"), _TRISTATE),
             failover=_failover(where, section, items.get("failover")),
+            nic_rate=_mbps(where, section, "nic_rate", items.get("nic_rate", "1000")),
+            guarantee=_mapped(where, section, "guarantee", items.get("guarantee", "no"), _BOOL),
+            pcie_affinity=_choice(where, section, "pcie_affinity",
+                                  items.get("pcie_affinity", "preferred"), PCIE_AFFINITY),
         )
     for section, name, _items in pools_raw:
         failover = pools[name].failover

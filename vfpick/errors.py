@@ -37,6 +37,14 @@ class DistinctImpossible(PoolError):
     pass
 
 
+class GuaranteeImpossible(PoolError):
+    """guarantee=yes: no link has room left for the NIC's guaranteed rate."""
+
+
+class PcieAffinityImpossible(PoolError):
+    """pcie_affinity=required: no free VF shares a PCIe bridge with the domain's devices."""
+
+
 class ClaimConflict(VfpickError):
     """A VF is held by another domain or used by another running domain."""
 

@@ -149,7 +149,7 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                               pending=None, applied=None, restore=None)
             ready.append((claim, pool))
         # Every refusal is raised above, before any VF is touched.
-        _put_with_vf_settings(config, claims, ready, netlink_factory, reassert)
+        _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warnings)
     return warnings
 
 
@@ -163,9 +163,10 @@ def _fix(name, managed, pool):
             "network='%s'/>) and run 'vfpick repick %s'" % (name, pool, pool, _shell_word(name)))
 
 
-def _put_with_vf_settings(config, claims, ready, netlink_factory, reassert):
-    """Puts the claims; sets the pools' trust/spoofchk, recording what to put back (not on a
-    reconnect: the running guest has them already). A failure takes back this run's changes."""
+def _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warnings):
+    """Puts the claims; sets the pools' trust/spoofchk and the NICs' rates, recording what to
+    put back (not on a reconnect: the running guest has them already). A failure takes back
+    this run's changes; a rate the driver refuses outside guarantee = yes goes to *warnings*."""
     from vfpick import vfsettings
 
     netlink, first_set = vfsettings.Netlink(netlink_factory), []
@@ -174,7 +175,7 @@ def _put_with_vf_settings(config, claims, ready, netlink_factory, reassert):
             if not reassert and vfsettings.wanted(claim, pool):
                 fresh = claim.applied is None
                 try:
-                    claim = vfsettings.apply(config, claim, pool, netlink)
+                    claim = vfsettings.apply(config, claim, pool, netlink, warnings)
                 except LookupError as e:
                     raise Refusal(str(e))
                 if fresh:
@@ -410,10 +411,8 @@ def _decide(name, op, data, marks, stderr, config_path):
 
 
 def _act(name, op, data, stdout, stderr, netlink_factory, config, facts):
-    if op == "prepare":
-        prepare(config, name, facts, netlink_factory)
-    elif op == "reconnect":
-        for warning in prepare(config, name, facts, netlink_factory, reassert=True):
+    if op in ("prepare", "reconnect"):
+        for warning in prepare(config, name, facts, netlink_factory, reassert=op == "reconnect"):
             stderr.write("vfpick: warning: %s\n" % " ".join(warning.split()))
     elif op == "release":
         for warning in release(config, name, facts, netlink_factory):

@@ -20,19 +20,23 @@ import xml.parsers.expat as expat
 
 from lxml import etree
 
-from vfpick import cpulist, pci
+from vfpick import bandwidth as bandwidthmod, cpulist, pci
 from vfpick.domscan import MAX_BYTES, MAX_DEPTH, NS, canonical_uuid, normalize_mac, pci_source
 from vfpick.errors import XmlError
 
-Assignment = collections.namedtuple("Assignment", "mac pool vf pf link")
-Assignment.__doc__ = """The VF chosen for one interface: recorded in vfpick's metadata."""
-NetIface = collections.namedtuple("NetIface", "index network mac")
+Assignment = collections.namedtuple("Assignment", "mac pool vf pf link bandwidth", defaults=(None,))
+Assignment.__doc__ = """The VF chosen for one interface: recorded in vfpick's metadata.
+bandwidth: the NIC's bandwidth.Bandwidth, or None."""
+NetIface = collections.namedtuple("NetIface", "index network mac bandwidth", defaults=(None,))
 NetIface.__doc__ = """An <interface type='network'>. index: position among <devices>'s
-<interface> elements (stable across apply). mac: normalized or None."""
-ManagedIface = collections.namedtuple("ManagedIface", "index mac pool vf recorded_vf recorded_pf")
+<interface> elements (stable across apply). mac: normalized or None. bandwidth: its
+<bandwidth> (bandwidth.Bandwidth, KiB/s) for a pool interface, else None."""
+ManagedIface = collections.namedtuple("ManagedIface", "index mac pool vf recorded_vf recorded_pf "
+                                      "bandwidth", defaults=(None,))
 ManagedIface.__doc__ = """An <interface type='hostdev'> whose MAC has a vfpick:nic entry.
 vf: its current source address (canonical) or None; recorded_vf, recorded_pf: the entry's vf
-and pf (canonical; None when absent or not a PCI address)."""
+and pf (canonical; None when absent or not a PCI address). bandwidth: the entry's recorded
+bandwidth.Bandwidth, or None."""
 Overrides = collections.namedtuple("Overrides", "distinct strict numa")
 Overrides.__doc__ = """A domain's policy overrides for one pool: each None (use the pool's)
 or a validated value (distinct: card|link|pf|none, strict: bool, numa: required|preferred|ignore)."""
@@ -220,22 +224,42 @@ class DomainXml(object):
         return meta, (found[0] if found else None)
 
     def _entries(self):
-        """{mac: (pool, vf, pf, link)} from vfpick:nic entries (first entry per MAC wins)."""
+        """{mac: (pool, vf, pf, link, Bandwidth|None)} from vfpick:nic entries (first entry per
+        MAC wins)."""
         entries = {}
         dom = self._meta_domain()[1]
         for nic in ([] if dom is None else dom.findall("{%s}nic" % NS)):
             mac = normalize_mac(nic.get("mac"))
             if mac and mac not in entries:
-                entries[mac] = (nic.get("pool"), nic.get("vf"), nic.get("pf"), nic.get("link"))
+                entries[mac] = (nic.get("pool"), nic.get("vf"), nic.get("pf"), nic.get("link"),
+                                bandwidthmod.from_attrs(nic.get))
         return entries
 
-    def network_interfaces(self):
+    def network_interfaces(self, pools=None):
+        """The network interfaces; *pools* (names): read the <bandwidth> of those (XmlError
+        for a bad one)."""
         out = []
         for index, iface in enumerate(self._interfaces()):
             if iface.get("type") == "network":
                 source = iface.find("source")
-                out.append(NetIface(index, None if source is None else source.get("network"),
-                                    self._mac(iface)))
+                network = None if source is None else source.get("network")
+                bw = None
+                if pools is not None and network in pools:
+                    bw = bandwidthmod.from_interface(
+                        iface, "interface %d (network '%s')" % (index + 1, network))
+                out.append(NetIface(index, network, self._mac(iface), bw))
+        return out
+
+    def pci_hostdevs(self):
+        """PCI addresses of the domain's <hostdev type='pci'> devices (a GPU, an NVMe)."""
+        devices = self._root.find("devices")
+        out = []
+        for hostdev in ([] if devices is None else devices.findall("hostdev")):
+            address = hostdev.find("source/address")
+            if hostdev.get("type") == "pci" and address is not None:
+                addr = pci_source(address.attrib)
+                if addr:
+                    out.append(addr)
         return out
 
     def managed_interfaces(self):
@@ -245,9 +269,9 @@ class DomainXml(object):
             if iface.get("type") == "hostdev" and mac in entries:
                 address = iface.find("source/address")
                 vf = None if address is None else pci_source(address.attrib)
-                pool, recorded, pf, _link = entries[mac]
+                pool, recorded, pf, _link, bw = entries[mac]
                 out.append(ManagedIface(index, mac, pool, vf, pci.normalize(recorded or ""),
-                                        pci.normalize(pf or "")))
+                                        pci.normalize(pf or ""), bw))
         return out
 
     def macs(self):
@@ -458,7 +482,7 @@ class DomainXml(object):
         for index, iface in enumerate(ifaces):
             a = assignments.get(index)
             if a is not None:
-                mac, values = a.mac, (a.pool, a.vf, a.pf, a.link)
+                mac, values = a.mac, (a.pool, a.vf, a.pf, a.link, a.bandwidth)
             else:
                 mac = self._mac(iface)
                 if iface.get("type") != "hostdev" or mac not in entries:
@@ -467,12 +491,14 @@ class DomainXml(object):
             if mac not in seen:
                 seen.add(mac)
                 wanted.append((mac,) + tuple(values))
+        names = ("mac", "pool", "vf", "pf", "link")
         meta, dom = self._meta_domain()
         if dom is None and not wanted:
             return []
         prefix = (dom.prefix if dom is not None else "vfpick") or ""
         nic_tag = prefix + ":nic" if prefix else "nic"
-        nics = [_tag(nic_tag, zip(("mac", "pool", "vf", "pf", "link"), w), quote='"') for w in wanted]
+        nics = [_tag(nic_tag, list(zip(names, w)) + bandwidthmod.to_attrs(w[-1]), quote='"')
+                for w in wanted]
         if dom is not None:
             kept = [self._bytes(c) for c in dom if c.tag != "{%s}nic" % NS]
             start, stag_end, etag_start, end = self._span[dom]

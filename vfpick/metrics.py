@@ -133,7 +133,25 @@ def families(facts):
         "unplugged it: sriov_numvfs changed under the guest)", value=len(lost))
 
     return [vfs, up, speed, domain_nics, domain_degraded, claims_stale, claims_lost] + drained_families(facts) + [
-        build_info()]
+        reserved_family(facts), build_info()]
+
+
+def reserved_family(facts):
+    """vfpick_link_reserved_bytes{link}: what the claims on a link hold back (each NIC's
+    <inbound floor>, else its outbound average; a NIC without a rate holds nothing), in bytes/s
+    like vfpick_link_speed_bytes, so reserved / speed is the share a guarantee pool has used."""
+    topo = facts.topo
+    reserved = dict.fromkeys(topo.links, 0)
+    for claim in facts.claims.values():
+        link = topo.link_of.get(claim.pf)
+        if link is not None:
+            reserved[link] += policy.reserved(claim.rate_mbps, claim.min_rate_mbps)
+    family = GaugeMetricFamily("vfpick_link_reserved_bytes", "Bytes per second the claims on the "
+                               "link reserve (guaranteed rates: floor, else average)",
+                               labels=["link"])
+    for link in sorted(reserved):
+        family.add_metric([link], reserved[link] * BYTES_PER_MBIT)
+    return family
 
 
 def drained_families(facts):

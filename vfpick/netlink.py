@@ -1,4 +1,4 @@
-"""The narrow rtnetlink interface: VF trust/spoofchk on a PF, link state, link events.
+"""The narrow rtnetlink interface: VF trust/spoofchk/rates on a PF, link state, link events.
 
 set_vf and get_vf speak rtnetlink themselves (vfpick.rtnl: standard library only, ~1 ms):
 the qemu hook calls set_vf on every VM start of a pool with trust/spoofchk, and pyroute2
@@ -14,8 +14,9 @@ from collections import namedtuple
 
 from vfpick.errors import VfpickError
 
-VfState = namedtuple("VfState", "trust spoofchk")
-VfState.__doc__ = """trust, spoofchk: True/False, None when the driver does not report it."""
+VfState = namedtuple("VfState", "trust spoofchk max_tx_rate min_tx_rate", defaults=(None, None))
+VfState.__doc__ = """trust, spoofchk: True/False, None when the driver does not report it.
+max_tx_rate, min_tx_rate: Mb/s (0: no limit), None when the kernel sent none."""
 
 LinkState = namedtuple("LinkState", "ifname carrier operstate speed")
 LinkState.__doc__ = """carrier: bool (netlink reports it even for an admin-down link, where
@@ -29,6 +30,7 @@ every other field None, re-read the state of every link you care about). index s
 renames, ifname does not."""
 
 SETTINGS = ("trust", "spoofchk")
+RATES = ("max_tx_rate", "min_tx_rate")
 _UNREPORTED = 0xFFFFFFFF  # the kernel presets -1 and keeps it when the driver says nothing
 _RTMGRP_LINK = 1
 _KINDS = {16: "new", 17: "del"}  # RTM_NEWLINK, RTM_DELLINK
@@ -48,6 +50,22 @@ def _requested(trust, spoofchk):
         if value not in (True, False):  # bool("off") is True: refuse, do not guess
             raise ValueError("%s must be True, False or None, not %r" % (name, value))
     return [(name, bool(value), "on" if value else "off") for name, value in pairs]
+
+
+def _rates_requested(max_tx_rate, min_tx_rate):
+    """(max, min) to set, or None when neither is given; a rate not given is 0 (none), since
+    IFLA_VF_RATE sets both."""
+    if max_tx_rate is None and min_tx_rate is None:
+        return None
+    rates = (max_tx_rate or 0, min_tx_rate or 0)
+    for name, value in zip(RATES, rates):
+        if type(value) is not int or not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError("%s must be Mb/s (an int from 0), not %r" % (name, value))
+    return rates
+
+
+def rates_word(max_tx_rate, min_tx_rate):
+    return "max_tx_rate %d min_tx_rate %d" % (max_tx_rate, min_tx_rate)
 
 
 def _reason(exc):
@@ -100,17 +118,28 @@ class RealNetlink(_Closing):
         if self._ipr is not None:
             self._ipr.close()
 
-    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None):
-        """Set trust/spoofchk (True/False; None leaves it alone) of VF vf_index of the PF."""
+    def set_vf(self, pf_ifname, vf_index, trust=None, spoofchk=None, max_tx_rate=None,
+               min_tx_rate=None):
+        """Set trust/spoofchk (True/False; None leaves it alone) and the rates (Mb/s, 0: none;
+        both None leaves them alone, one None is 0) of VF vf_index of the PF."""
         # One request per setting: the kernel stops at the first failing one, and the
         # error must name the setting that failed.
-        for setting, value, word in _requested(trust, spoofchk):
+        requested, rates = _requested(trust, spoofchk), _rates_requested(max_tx_rate, min_tx_rate)
+        for setting, value, word in requested:
             try:
                 self._rtnl.set_vf(pf_ifname, vf_index, setting, int(value))
             except OSError as e:
                 code, text = _reason(e)
                 raise NetlinkError("cannot set %s %s for VF %d of %s: %s" % (
                     setting, word, vf_index, pf_ifname, text), pf_ifname, vf_index, setting, code)
+        if rates is not None:
+            try:
+                self._rtnl.set_vf_rate(pf_ifname, vf_index, rates[1], rates[0])
+            except OSError as e:
+                code, text = _reason(e)
+                raise NetlinkError("cannot set %s for VF %d of %s: %s" % (
+                    rates_word(*rates), vf_index, pf_ifname, text), pf_ifname, vf_index, "rate",
+                    code)
 
     def get_vf(self, pf_ifname, vf_index):
         what = "read VF %d of %s" % (vf_index, pf_ifname)
@@ -122,8 +151,9 @@ class RealNetlink(_Closing):
         if found is None:
             raise NetlinkError("cannot %s: the kernel reports no such VF" % what,
                                pf_ifname, vf_index, errno=errno.ENOENT)
-        return VfState(*(None if found.get(name, _UNREPORTED) == _UNREPORTED
-                         else bool(found[name]) for name in SETTINGS))
+        flags = [None if found.get(name, _UNREPORTED) == _UNREPORTED else bool(found[name])
+                 for name in SETTINGS]
+        return VfState(*flags, *(found.get(name) for name in RATES))
 
     def _get(self, ifname, what, **kwarg):
         if self._ipr is None:

@@ -2,13 +2,18 @@
 
 No I/O here. ``spread`` places each NIC in turn by hard filters, then by preference:
 link up; not sharing the ``distinct`` level with the domain's other NICs; NUMA-local;
-lowest (claims+1)/speed on the link; least loaded PF; lowest VF address. ``pack`` is the
+sharing the deepest PCIe bridge with the domain's other PCI hostdevs; lowest load on the
+link after the pick (the sum of its NICs' rates over its speed: a NIC without a rate weighs
+the pool's ``nic_rate``, so without rates this is (claims+1)/speed); least loaded PF; lowest
+VF address. With ``guarantee`` the guaranteed rates on a link never exceed its speed. ``pack`` is the
 legacy "first free VF in list order". Claimed VFs never move: a kept NIC stays where it is.
 All-or-nothing: a request that cannot be met raises and picks nothing.
 """
 
+from fractions import Fraction
+
 from vfpick import pci
-from vfpick.errors import DistinctImpossible, PoolExhausted
+from vfpick.errors import DistinctImpossible, GuaranteeImpossible, PcieAffinityImpossible, PoolExhausted
 from vfpick.records import Pick
 
 
@@ -54,27 +59,57 @@ def _speeds(topology, pool_pfs):
     return {n: topology.links[n].speed or floor for n in links}
 
 
-def _load_key(claims_on_link, speed):
-    # Round so that equal ratios reached through different integers compare equal.
-    return float("%.12g" % ((claims_on_link + 1) / speed))
+def weight(rate, nic_rate):
+    """Mb/s a NIC (or claim) weighs on its link: its rate, else the pool's nic_rate."""
+    return rate if rate else nic_rate
+
+
+def reserved(rate, min_rate):
+    """Mb/s a NIC (or claim) holds back on its link under guarantee=yes: floor, else average."""
+    return min_rate or rate or 0
+
+
+def shared_bridges(path, other):
+    """How many PCIe bridges (root port, switch ports) two sysfs device paths share; 0 when
+    they sit under different host bridges or only share the host bridge."""
+    if not path or not other or path[0] != other[0]:
+        return 0
+    depth = 0
+    for a, b in zip(path[1:-1], other[1:-1]):
+        if a != b:
+            break
+        depth += 1
+    return depth
+
+
+def affinity(pcie, near):
+    """The deepest bridge a PF (its PCIe path) shares with any of the domain's other devices."""
+    return max((shared_bridges(pcie, other) for other in near), default=0)
 
 
 class _Ledger:
-    """Claim counts per link and PF: other domains' claims, busy VFs, this request's picks."""
+    """Load (Mb/s of weight) and reservations per link and PF: other domains' claims, busy VFs,
+    this request's picks."""
 
-    def __init__(self, topology, taken):
-        self.topology = topology
-        self.link, self.pf = {}, {}
+    def __init__(self, topology, taken, claims, nic_rate):
+        self.topology, self.nic_rate = topology, nic_rate
+        self.link, self.pf, self.reserved = {}, {}, {}
         for vf in taken:
-            self.add(vf)
+            claim = claims.get(vf)
+            if claim is None:
+                self.add(vf, None, None)
+            else:
+                self.add(vf, claim.rate_mbps, claim.min_rate_mbps)
 
-    def add(self, vf):
+    def add(self, vf, rate, min_rate):
         record = self.topology.vfs.get(vf)
         if record is None or record.pf not in self.topology.link_of:
             return
         link = self.topology.link_of[record.pf]
-        self.link[link] = self.link.get(link, 0) + 1
-        self.pf[record.pf] = self.pf.get(record.pf, 0) + 1
+        load = weight(rate, self.nic_rate)
+        self.link[link] = self.link.get(link, 0) + load
+        self.pf[record.pf] = self.pf.get(record.pf, 0) + load
+        self.reserved[link] = self.reserved.get(link, 0) + reserved(rate, min_rate)
 
 
 def pick(topology, pool_pfs, claims, busy, request):
@@ -88,11 +123,14 @@ def pick(topology, pool_pfs, claims, busy, request):
     taken = {vf for vf, c in claims.items() if c.uuid != request.uuid}
     taken.update(vf for vf, uuid in busy.items() if uuid != request.uuid)
     held = [vf for vf in request.held if vf in topology.vfs]
-    ledger = _Ledger(topology, taken | set(held))
+    ledger = _Ledger(topology, taken | set(held), claims, request.nic_rate)
     speeds = _speeds(topology, pool_pfs)
     nodes = request.numa_nodes
     numa_filter = request.numa == "required" and nodes is not None
     numa_prefer = request.numa == "preferred" and nodes is not None
+    near = tuple(request.near) if request.pcie_affinity != "ignore" else ()
+    depth = {addr: affinity(topology.pfs[addr].pcie, near) for addr in pool_pfs
+             if addr in topology.pfs} if near else {}
 
     mine = list(held)  # VFs this domain holds so far: held ones, kept ones, new picks
     chosen = [None] * len(request.nics)
@@ -106,9 +144,14 @@ def pick(topology, pool_pfs, claims, busy, request):
         if vf and vf in pool_set and vf not in taken and vf not in mine:
             chosen[i] = vf
             mine.append(vf)
-            ledger.add(vf)
+            ledger.add(vf, nic.rate, nic.min_rate)
 
-    for i, nic in enumerate(request.nics):
+    # The heaviest NICs first (a stable sort: without rates, NIC order): a light NIC placed
+    # first could take the one fast link a heavy NIC of the same domain needs (distinct).
+    order = sorted(range(len(request.nics)),
+                   key=lambda i: -weight(request.nics[i].rate, request.nic_rate))
+    for i in order:
+        nic = request.nics[i]
         if chosen[i] is not None:
             continue
         free = [vf for vf in candidates_all if vf not in taken and vf not in mine]
@@ -134,6 +177,18 @@ def pick(topology, pool_pfs, claims, busy, request):
                     "free VFs on another %s, or set strict=no"
                     % (request.pool, i + 1, len(request.nics), request.distinct,
                        request.distinct, request.distinct))
+        if request.guarantee:
+            free = _guaranteed(topology, free, nic, request, ledger, speeds, i)
+        if near and request.pcie_affinity == "required":
+            free = [vf for vf in free if depth.get(topology.vfs[vf].pf)]
+            if not free:
+                raise PcieAffinityImpossible(
+                    "pool '%s' has no free VF on a PF that shares a PCIe bridge (root port or "
+                    "switch) with the domain's other PCI devices (%s) for NIC %d of %d "
+                    "(pcie_affinity=required); free one there or set pcie_affinity=preferred"
+                    % (request.pool, ", ".join(sorted({p[-1] for p in near})), i + 1,
+                       len(request.nics)))
+        nic_weight = weight(nic.rate, request.nic_rate)
 
         if request.policy == "pack":
             vf = free[0]
@@ -146,14 +201,15 @@ def pick(topology, pool_pfs, claims, busy, request):
                     not topology.links[link].up,
                     used.count(unit) if unit is not None else 0,
                     numa_prefer and not _numa_ok(topology, vf, nodes),
-                    _load_key(ledger.link.get(link, 0), speeds[link]),
+                    -depth.get(pf_addr, 0),
+                    Fraction(ledger.link.get(link, 0) + nic_weight, speeds[link]),
                     ledger.pf.get(pf_addr, 0),
                     pci.sort_key(vf),
                 )
             vf = min(free, key=key)
         chosen[i] = vf
         mine.append(vf)
-        ledger.add(vf)
+        ledger.add(vf, nic.rate, nic.min_rate)
 
     picks = []
     for nic, vf in zip(request.nics, chosen):
@@ -161,6 +217,27 @@ def pick(topology, pool_pfs, claims, busy, request):
         picks.append(Pick(mac=nic.mac, vf=vf, pf=pf_addr, link=topology.link_of[pf_addr],
                           card=topology.card_of[pf_addr]))
     return tuple(picks)
+
+
+def _guaranteed(topology, free, nic, request, ledger, speeds, i):
+    """The VFs of *free* on links with room for the NIC's guaranteed rate; refuses when none."""
+    need = reserved(nic.rate, nic.min_rate)
+    if not need:
+        return free
+    room = {link: speed - ledger.reserved.get(link, 0) for link, speed in speeds.items()}
+    fits = [vf for vf in free if room[topology.link_of[topology.vfs[vf].pf]] >= need]
+    if not fits:
+        raise GuaranteeImpossible(
+            "pool '%s' cannot guarantee %d Mb/s to NIC %d of %d (guarantee=yes): room left per "
+            "link: %s; lower the NIC's <bandwidth>, free a NIC with a rate, or add a link"
+            % (request.pool, need, i + 1, len(request.nics),
+               ", ".join("%s %d Mb/s" % (link, max(0, room[link])) for link in sorted(room))))
+    return fits
+
+
+def link_load(topology, pool_pfs, claims, nic_rate):
+    """{link: Mb/s of weight} of every claim on the pool's links (the policy's load figure)."""
+    return _Ledger(topology, list(claims), claims, nic_rate).link
 
 
 def distinct_met(topology, picks, distinct):

@@ -10,8 +10,8 @@ from collections import namedtuple
 PF = namedtuple(
     "PF",
     "addr netdev driver vendor device numa_node total_vfs num_vfs vfs "
-    "carrier operstate speed phys_port_id phys_switch_id phys_port_name ports representors",
-    defaults=(1, 0),
+    "carrier operstate speed phys_port_id phys_switch_id phys_port_name ports representors pcie",
+    defaults=(1, 0, ()),
 )
 PF.__doc__ = """A physical function.
 
@@ -22,7 +22,8 @@ or unreadable. phys_*: strings, None when absent or unreadable.
 netdev is the uplink: never a switchdev representor that shares the PF's ``net/``.
 ports: uplink netdevs of the function (2 on mlx4-style multi-port functions, where
 vfpick cannot tell which port a VF uses). representors: netdevs in ``net/`` that are
-VF/SF representors (switchdev mode).
+VF/SF representors (switchdev mode). pcie: the PF's PCIe path, the components of its sysfs
+device path below ``devices/`` (``("pci0000:00", "0000:00:01.0", ..., addr)``), () unknown.
 """
 
 VF = namedtuple("VF", "addr pf index numa_node driver netdev")
@@ -43,37 +44,47 @@ name}; card_of: {pf addr: card id}; node_cpus: {numa node: frozenset of cpus}.
 The mappings are read-only views.
 """
 
-Claim = namedtuple("Claim", "vf pf link pool domain uuid mac active pending applied restore",
-                   defaults=(None, None, None))
+Claim = namedtuple("Claim", "vf pf link pool domain uuid mac active pending applied restore "
+                   "rate_mbps peak_mbps min_rate_mbps", defaults=(None,) * 6)
 Claim.__doc__ = """One VF held by one domain. Keyed by vf; the domain by uuid
 (names change, UUIDs do not). active: the domain is running on it.
 
 pending: the Writer of a define/repick that wrote the claim and has not yet heard libvirt's
 answer, else None (see docs/DESIGN.md, "Reconcile"). applied: VfSettings vfpick set on the VF
 at prepare, else None. restore: VfSettings to put back on the VF when the claim ends (a setting
-None: nothing to put back), else None. The claim's write generation is the store's business
+None: nothing to put back), else None. rate_mbps, peak_mbps, min_rate_mbps: the NIC's
+<bandwidth> in Mb/s (outbound average, outbound peak, inbound floor), None when unset. The
+claim's write generation is the store's business
 (ClaimSet.gen), not part of the record: two claims that say the same are equal.
 """
 
-VfSettings = namedtuple("VfSettings", "trust spoofchk")
-VfSettings.__doc__ = """VF trust and spoofchk: True, False, or None (not set / not known)."""
+VfSettings = namedtuple("VfSettings", "trust spoofchk max_tx_rate min_tx_rate",
+                        defaults=(None, None))
+VfSettings.__doc__ = """VF trust and spoofchk: True, False, or None (not set / not known);
+max_tx_rate, min_tx_rate: Mb/s (0: no limit), or None (not set / not known)."""
 
 Writer = namedtuple("Writer", "boot pid start")
 Writer.__doc__ = """A process on this host: boot id (/proc/sys/kernel/random/boot_id), pid, and
 its start time in clock ticks after boot (/proc/PID/stat field 22), so a reused pid or a
 reboot never passes for the writer."""
 
-Nic = namedtuple("Nic", "mac keep_vf")
+Nic = namedtuple("Nic", "mac keep_vf rate min_rate", defaults=(None, None))
 Nic.__doc__ = """One NIC to place. keep_vf: the VF it already holds when that VF
-is still valid, else None."""
+is still valid, else None. rate: its outbound average in Mb/s (its weight on a link), None
+when unset (the pool's nic_rate). min_rate: its guaranteed rate (floor) in Mb/s, or None."""
 
-Request = namedtuple("Request", "uuid pool nics distinct strict numa policy numa_nodes held")
+Request = namedtuple("Request", "uuid pool nics distinct strict numa policy numa_nodes held "
+                     "nic_rate guarantee pcie_affinity near",
+                     defaults=(1000, False, "preferred", ()))
 Request.__doc__ = """What one domain asks of one pool.
 
 nics: tuple of Nic. distinct: card|link|pf|none. strict: bool.
 numa: required|preferred|ignore. policy: spread|pack. numa_nodes: frozenset of
 the domain's nodes, or None when the domain is not placed. held: VF addresses
 the domain keeps from other pools (they count for distinctness and load).
+nic_rate: Mb/s a NIC or claim without a rate weighs. guarantee: the pool's guarantee=yes
+(the guaranteed rates on a link never exceed its speed). pcie_affinity: required|preferred|
+ignore. near: PCIe paths (tuples, as PF.pcie) of the domain's other PCI hostdevs.
 """
 
 Pick = namedtuple("Pick", "mac vf pf link card")

@@ -10,7 +10,7 @@ import os
 import random
 from collections import namedtuple
 
-from vfpick import config as configmod, domscan, policy, topology, vfsettings
+from vfpick import bandwidth, config as configmod, domscan, policy, topology, vfsettings
 from vfpick.errors import ClaimConflict, PoolError, UnknownPool, XmlError
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import StateStore
@@ -88,7 +88,7 @@ def interfaces(config, doc, network_exists):
         raise XmlError("MAC %s is used twice in domain '%s'; give each NIC its own MAC (or "
                        "drop the <mac> of one: vfpick assigns one)" % (dup, doc.name or "?"))
     pool_nics = []
-    for iface in doc.network_interfaces():
+    for iface in doc.network_interfaces(pools=config.pools):
         if iface.network in config.pools:
             if iface.mac is not None and not _unicast_mac(iface.mac):
                 raise XmlError("interface %d (network '%s') has an invalid mac address %r "
@@ -136,7 +136,8 @@ Plan.__doc__ = """assignments: {interface index: hostdev.Assignment}; picks: {ma
 def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), targets=None):
     """Places every NIC of *ifaces* (Interfaces of *doc*, its uuid set); returns Plan.
 
-    Pure of I/O: claims is {vf: Claim} (a transaction's mapping, or an overlay for a dry run).
+    No I/O but sysfs links of the domain's other PCI hostdevs (PCIe affinity): claims is
+    {vf: Claim} (a transaction's mapping, or an overlay for a dry run).
     avoid: PF addresses no NIC may be placed on (drained), not even a NIC that holds a VF
     there. targets: {mac: vf} the NICs to put on those VFs (a ClaimConflict when one is not
     free for this domain in its pool); other managed NICs keep their valid VFs.
@@ -148,6 +149,7 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     uuid, name = doc.uuid, doc.name
     macs_taken = macs_in_use(doc, claims)
     by_pool = {}  # pool -> list of (iface index, Nic)
+    bandwidths = {}  # mac -> Bandwidth
     # A NIC keeps the VF this domain's claim for its MAC names on this host, before the
     # address in the XML: after `migrate --persistent` the definition libvirt wrote holds
     # the source host's addresses while the domain runs on the VFs the filter claimed here.
@@ -156,10 +158,14 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     for iface in ifaces.managed:
         keep = (targets.get(iface.mac) or claimed.get((iface.mac, iface.pool))
                 or _keepable(topo, iface))
-        by_pool.setdefault(iface.pool, []).append((iface.index, Nic(iface.mac, keep)))
+        by_pool.setdefault(iface.pool, []).append((iface.index, _nic(iface.mac, keep, iface.bandwidth)))
+        bandwidths[iface.mac] = iface.bandwidth
     for iface in ifaces.pool:
         mac = iface.mac or _new_mac(macs_taken, rng)
-        by_pool.setdefault(iface.network, []).append((iface.index, Nic(mac, targets.get(mac))))
+        by_pool.setdefault(iface.network, []).append(
+            (iface.index, _nic(mac, targets.get(mac), iface.bandwidth)))
+        bandwidths[mac] = iface.bandwidth
+    near = near_devices(config, doc)
 
     numa_nodes = doc.numa_nodes(topo.node_cpus)
     assignments, picks, held, warnings = {}, {}, [], []
@@ -171,7 +177,8 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
         request = Request(
             uuid=uuid, pool=pool_name, nics=tuple(nic for _, nic in entries),
             distinct=distinct, strict=strict, numa=numa, policy=pool.policy,
-            numa_nodes=numa_nodes, held=tuple(held),
+            numa_nodes=numa_nodes, held=tuple(held), nic_rate=pool.nic_rate,
+            guarantee=pool.guarantee, pcie_affinity=pool.pcie_affinity, near=near,
         )
         chosen = policy.pick(topo, policy.in_service(pool.pfs, avoid), claims, busy, request)
         if len(chosen) > 1 and not policy.distinct_met(topo, chosen, distinct):
@@ -184,10 +191,22 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
                     "VF %s is not free for NIC %s of domain '%s' in pool '%s' (claimed, in use, "
                     "drained or not in the pool); nothing changed" % (targets[p.mac], p.mac, name,
                                                                       pool_name))
-            assignments[index] = Assignment(mac=p.mac, pool=pool_name, vf=p.vf, pf=p.pf, link=p.link)
+            assignments[index] = Assignment(mac=p.mac, pool=pool_name, vf=p.vf, pf=p.pf, link=p.link,
+                                            bandwidth=bandwidths.get(p.mac))
             picks[p.mac] = p
             held.append(p.vf)
     return Plan(assignments, picks, warnings)
+
+
+def near_devices(config, doc):
+    """PCIe paths of the domain's other PCI hostdevs (a GPU, an NVMe): PCIe affinity."""
+    return tuple(p for p in (topology.pcie_path(config.sysfs_root, addr)
+                             for addr in doc.pci_hostdevs()) if p)
+
+
+def _nic(mac, keep, bw):
+    rate, _peak, floor = bandwidth.rates(bw)
+    return Nic(mac, keep, rate, floor)
 
 
 def record(claims, uuid, name, assignments, busy, keep_previous=False, pending=None,
@@ -207,7 +226,9 @@ def record(claims, uuid, name, assignments, busy, keep_previous=False, pending=N
             if old.vf not in kept and busy.get(old.vf) != uuid:
                 claims.drop(old.vf)
     for a in assignments.values():
-        fields = dict(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid, mac=a.mac)
+        rate, peak, floor = bandwidth.rates(a.bandwidth)
+        fields = dict(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid, mac=a.mac,
+                      rate_mbps=rate, peak_mbps=peak, min_rate_mbps=floor)
         # A kept claim keeps the rest (active, VF settings to restore): only placement changes.
         old = mine.get(a.vf)
         if old is None:
@@ -326,7 +347,9 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
         held = domain_vfs | {c.vf for c in mine if c.vf not in unused}
         request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),), distinct=distinct,
                           strict=strict, numa=numa, policy=pool.policy,
-                          numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)))
+                          numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)),
+                          nic_rate=pool.nic_rate, guarantee=pool.guarantee,
+                          pcie_affinity=pool.pcie_affinity, near=near_devices(config, doc))
         [p] = policy.pick(topo, policy.in_service(pool.pfs, claims.drained()), claims.mapping(),
                           busy, request)
         warnings = _missing_pfs(config, pool)

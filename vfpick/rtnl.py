@@ -1,4 +1,4 @@
-"""Raw rtnetlink for VF trust/spoofchk, standard library only: the qemu hook's path.
+"""Raw rtnetlink for VF trust/spoofchk and rates, standard library only: the qemu hook's path.
 
 pyroute2 costs ~200 ms to import and the hook runs on every VM start; this costs ~1 ms.
 Public modules only (``socket``, not its private ``_socket`` core, although ``socket`` adds
@@ -22,6 +22,11 @@ NLMSG_ERROR, NLMSGERR_ATTR_MSG = 2, 1
 RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
 IFLA_IFNAME, IFLA_VFINFO_LIST, IFLA_EXT_MASK, IFLA_VF_INFO = 3, 22, 29, 1
 IFLA_VF = {"spoofchk": 4, "trust": 9}  # IFLA_VF_SPOOFCHK, IFLA_VF_TRUST: {u32 vf; u32 setting}
+# IFLA_VF_RATE: {u32 vf; u32 min_tx_rate; u32 max_tx_rate} in Mb/s, both set by one request (the
+# kernel calls ndo_set_vf_rate(min, max)). IFLA_VF_TX_RATE {u32 vf; u32 rate} is the older
+# max-only spelling: the kernel reads the VF's min back and makes the same driver call, so
+# IFLA_VF_RATE with min 0 is what igb/ixgbe (no min_tx_rate: EINVAL for min != 0) accept.
+IFLA_VF_TX_RATE, IFLA_VF_RATE = 3, 6
 RTEXT_FILTER_VF, RTEXT_FILTER_SKIP_STATS = 1, 8  # VF stats can make one reply exceed 64 KiB
 CLONE_NEWNET = 0x40000000
 
@@ -29,6 +34,7 @@ _HDR = struct.Struct("=IHHII")     # nlmsghdr: len, type, flags, seq, pid
 _IFI = struct.Struct("=BxHiII")    # ifinfomsg: family, pad, type, index, flags, change
 _NLA = struct.Struct("=HH")        # nlattr: len, type
 _VF_U32 = struct.Struct("=II")     # ifla_vf_trust / ifla_vf_spoofchk: vf, setting
+_VF_RATE = struct.Struct("=III")   # ifla_vf_rate: vf, min_tx_rate, max_tx_rate
 _ERR = struct.Struct("=i")         # nlmsgerr: error (then the request's header, ...)
 _NLA_TYPE = 0x3FFF                 # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
@@ -53,6 +59,14 @@ def setlink_vf(ifname, vf, setting, value, seq=1):
     """RTM_SETLINK of one setting ("trust"/"spoofchk") of one VF: IFLA_VFINFO_LIST /
     IFLA_VF_INFO / IFLA_VF_<SETTING> {vf, value}, as `ip link set IFNAME vf N trust on`."""
     vfinfo = _attr(IFLA_VF_INFO, _attr(IFLA_VF[setting], _VF_U32.pack(vf, value)))
+    return _link_msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, ifname,
+                     _attr(IFLA_VFINFO_LIST, vfinfo))
+
+
+def setlink_vf_rate(ifname, vf, min_tx_rate, max_tx_rate, seq=1):
+    """RTM_SETLINK of one VF's rates (Mb/s, 0: none): IFLA_VFINFO_LIST / IFLA_VF_INFO /
+    IFLA_VF_RATE {vf, min, max}, as `ip link set IFNAME vf N min_tx_rate MIN max_tx_rate MAX`."""
+    vfinfo = _attr(IFLA_VF_INFO, _attr(IFLA_VF_RATE, _VF_RATE.pack(vf, min_tx_rate, max_tx_rate)))
     return _link_msg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, ifname,
                      _attr(IFLA_VFINFO_LIST, vfinfo))
 
@@ -111,8 +125,9 @@ def error_of(flags, payload):
 
 
 def vf_settings(payload, vf):
-    """{"trust": int, "spoofchk": int} of VF vf in an RTM_NEWLINK payload; None if absent.
-    0xFFFFFFFF: the driver does not report that setting."""
+    """{"trust": int, "spoofchk": int, "min_tx_rate": int, "max_tx_rate": int} of VF vf in an
+    RTM_NEWLINK payload (the keys the kernel sent); None if absent. 0xFFFFFFFF: the driver
+    does not report that setting."""
     if len(payload) < _IFI.size:
         raise _malformed("truncated ifinfomsg")
     names = {number: name for name, number in IFLA_VF.items()}
@@ -122,7 +137,9 @@ def vf_settings(payload, vf):
         for info_kind, info in attrs(vflist):
             found = {}
             for setting, value in attrs(info) if info_kind == IFLA_VF_INFO else ():
-                if setting in names:
+                if setting in (IFLA_VF_RATE, IFLA_VF_TX_RATE):
+                    _rates(setting, value, vf, found)
+                elif setting in names:
                     if len(value) < _VF_U32.size:
                         raise _malformed("truncated IFLA_VF_%s" % names[setting].upper())
                     index, state = _VF_U32.unpack_from(value)
@@ -131,6 +148,21 @@ def vf_settings(payload, vf):
             if found:
                 return found
     return None
+
+
+def _rates(setting, value, vf, found):
+    if setting == IFLA_VF_RATE:
+        if len(value) < _VF_RATE.size:
+            raise _malformed("truncated IFLA_VF_RATE")
+        index, low, high = _VF_RATE.unpack_from(value)
+        if index == vf:
+            found["min_tx_rate"], found["max_tx_rate"] = low, high
+        return
+    if len(value) < _VF_U32.size:
+        raise _malformed("truncated IFLA_VF_TX_RATE")
+    index, high = _VF_U32.unpack_from(value)
+    if index == vf:
+        found.setdefault("max_tx_rate", high)  # IFLA_VF_RATE, when sent too, says the same
 
 
 # ---------------------------------------------------------------- the socket
@@ -222,8 +254,13 @@ class Rtnl:
         """Sets one setting ("trust"/"spoofchk") of VF vf of link ifname to value (0/1)."""
         self.request(setlink_vf, ifname, vf, setting, value)
 
+    def set_vf_rate(self, ifname, vf, min_tx_rate, max_tx_rate):
+        """Sets VF vf's rates (Mb/s, 0: none) on link ifname, both in one request."""
+        self.request(setlink_vf_rate, ifname, vf, min_tx_rate, max_tx_rate)
+
     def get_vf(self, ifname, vf):
-        """{"trust", "spoofchk"} (ints, 0xFFFFFFFF: unreported) of VF vf; None: no such VF."""
+        """{"trust", "spoofchk", "min_tx_rate", "max_tx_rate"} (ints, 0xFFFFFFFF: unreported;
+        the keys the kernel sent) of VF vf; None: no such VF."""
         reply = self.request(getlink_vfs, ifname)
         if reply is None:
             raise _malformed("an ack instead of the link")

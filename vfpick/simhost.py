@@ -33,6 +33,18 @@ phys_port_name is ``pf<function>vf<N>`` (``c<K>pf..`` with ``rep_controller``);
 ``vf_device``: the VFs' PCI device id. Per PF, ``total_vfs`` overrides sriov_totalvfs
 (default: at least 64).
 
+Per card, where it sits in the PCIe hierarchy: ``parent``, the sysfs path components from the
+host bridge down to the bridge above it (``["pci0000:00", "0000:00:01.0", "0000:01:00.0",
+"0000:02:01.0"]``: root port, switch upstream port, switch downstream port); every bridge is
+written as a PCI device too (class 0x0604). Default: a host bridge and root port of its own,
+``pci0000:BB-1/0000:BB-1:00.0``. ``rates``: what the driver's ndo_set_vf_rate takes, for the
+fake netlink of tests and demos (``driver_rates``): ``"both"`` (max_tx_rate and min_tx_rate),
+``"max"`` (no min_tx_rate: igb, ixgbe, i40e, mlx4), ``"none"``; default ``"max"``.
+
+Top level ``devices``: other PCI devices (a GPU, an NVMe) for PCIe affinity, each
+``{"addr": "0000:03:00.0", "parent": [...], "class": "0x030200", "vendor": "0x10de",
+"device": "0x20b5", "driver": "vfio-pci"}``.
+
 Top level ``iommu``: absent or ``"off"`` writes no ``kernel/iommu_groups`` (IOMMU disabled),
 ``"on"`` puts every function in a group of its own (ACS everywhere), ``"shared"`` puts all
 functions of a card, PFs and VFs, in one group (no ACS below the card's port).
@@ -54,7 +66,11 @@ _DEFAULTS_CARD = {
     "rep_name": "{netdev}_{vf}",
     "rep_controller": None,
     "vf_device": None,
+    "parent": None,
+    "rates": "max",
 }
+_DEFAULTS_DEVICE = {"class": "0x030200", "vendor": "0x10de", "device": "0x20b5", "driver": "vfio-pci"}
+RATES = ("both", "max", "none")
 _DEFAULTS_PF = {"vfs": 8, "speed": 25000, "carrier": True, "port_id": True, "vfio": (),
                 "split": None, "ports": ()}
 
@@ -110,6 +126,26 @@ PRESETS = {
 }
 
 
+# A GPU under a PCIe switch beside one dual-port NIC card; another card and an NVMe under root
+# ports of their own (pcie_affinity puts the GPU domain's NICs on the first card).
+_SWITCH = ["pci0000:00", "0000:00:01.0", "0000:01:00.0"]
+PRESETS["gpu-switch"] = {
+    "nodes": {"0": "0-7"},
+    "devices": [
+        {"addr": "0000:03:00.0", "parent": _SWITCH + ["0000:02:00.0"]},
+        {"addr": "0000:09:00.0", "parent": ["pci0000:00", "0000:00:03.0"], "class": "0x010802",
+         "vendor": "0x144d", "device": "0xa808", "driver": "nvme"},
+    ],
+    "cards": [
+        {"bus": "04", "parent": _SWITCH + ["0000:02:01.0"], "driver": "ice", "vf_driver": "iavf",
+         "device": "0x159b", "port_name": "function", "rates": "both", "pfs": [
+             {"netdev": "ens1f0", "port": 0}, {"netdev": "ens1f1", "port": 1}]},
+        {"bus": "06", "parent": ["pci0000:00", "0000:00:02.0"], "driver": "ice",
+         "vf_driver": "iavf", "device": "0x159b", "port_name": "function", "rates": "both",
+         "pfs": [{"netdev": "ens2f0", "port": 0}, {"netdev": "ens2f1", "port": 1}]},
+    ],
+}
+
 PRESETS.update(simnics.PRESETS)
 
 
@@ -163,7 +199,7 @@ class _Writer:
     def driver(self, name):
         os.makedirs(self.p("bus", "pci", "drivers", name), exist_ok=True)
 
-    def device(self, parent_rel, addr, vendor, device, numa, driver):
+    def device(self, parent_rel, addr, vendor, device, numa, driver, pci_class="0x020000"):
         """Creates devices/<parent_rel>/<addr> and its bus/pci/devices link; returns rel path."""
         rel = os.path.join(parent_rel, addr)
         d = self.p("devices", rel)
@@ -171,12 +207,22 @@ class _Writer:
         _write(os.path.join(d, "vendor"), vendor)
         _write(os.path.join(d, "device"), device)
         _write(os.path.join(d, "numa_node"), str(numa))
-        _write(os.path.join(d, "class"), "0x020000")
+        _write(os.path.join(d, "class"), pci_class)
         if driver:
             self.driver(driver)
             depth = rel.count("/") + 2  # devices/<rel> -> back up to sys/
             _symlink("../" * depth + "bus/pci/drivers/" + driver, os.path.join(d, "driver"))
         _symlink("../../../devices/" + rel, self.p("bus", "pci", "devices", addr))
+        return rel
+
+    def bridges(self, path, numa=0):
+        """Writes the bridges of *path* (host bridge first) as PCI devices; returns the rel path."""
+        rel = path[0]
+        os.makedirs(self.p("devices", rel), exist_ok=True)
+        for addr in path[1:]:
+            if not os.path.isdir(self.p("devices", rel, addr)):
+                self.device(rel, addr, "0x8086", "0x347a", numa, "pcieport", "0x060400")
+            rel = os.path.join(rel, addr)
         return rel
 
     def iommu_groups(self, mode, functions):
@@ -233,9 +279,12 @@ def build(root, spec):
         card = dict(_DEFAULTS_CARD, **card_in)
         bus = int(str(card.get("bus", "%02x" % (0x10 + card_no * 0x20))), 16)
         domain = int(str(card.get("domain", "0")), 16)
-        bridge = "%04x:%02x:00.0" % (domain, bus - 1)
-        parent = os.path.join("pci%04x:%02x" % (domain, bus - 1), bridge)
-        os.makedirs(w.p("devices", parent), exist_ok=True)
+        if card["parent"]:
+            parent = w.bridges(card["parent"], card["numa"])
+        else:
+            bridge = "%04x:%02x:00.0" % (domain, bus - 1)
+            parent = os.path.join("pci%04x:%02x" % (domain, bus - 1), bridge)
+            os.makedirs(w.p("devices", parent), exist_ok=True)
         switchdev = card["eswitch"] == "switchdev"
         switch_id = card["switch_id"]
         vf_seq = 0
@@ -279,8 +328,26 @@ def build(root, spec):
                         phys_switch_id=switch_id,
                         phys_port_name=("c%d" % controller if controller is not None else "")
                         + "pf%dvf%d" % (fn, index)))
+    for n, dev_in in enumerate(spec.get("devices") or ()):
+        dev = dict(_DEFAULTS_DEVICE, **dev_in)
+        rel = w.device(w.bridges(dev["parent"]), dev["addr"], dev["vendor"], dev["device"],
+                       dev.get("numa", 0), dev["driver"], dev["class"])
+        functions.append((len(spec["cards"]) + n, rel))
     w.iommu_groups(spec.get("iommu", "off"), functions)
     return w.sys
+
+
+def driver_rates(spec):
+    """{PF netdev: "both" | "max" | "none"}: what each PF's driver takes as VF rates (the
+    card's ``rates``), to build a fake netlink that refuses what the driver would."""
+    out = {}
+    for card in spec["cards"]:
+        rates = card.get("rates", _DEFAULTS_CARD["rates"])
+        if rates not in RATES:
+            raise ValueError("card rates %r is not one of %s" % (rates, ", ".join(RATES)))
+        for pf in card["pfs"]:
+            out[pf["netdev"]] = rates
+    return out
 
 
 def set_carrier(sysfs_root, ifname, up, speed=None):

@@ -23,19 +23,19 @@ def _pfs(names, speed, vfs=8, **extra):
 PRESETS = {
     # ice, E810-XXVDA2 (2x25G). No ndo_get_phys_port_id; devlink port p<pf_id>; switch id DSN.
     "ice-e810": {"cards": [
-        {"bus": "3b", "driver": "ice", "vf_driver": "iavf", "vendor": _INTEL, "device": "0x159b",
+        {"bus": "3b", "driver": "ice", "rates": "both", "vf_driver": "iavf", "vendor": _INTEL, "device": "0x159b",
          "vf_device": "0x1889", "switch_id": "0c42a1fffe5e8a10", "port_name": "function",
          "pfs": _pfs(["ens1f0np0", "ens1f1np1"], 25000, port_id=False)}]},
     # ice, E810-CQDA2 with the 4x25G port option: four PFs, each its own port, p0..p3.
     "ice-e810-breakout": {"cards": [
-        {"bus": "3b", "driver": "ice", "vf_driver": "iavf", "vendor": _INTEL, "device": "0x1592",
+        {"bus": "3b", "driver": "ice", "rates": "both", "vf_driver": "iavf", "vendor": _INTEL, "device": "0x1592",
          "vf_device": "0x1889", "switch_id": "0c42a1fffe5e8a20", "port_name": "function",
          "pfs": _pfs(["ens1f0np0", "ens1f1np1", "ens1f2np2", "ens1f3np3"], 25000,
                      port_id=False)}]},
     # ice in switchdev mode: VF representors (pf<pf_id>vf<N>) sit in the PF's net/; left to
     # the kernel (no udev rule) they are eth0...
     "ice-e810-switchdev": {"cards": [
-        {"bus": "3b", "driver": "ice", "vf_driver": "iavf", "vendor": _INTEL, "device": "0x159b",
+        {"bus": "3b", "driver": "ice", "rates": "both", "vf_driver": "iavf", "vendor": _INTEL, "device": "0x159b",
          "vf_device": "0x1889", "switch_id": "0c42a1fffe5e8a30", "port_name": "function",
          "eswitch": "switchdev", "rep_name": "eth{pf}{vf}",
          "pfs": _pfs(["ens1f0np0", "ens1f1np1"], 25000, vfs=4, port_id=False)}]},
@@ -60,7 +60,7 @@ PRESETS = {
     # mlx5, ConnectX-5 (2x25G), legacy SR-IOV. No ndo_get_phys_port_id; devlink port
     # p<PCI function>; switch id = the NIC's system image GUID, one per card.
     "mlx5-cx5": {"cards": [
-        {"bus": "af", "numa": 1, "driver": "mlx5_core", "vf_driver": "mlx5_core",
+        {"bus": "af", "numa": 1, "driver": "mlx5_core", "rates": "both", "vf_driver": "mlx5_core",
          "vendor": "0x15b3", "device": "0x1017", "vf_device": "0x1018",
          "switch_id": "b8cef60300aa0010", "port_name": "function",
          "pfs": _pfs(["ens3f0np0", "ens3f1np1"], 25000, port_id=False)}],
@@ -69,7 +69,7 @@ PRESETS = {
     # (p0/p1); VF representors pf<N>vf<M> share net/, named by the vendor's udev rule
     # ens3f0_0..: they sort before the uplink ens3f0np0.
     "mlx5-cx6-switchdev": {"cards": [
-        {"bus": "af", "driver": "mlx5_core", "vf_driver": "mlx5_core", "vendor": "0x15b3",
+        {"bus": "af", "driver": "mlx5_core", "rates": "both", "vf_driver": "mlx5_core", "vendor": "0x15b3",
          "device": "0x101d", "vf_device": "0x101e", "switch_id": "b8cef60300aa0020",
          "port_name": "function", "eswitch": "switchdev", "rep_name": "ens3f{pf}_{vf}",
          "pfs": _pfs(["ens3f0np0", "ens3f1np1"], 100000, vfs=4, port_id=False)}]},
@@ -77,14 +77,14 @@ PRESETS = {
     # 1,3,5,7 on port 1. No ndo_get_phys_port_id; the devlink port is p<pf.port_id>, the
     # physical port, so partitions of one port say the same name. Switch id: the DSN.
     "bnxt-npar": {"cards": [
-        {"bus": "3b", "driver": "bnxt_en", "vf_driver": "bnxt_en", "vendor": "0x14e4",
+        {"bus": "3b", "driver": "bnxt_en", "rates": "both", "vf_driver": "bnxt_en", "vendor": "0x14e4",
          "device": "0x16d7", "vf_device": "0x16dc", "switch_id": "0a0b0c0d0e0f1011",
          "port_name": "port",
          "pfs": [{"netdev": "ens1f%dnp%d" % (fn, fn % 2), "port": fn % 2, "speed": 25000,
                   "vfs": 4, "port_id": False} for fn in range(8)]}]},
     # bnxt_en in switchdev mode (no NPAR): representors pf<function>vf<N> in the PF's net/.
     "bnxt-switchdev": {"cards": [
-        {"bus": "3b", "driver": "bnxt_en", "vf_driver": "bnxt_en", "vendor": "0x14e4",
+        {"bus": "3b", "driver": "bnxt_en", "rates": "both", "vf_driver": "bnxt_en", "vendor": "0x14e4",
          "device": "0x16d7", "vf_device": "0x16dc", "switch_id": "0a0b0c0d0e0f1021",
          "port_name": "port", "eswitch": "switchdev", "rep_name": "ens1f{pf}_{vf}",
          "pfs": _pfs(["ens1f0np0", "ens1f1np1"], 25000, vfs=4, port_id=False)}]},
@@ -92,7 +92,7 @@ PRESETS = {
     # ndo_get_phys_port_id and qed registers no devlink port: nothing says which port a
     # partition is on; only a [link] section can.
     "qede-npar": {"cards": [
-        {"bus": "d8", "driver": "qede", "vf_driver": "qede", "vendor": "0x1077",
+        {"bus": "d8", "driver": "qede", "rates": "both", "vf_driver": "qede", "vendor": "0x1077",
          "device": "0x8070", "vf_device": "0x8090", "port_name": None,
          "pfs": [{"netdev": "ens4f%d" % fn, "port": fn % 2, "speed": 25000, "vfs": 4,
                   "port_id": False} for fn in range(4)]}]},

@@ -5,7 +5,8 @@ import json
 from vfpick import config as configmod, names, pci, policy
 
 # The claim keys of `status --json` (the contract); pending and VF settings are internal.
-CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active")
+CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active", "rate_mbps",
+              "min_rate_mbps")
 
 
 def distinct_level(pool, facts):
@@ -83,7 +84,9 @@ def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozens
             entry.update(_summed(entry["pfs"]))
             entry["drained"] = all(pf["drained"] for pf in entry["pfs"])
         pools.append(dict({"name": pool.name, "distinct": pool.distinct, "strict": pool.strict,
-                           "numa": pool.numa, "policy": pool.policy, "links": list(links.values()),
+                           "numa": pool.numa, "policy": pool.policy, "nic_rate": pool.nic_rate,
+                           "guarantee": pool.guarantee, "pcie_affinity": pool.pcie_affinity,
+                           "links": list(links.values()),
                            "missing": list(pool.missing)},
                           **_summed(links.values())))
     claim_rows = []
@@ -215,6 +218,8 @@ def render_topology(report):
                 pf["addr"], pf["netdev"] or "-", pf["card"], pf["numa_node"], pf["driver"] or "-",
                 pf["num_vfs"], pf["total_vfs"], held, vfio,
                 "  port_name %s" % pf["phys_port_name"] if pf["phys_port_name"] else ""))
+            if pf["pcie"]:
+                lines.append("    pcie %s" % " > ".join(pf["pcie"]))
             if pf["representors"]:
                 lines.append("    switchdev: %d VF/SF representors in net/ (not the uplink)"
                              % pf["representors"])

@@ -152,6 +152,24 @@ def read_vf(sysfs_root, addr, pf_addr=None, index=None, pf_numa=-1):
               netdev=netdevs[0] if netdevs else None)
 
 
+def pcie_path(sysfs_root, addr):
+    """The PCIe path of device *addr*: its sysfs device path below ``devices/`` as a tuple
+    (``("pci0000:00", "0000:00:01.0", "0000:01:00.0", addr)``: host bridge, bridges down to
+    the device), read from where ``bus/pci/devices/ADDR`` resolves; () when unknown."""
+    link = os.path.join(sysfs_root, "bus", "pci", "devices", addr)
+    try:
+        real = os.path.realpath(link)
+        base = os.path.realpath(os.path.join(sysfs_root, "devices"))
+    except OSError:
+        return ()
+    if not real.startswith(base + os.sep) or not os.path.exists(real):
+        return ()
+    parts = tuple(real[len(base) + 1:].split(os.sep))
+    if len(parts) < 2 or not parts[0].startswith("pci") or parts[-1] != addr:
+        return ()
+    return parts
+
+
 def read_pf(sysfs_root, addr, with_vfs=True, vf_details=True):
     """PF record for *addr* (and its VFs), or None when it is not an SR-IOV PF.
 
@@ -199,6 +217,7 @@ def read_pf(sysfs_root, addr, with_vfs=True, vf_details=True):
         phys_port_name=net_attr("phys_port_name") or None,
         ports=max(1, len(ups)),
         representors=representors,
+        pcie=pcie_path(sysfs_root, addr),
     )
     vfs = ()
     if with_vfs:

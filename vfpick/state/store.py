@@ -28,6 +28,9 @@ VERSION = 2
 # Version 1 had no "generation" and claims without gen/pending/applied/restore: still read.
 _V1_FIELDS = Claim._fields[:8]
 _FIELDS = Claim._fields + ("gen",)
+# Written only when set, so a file without rates reads the same in a vfpick without them.
+_RATE_FIELDS = ("rate_mbps", "peak_mbps", "min_rate_mbps")
+_VF_RATES = ("max_tx_rate", "min_tx_rate")
 DEFAULT_LOCK_TIMEOUT = 30.0
 # ~300 bytes a claim: far beyond any host's VFs, short of what a forged file could make us load.
 MAX_STATE_BYTES = 64 << 20
@@ -143,8 +146,10 @@ def _settings_problem(name, value):
         return None
     if not isinstance(value, VfSettings):
         return "'%s' is not an object of trust, spoofchk" % name
-    if any(v is not None and type(v) is not bool for v in value):
+    if any(v is not None and type(v) is not bool for v in value[:2]):
         return "'%s' values are not true, false or null" % name
+    if any(v is not None and not _is_int(v, 0) for v in value[2:]):
+        return "'%s' rates are not Mb/s counts or null" % name
     return None
 
 
@@ -162,6 +167,10 @@ def _claim_problem(claim):
     if pending is not None and not (isinstance(pending, Writer) and isinstance(pending.boot, str)
                                     and _is_int(pending.pid, 1) and _is_int(pending.start, 0)):
         return "'pending' is not an object of boot (string), pid, start (counts)"
+    for field in _RATE_FIELDS:
+        value = getattr(claim, field)
+        if value is not None and not _is_int(value, 1):
+            return "'%s' is not a rate in Mb/s" % field
     return _settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
 
 
@@ -169,15 +178,18 @@ def _record(make, value, name, n):
     """The namedtuple *make* from a JSON object with exactly its fields; null stays None."""
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != set(make._fields):
+    optional = _VF_RATES if make is VfSettings else ()
+    if not isinstance(value, dict) or not set(make._fields) - set(optional) <= set(value) \
+            <= set(make._fields):
         raise ValueError("claim %d: '%s' is not an object of %s" % (n, name, ", ".join(make._fields)))
     return make(**value)
 
 
 def _from_json(entry, n, fields):
-    if set(entry) != set(fields):
+    optional = _RATE_FIELDS if fields is _FIELDS else ()
+    if not set(fields) - set(optional) <= set(entry) <= set(fields):
         raise ValueError("claim %d: missing keys %s; unknown keys %s" % (
-            n, ", ".join(sorted(set(fields) - set(entry))) or "none",
+            n, ", ".join(sorted(set(fields) - set(optional) - set(entry))) or "none",
             ", ".join(sorted(set(entry) - set(fields))) or "none"))
     if fields is _V1_FIELDS:
         return Claim(**entry), 0
@@ -195,6 +207,12 @@ def _to_json(claim, gen):
     for name in ("pending", "applied", "restore"):
         if row[name] is not None:
             row[name] = row[name]._asdict()  # a namedtuple would be written as a list
+            for rate in _VF_RATES if name != "pending" else ():
+                if row[name][rate] is None:
+                    del row[name][rate]
+    for name in _RATE_FIELDS:
+        if row[name] is None:
+            del row[name]
     row["gen"] = gen
     return row
 
