@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from lab import cluster
+from lab import cluster, suites
 from lab.host import run_dir
 
 _EVIDENCE = {}
@@ -23,6 +23,15 @@ def pytest_addoption(parser):
     parser.addoption("--lab-suite", default="bookworm", choices=("bookworm", "trixie"))
     parser.addoption("--lab-deb", required=True, help="the vfpick .deb to install in L1")
     parser.addoption("--lab-keep", action="store_true", help="leave the L1s running at the end")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A suite's own selection of scenarios (lab.suites): the others are deselected, not skipped."""
+    suite = config.getoption("--lab-suite")
+    keep = [item for item in items if suites.selected(suite, item.nodeid)]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
