@@ -55,7 +55,11 @@ def test_vfs_removed_under_running_domain(host):
     status = host.status()
     assert [c["present"] for c in status["claims"] if c["vf"] == vfs[0]] == [True]
     host.vfpick("check")
-    assert host.vfpick("define /root/l2n.xml").rc == 0, "a redefine after the VFs came back must work"
+    host.put("/root/l2p.xml", host.domain_xml("l2p", pool_nics=2))
+    host.vfpick("define /root/l2p.xml", check=True)
+    picked = [c for c in host.status()["claims"] if c["domain"] == "l2p"]
+    exist = set(host.run("ls /sys/bus/pci/devices").stdout.split())
+    assert len(picked) == 2 and all(c["vf"] in exist for c in picked), picked
 
 
 @pytest.mark.xfail(strict=True, reason="issue 24.3: fixed on branch realvf")
