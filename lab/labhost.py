@@ -11,7 +11,7 @@ VFS_PER_PF = 3
 POOL = "lab"
 CONFIG = "/etc/vfpick.ini"
 L2_BOOT = "/var/lib/libvirt/boot"
-L2_TIMEOUT = 300   # s until an L2 prints L2-DONE; measured 20-38 s (kvm), 84-124 s (qemu)
+L2_TIMEOUT = 600   # s until an L2 prints L2-DONE; measured 20-38 s (kvm) idle, 210 s with the host busy
 
 CONFIG_TEXT = """\
 [vfpick]
@@ -44,7 +44,9 @@ class LabHost:
         return self.run(f"vfpick {args}", timeout=timeout, check=check)
 
     def json(self, args, timeout=120):
-        return json.loads(self.vfpick(args, timeout=timeout, check=True).stdout)
+        """vfpick ARGS (a --json command), parsed; recorded as one line, not the whole JSON."""
+        r = self.run(f"vfpick {args}", timeout=timeout, check=True, quiet=True)
+        return json.loads(r.stdout)
 
     # --- setup ----------------------------------------------------------------------------
     def setup(self):
@@ -126,7 +128,7 @@ class LabHost:
     def put(self, path, text):
         self.run(f"cat > {path} <<'EOF'\n{text}EOF", check=True, quiet=True)
 
-    def start(self, name, timeout=180):
+    def start(self, name, timeout=300):
         """virsh start NAME: the result (not checked). One retry when libvirt reports the
         domain's QEMU monitor timed out, the one failure TCG's slowness causes."""
         self.run(f"rm -f /var/lib/libvirt/qemu/{name}-serial.log", quiet=True)
@@ -157,7 +159,13 @@ class LabHost:
                         quiet=True).stdout.strip()
 
     def status(self):
-        return self.json("status --json")
+        """status --json, parsed; its claims recorded as evidence, one line each."""
+        st = self.json("status --json")
+        if self.vm.evidence:
+            rows = [f"    {c['domain']} {c['vf']} pf {c['pf']} link {c['link']} pool {c['pool']} "
+                    f"active {c['active']} present {c.get('present')}\n" for c in st["claims"]]
+            self.vm.evidence(f"  [{self.vm.name}] $ vfpick status --json  (claims)\n" + ("".join(rows) or "    none\n"))
+        return st
 
     # --- between scenarios -------------------------------------------------------------------
     def clean(self):

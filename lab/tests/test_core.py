@@ -13,7 +13,7 @@ from lab.labhost import POOL, VFS_PER_PF
 
 def findings(host):
     host.vfpick("check")   # the text form, for the evidence
-    return json.loads(host.vfpick("check --json").stdout)["findings"]
+    return json.loads(host.run("vfpick check --json", quiet=True).stdout)["findings"]
 
 
 def by_check(found, name):
@@ -55,6 +55,7 @@ def test_topology_reads_real_igb_sysfs(host, evidence):
     assert "pci/" not in r.stdout, "igb has no devlink: expected an empty devlink listing"
     host.vfpick("topology")
     topo = host.json("topology --json")
+    host.vfpick("status")
     pfs = {p["addr"]: p for p in topo["pfs"]}
     assert sorted(pfs) == [addr for addr, _, _ in host.pfs]
     links = {link["name"]: link for link in topo["links"]}
@@ -76,12 +77,15 @@ def test_topology_reads_real_igb_sysfs(host, evidence):
 
 def metric_vfs(host):
     """{(pool, pf, state): value} of vfpick_vfs, parsed with prometheus_client's parser."""
-    text = host.vfpick("metrics", check=True).stdout
+    text = host.run("vfpick metrics", check=True, quiet=True).stdout
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "vfpick_vfs":
                 out[(s.labels["pool"], s.labels["pf"], s.labels["state"])] = s.value
+    if host.vm.evidence:
+        host.vm.evidence("  [l1] $ vfpick metrics  (vfpick_vfs of pool %s, parsed, non-zero)\n" % POOL + "".join(
+            f"    pf {pf} {state} {v:g}\n" for (pool, pf, state), v in sorted(out.items()) if pool == POOL and v))
     return out
 
 
