@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import labtiming  # noqa: E402
 import perf  # noqa: E402
 import quality  # noqa: E402
 
@@ -63,6 +64,9 @@ def main(argv=None):
             if p["n_errors"] or p["n_problems"]:
                 status = 1
                 log("FAILED: %d processes: errors %s problems %s" % (p["procs"], p["errors"], p["problems"]))
+    lab_results = labtiming.load()
+    if lab_results:
+        parts += ["## SR-IOV lab: virsh start / destroy", "", labtiming.markdown(lab_results), ""]
     if not args.skip_quality:
         q = quality.run(quick=args.quick, log=log)
         parts += ["## Allocation quality", "", "`bench/quality.py`:", "", "```text",

@@ -1,0 +1,43 @@
+"""The SR-IOV lab's start/destroy measurement, read back for docs/BENCHMARKS.md.
+
+`scripts/test-lab` (lab/tests/test_timing_lab.py) times `virsh start` and `virsh destroy` of a
+2-VF passthrough L2 with vfpick's hook and without it, in one run, and writes the medians and
+ratios to /var/cache/vfpick-lab/results/timing-SUITE.json (lab/timing.py). bench does not boot
+the lab (it takes minutes of TCG); it reports the latest result per suite, with its date.
+"""
+
+import glob
+import json
+import os
+
+RESULTS = os.path.join(os.environ.get("VFPICK_LAB_CACHE", "/var/cache/vfpick-lab"), "results")
+
+
+def load(results=RESULTS):
+    """The lab's timing results, one per suite, sorted by suite; [] when the lab never ran."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(results, "timing-*.json"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            for op in ("start", "destroy"):
+                float(data["medians"]["hook"][op]) + float(data["medians"]["bare"][op]) + float(data["ratios"][op])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append(data)
+    return out
+
+
+def markdown(results):
+    out = ["`scripts/test-lab` (scenario 9, `lab/tests/test_timing_lab.py`): `virsh start` and "
+           "`virsh destroy` of a %d-VF passthrough L2 in the TCG lab VM, with vfpick's hook and "
+           "without it (hook removed, daemon restarted), medians of %d each, measured side by "
+           "side in one lab run. Ratio = with hook / without." % (results[0]["nics"], results[0]["rounds"]),
+           "", "| L1 | measured | L2 type | op | with hook s | without s | ratio |",
+           "|---|---|---|---|---:|---:|---:|"]
+    for r in results:
+        for op in ("start", "destroy"):
+            out.append("| %s | %s | %s | %s | %.2f | %.2f | **%.2f** |"
+                       % (r["suite"], r.get("date", "?"), r["domain_type"], op,
+                          r["medians"]["hook"][op], r["medians"]["bare"][op], r["ratios"][op]))
+    return "\n".join(out)

@@ -1,0 +1,102 @@
+"""Fixtures of the SR-IOV lab (run by scripts/test-lab, which passes the options below).
+
+- l1 (session): one booted L1 host (lab.labhost.LabHost), set up for vfpick; reused by every
+  scenario; stopped at the end (unless --lab-keep).
+- host (function): the l1 host for one scenario; its commands are recorded as the scenario's
+  evidence; afterwards L1 is put back (no domains, no claims, VFs and PFs as set up).
+- l1_pair (session): two L1 hosts joined by a private link (10.77.0.1 / 10.77.0.2), for
+  live migration. Booted on first use, beside l1 if both are used.
+- evidence (function): record(text) adds a line to the scenario's evidence.
+Evidence is printed in the terminal summary and written to RUNDIR/evidence.txt.
+"""
+import os
+
+import pytest
+
+from lab import cluster, suites
+from lab.host import run_dir
+
+_EVIDENCE = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--lab-suite", default="bookworm", choices=("bookworm", "trixie"))
+    parser.addoption("--lab-deb", required=True, help="the vfpick .deb to install in L1")
+    parser.addoption("--lab-keep", action="store_true", help="leave the L1s running at the end")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A suite's own selection of scenarios (lab.suites): the others are deselected, not skipped."""
+    suite = config.getoption("--lab-suite")
+    keep = [item for item in items if suites.selected(suite, item.nodeid)]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    # scenarios on the L1 pair last (stable): the single L1's measurements run before the pair
+    # boots, and its two TCG VMs are not booted in the middle of the single-L1 scenarios
+    items[:] = sorted(keep, key=lambda item: "l1_pair" in item.fixturenames)
+
+
+@pytest.fixture(scope="session")
+def lab_assets(request):
+    return cluster.Assets.ensure(request.config.getoption("--lab-suite"),
+                                 request.config.getoption("--lab-deb"))
+
+
+def _hosts(request, lab_assets, names, link):
+    hosts = cluster.boot(lab_assets, names, link=link)
+    request.addfinalizer(lambda: cluster.shutdown(hosts, keep=request.config.getoption("--lab-keep")))
+    return hosts
+
+
+@pytest.fixture(scope="session")
+def l1(request, lab_assets):
+    [h] = _hosts(request, lab_assets, ["l1"], link=False)
+    return h
+
+
+@pytest.fixture(scope="session")
+def l1_pair(request, lab_assets):
+    return tuple(_hosts(request, lab_assets, ["l1a", "l1b"], link=True))
+
+
+@pytest.fixture
+def evidence(request):
+    lines = _EVIDENCE.setdefault(request.node.nodeid, [])
+    return lines.append
+
+
+def _recording(hosts, record):
+    for h in hosts:
+        h.vm.evidence = record
+
+
+@pytest.fixture
+def host(l1, evidence):
+    _recording([l1], evidence)
+    yield l1
+    _recording([l1], None)
+    l1.clean()
+
+
+@pytest.fixture
+def pair(l1_pair, evidence):
+    """l1_pair, recorded as evidence and cleaned after the scenario."""
+    _recording(l1_pair, evidence)
+    yield l1_pair
+    _recording(l1_pair, None)
+    for h in l1_pair:
+        h.clean()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _EVIDENCE:
+        return
+    text = []
+    for nodeid, lines in _EVIDENCE.items():
+        text.append(f"===== {nodeid}\n" + "".join(line if line.endswith("\n") else line + "\n"
+                                                  for line in lines))
+    terminalreporter.section("evidence (what each scenario read from L1/L2)")
+    terminalreporter.write("\n".join(text))
+    os.makedirs(run_dir(), exist_ok=True)
+    with open(os.path.join(run_dir(), "evidence.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(text))

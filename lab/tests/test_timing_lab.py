@@ -1,0 +1,43 @@
+"""Scenario 9 (a measurement, not pass/fail): `virsh start` and `virsh destroy` of a 2-VF
+passthrough L2, side by side in one run, with vfpick's hook installed and without it (hook
+removed, daemon restarted). Medians of ROUNDS each and their ratios are printed and written as
+JSON (lab.timing), which `python -m bench` shows in docs/BENCHMARKS.md. The only assertions are
+that every start and destroy worked."""
+import statistics
+
+from lab import timing
+from lab.guestwatch import hook_installed
+
+ROUNDS = 5
+
+
+def cycle(host, name, samples):
+    r = host.start(name)
+    assert r.rc == 0, r.stderr
+    samples["start"].append(r.seconds)
+    r = host.run(f"virsh destroy {name}", timeout=120, check=True)
+    samples["destroy"].append(r.seconds)
+
+
+def test_start_destroy_with_and_without_hook(host, evidence):
+    host.put("/root/l2b.xml", host.domain_xml("l2b", pool_nics=2))
+    host.vfpick("define /root/l2b.xml", check=True)
+    samples = {mode: {"start": [], "destroy": []} for mode in ("hook", "bare")}
+    try:
+        # one warm-up cycle each way: first starts pay for loading vfio and page cache
+        for mode in ("hook", "bare"):
+            hook_installed(host, mode == "hook")
+            cycle(host, "l2b", {"start": [], "destroy": []})
+            for _ in range(ROUNDS):
+                cycle(host, "l2b", samples[mode])
+    finally:
+        hook_installed(host, True)
+    result = timing.Result(suite=host.vm.image.suite if host.vm.image else "?", rounds=ROUNDS,
+                           domain_type=host.domain_type, nics=2,
+                           medians={mode: {op: statistics.median(v) for op, v in ops.items()}
+                                    for mode, ops in samples.items()},
+                           samples=samples)
+    paths = timing.write(result)
+    text = timing.render(result)
+    evidence(text + f"  written to {', '.join(paths)}\n")
+    print("\n" + text)

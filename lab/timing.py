@@ -1,0 +1,44 @@
+"""The lab's start/destroy measurement (lab/tests/test_timing_lab.py) as a JSON result that
+`python -m bench` reads back (bench/lab.py): RUNDIR/timing.json for the run, and
+CACHE/results/timing-SUITE.json, the latest one per suite, kept between runs."""
+import collections
+import datetime
+import json
+import os
+
+from lab.host import CACHE, run_dir
+
+RESULTS = os.path.join(CACHE, "results")
+
+Result = collections.namedtuple("Result", "suite rounds domain_type nics medians samples")
+
+
+def to_json(result):
+    data = result._asdict()
+    data["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    data["ratios"] = {op: result.medians["hook"][op] / result.medians["bare"][op]
+                      for op in ("start", "destroy")}
+    return data
+
+
+def write(result, results=RESULTS, rundir=None):
+    data = json.dumps(to_json(result), indent=1, sort_keys=True) + "\n"
+    paths = [os.path.join(rundir or run_dir(), "timing.json"),
+             os.path.join(results, f"timing-{result.suite}.json")]
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return paths
+
+
+def render(result):
+    data = to_json(result)
+    lines = [f"  virsh start/destroy of a {result.nics}-VF L2 (type {result.domain_type}, "
+             f"{result.suite} L1), medians of {result.rounds}:"]
+    for op in ("start", "destroy"):
+        lines.append(f"    {op:8s} with hook {result.medians['hook'][op]:6.2f} s   "
+                     f"without {result.medians['bare'][op]:6.2f} s   ratio {data['ratios'][op]:.2f}")
+    return "\n".join(lines) + "\n"
