@@ -15,6 +15,7 @@ def main(argv):
             from lab import cluster, host
             host.require_root()
             host.require_disk(host.CACHE, 12)
+            host.require_memory(cluster.PER_L1_MIB + 1024)   # one L1; a pair checks again at boot
             t0 = time.monotonic()
             assets = cluster.Assets.ensure(argv[1], argv[2])
             log(f"QEMU {'.'.join(map(str, assets.qemu.version()))} ({assets.qemu.root}), "

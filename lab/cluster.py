@@ -47,7 +47,17 @@ def boot(assets, names, link=False):
 
 
 def _bring_up(host):
-    host.vm.wait_booted()
+    try:
+        host.vm.wait_booted()
+    except LabError as e:
+        # a guest kernel that panics early (TCG starved by a busy host) ends QEMU (-no-reboot):
+        # the one failure worth a second boot; a pair's link cannot be re-made, so not there
+        if host.vm.alive() or host.vm.link:
+            raise
+        log(f"{host.vm.name}: boot failed, booting once more ({e})")
+        os.replace(host.vm.serial, os.path.join(os.path.dirname(host.vm.dir), f"{host.vm.name}-failed-serial.log"))
+        host.vm.start(deb=host.vm.deb)
+        host.vm.wait_booted()
     t0 = time.monotonic()
     host.setup()
     log(f"{host.vm.name} set up in {time.monotonic() - t0:.0f} s: PFs "

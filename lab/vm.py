@@ -64,6 +64,7 @@ class L1:
         self.qmp = os.path.join(self.dir, "qmp.sock")
         self.proc = None
         self.pid = None
+        self.deb = None
         self.evidence = None   # callable(str) that records what a scenario read
         self.link_ip = f"10.77.0.{index}" if link else None
 
@@ -80,11 +81,13 @@ class L1:
              "-uuid", str(uuid.uuid4()), "-display", "none", "-nodefaults",
              "-serial", f"file:{self.serial}", "-qmp", f"unix:{self.qmp},server=on,wait=off",
              "-kernel", self.image.kernel, "-initrd", self.image.initrd,
-             # no_timer_check: on a loaded host TCG misses the kernel's IO-APIC timer check
-             # ("timer doesn't work through Interrupt-remapped IO-APIC": panic at boot, seen
-             # with four L1s on two cores)
-             "-append", f"root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt no_timer_check "
+             # no_timer_check: on a busy host TCG is too slow for the kernel's IO-APIC timer
+             # check, which then panics ("timer doesn't work through Interrupt-remapped
+             # IO-APIC", seen here at load 18); a panic reboots and -no-reboot ends QEMU, so a
+             # failed boot is seen at once instead of at the boot timeout
+             "-append", f"root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt no_timer_check panic=1 "
                         f"systemd.hostname={self.name} systemd.show_status=0",
+             "-no-reboot",
              # with a pxb-pcie present, devices left to QEMU may land behind it: pin them
              "-drive", f"file={self.dir}/disk.qcow2,if=none,id=disk,format=qcow2,cache=unsafe",
              "-device", "virtio-blk-pci,drive=disk,bus=pcie.0",
@@ -104,6 +107,7 @@ class L1:
 
     def start(self, deb=None):
         """Start QEMU (not waiting for the guest). DEB is copied to the share as vfpick.deb."""
+        self.deb = deb
         self._reap_previous()
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.queue)
