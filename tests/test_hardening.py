@@ -605,3 +605,26 @@ def test_xml_bombs_from_a_file_are_refused_by_resolve_and_define(host, tmp_path,
     proc = vfpick(host, *[a.replace("{file}", str(path)) for a in command])
     assert_user_error(proc, "DOCTYPE")
     assert not os.path.exists(os.path.join(host.state_dir, "claims.json"))
+
+
+# ------------------------------------------------------------- 8. a GPU VM that is not vfpick's
+
+def test_the_hook_tells_a_gpu_is_no_vf_without_loading_the_topology_reader(host):
+    """No ``physfn`` in sysfs: not a VF, so never vfpick's; decided from one readlink (the
+    cost itself is bench/foreign.py's business, not a test's)."""
+    host.write_config()
+    xml = domain("gpu", nics=0, extra_devices=GPU).replace(
+        b"</devices>", b"<interface type='network'><source network='default'/></interface>\n"
+        b"</devices>")
+    with open(os.path.join(host.config_dir, "networks", "default.xml"), "w") as f:
+        f.write("<network><name>default</name></network>\n")
+    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", HOOK, "gpu", "prepare",
+                           "begin", "-"], input=xml, capture_output=True, timeout=WAIT,
+                          env={"PATH": "/usr/bin:/bin", "VFPICK_CONFIG": host.config_path,
+                               "PYTHONPATH": os.path.dirname(os.path.dirname(
+                                   os.path.abspath(metrics.__file__)))})
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    assert "vfpick.config" in imported  # the pools are still read from the config
+    assert "vfpick.topology" not in imported and "vfpick.state" not in imported
