@@ -391,10 +391,16 @@ def test_real_libvirtd_started_before_and_after_the_hook(libvirtd, host):
     libvirtd.restart()                       # a daemon that found no qemu hook at all
     time.sleep(1.5)                          # /proc/stat btime is whole seconds
     try:
-        vfpick(host, "install-hook", "--hooks-dir", hooks_dir, "--config", host.config_path, check=0)
+        installed = vfpick(host, "install-hook", "--hooks-dir", hooks_dir, "--config",
+                           host.config_path, check=0)
+        # the harness runs libvirtd on /run/libvirt/libvirt-sock: that is the daemon to restart
+        assert b"systemctl restart libvirtd " in installed.stdout, installed.stdout
         daemon = [x for x in json.loads(vfpick(host, "check", "--json", check=1).stdout)["findings"]
                   if x["check"] == "daemon"][0]
         assert daemon["status"] == "fail" and "ignores the hook" in daemon["message"], daemon
+        assert daemon["message"].startswith("libvirtd (pid %d)" % libvirtd.libvirtd_pid), daemon
+        assert daemon["message"].endswith("reaches it at /run/libvirt/libvirt-sock"), daemon
+        assert daemon["fix"] == "systemctl restart libvirtd", daemon
         libvirtd.restart()
         daemon = [x for x in json.loads(vfpick(host, "check", "--json", check=1).stdout)["findings"]
                   if x["check"] == "daemon"][0]
