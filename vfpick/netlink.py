@@ -127,11 +127,16 @@ class RealNetlink(_Closing):
 
     def _get(self, ifname, what, **kwarg):
         if self._ipr is None:
-            IPRoute = _pyroute2("link state and link events").IPRoute
+            pyroute2 = _pyroute2("link state and link events")
             try:
                 # groups=0: this socket only asks; multicast noise would pile up unread in it.
-                # flags=0: a missing netns is an error, not silently created.
-                self._ipr = IPRoute(groups=0, netns=self.netns, flags=0, ext_ack=True)
+                # flags=0: a missing netns is an error, not silently created. NetNS and an
+                # IPRoute without netns/flags: the spellings pyroute2 0.7 (Debian 12 and 13's
+                # python3-pyroute2) accepts as well as 0.9.
+                if self.netns:
+                    self._ipr = pyroute2.NetNS(self.netns, flags=0, groups=0)
+                else:
+                    self._ipr = pyroute2.IPRoute(groups=0, ext_ack=True)
             except OSError as e:
                 raise NetlinkError("cannot open rtnetlink%s: %s" % (
                     " in netns %s" % self.netns if self.netns else "", _reason(e)[1]),
