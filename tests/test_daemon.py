@@ -50,6 +50,8 @@ class Root:
             link = self.path("etc/systemd/system/" + rel)
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink("/lib/systemd/system/" + os.path.basename(rel), link)
+        for name in layout.get("masked", ()):
+            os.symlink("/dev/null", self.path("etc/systemd/system/" + name))
 
     def in_use(self):
         return daemon.in_use(self.path("run"), self.path("proc"))
@@ -109,6 +111,9 @@ def test_stale_pid_file_names_no_daemon_but_the_scan_finds_the_real_one(root):
     ({"units": MODULAR["units"], "enabled": DEBIAN["enabled"] + MODULAR["enabled"]}, [], [],
      "libvirtd"),
     ({"units": [], "enabled": []}, [], [], "libvirtd"),
+    # nothing enabled, both installed, libvirtd masked (a modular host's advice): virtqemud
+    ({"units": MODULAR["units"], "enabled": [], "masked": ["libvirtd.service"]}, [], [],
+     "virtqemud"),
 ])
 def test_service_to_restart(root, layout, sockets, procs, expected):
     root.systemd(layout)

@@ -72,6 +72,12 @@ def in_use(run_dir="/run", proc_root="/proc"):
 
 
 def _unit(root, name):
+    """Installed and not masked (`systemctl mask`: a link to /dev/null in etc/systemd/system)."""
+    try:
+        if os.readlink(os.path.join(root, "etc/systemd/system", name)) == "/dev/null":
+            return False
+    except OSError:
+        pass
     return any(os.path.exists(os.path.join(root, d, name)) for d in UNIT_DIRS)
 
 
