@@ -6,6 +6,7 @@ one test runs against the real libvirtd harness (daemon started before/after the
 
 import json
 import os
+import stat
 import sys
 import time
 
@@ -27,7 +28,8 @@ class FakeHost:
         self.run = tmp_path / "run"
         self.hooks = tmp_path / "hooks"
         self.modules = tmp_path / "modules"
-        for d in (self.proc, self.run, self.hooks, self.modules):
+        self.root = tmp_path / "root"  # systemd units: none, unless a test writes them
+        for d in (self.proc, self.run, self.hooks, self.modules, self.root):
             d.mkdir(exist_ok=True)
         (self.proc / "stat").write_text("cpu  1 2 3\nbtime %d\n" % BOOT)
         self.version = "libvirtd (libvirt) 9.0.0"
@@ -35,7 +37,8 @@ class FakeHost:
     def paths(self):
         return check.Paths(hooks_dir=str(self.hooks), run_dir=str(self.run),
                            proc_root=str(self.proc), modules_dir=str(self.modules),
-                           version_commands=((sys.executable, "-c", "print(%r)" % self.version),))
+                           version_commands=((sys.executable, "-c", "print(%r)" % self.version),),
+                           systemd_root=str(self.root))
 
     def process(self, pid, comm, started=None, argv=None):
         d = self.proc / str(pid)
@@ -49,6 +52,11 @@ class FakeHost:
         self.process(pid, name, started)
         if pidfile:
             (self.run / (name + ".pid")).write_text("%d\n" % pid)
+
+    def socket(self, name):
+        """A socket file where libvirt's clients look (run/libvirt/NAME)."""
+        (self.run / "libvirt").mkdir(exist_ok=True)
+        os.mknod(str(self.run / "libvirt" / name), stat.S_IFSOCK | 0o666)
 
     def install_hook(self, mtime=None):
         path = installhook.install(str(self.hooks), self.host.config_path)
@@ -235,6 +243,65 @@ def test_daemon_found_by_proc_scan_without_pid_file(fake):
     assert finding.status == "ok" and "virtqemud (pid 77)" in finding.message
 
 
+@pytest.mark.parametrize("name, sock, offset, status", [
+    ("virtqemud", "virtqemud-sock", +60, "ok"),
+    ("virtqemud", "virtqemud-sock", -60, "fail"),
+    ("libvirtd", "libvirt-sock", -60, "fail"),
+])
+def test_daemon_in_use_by_socket_and_process(fake, name, sock, offset, status):
+    f = fake()
+    installed = BOOT + 1000
+    f.install_hook(mtime=installed)
+    f.daemon(started=installed + offset, name=name, pid=77, pidfile=False)
+    f.socket(sock)
+    finding = one(f.findings(), "daemon")
+    assert finding.status == status, finding
+    assert finding.message.startswith("%s (pid 77)" % name), finding
+    assert finding.message.endswith("reaches it at %s" % (f.run / "libvirt" / sock)), finding
+    if status == "fail":
+        assert finding.fix == "systemctl restart %s" % name
+
+
+def test_modular_host_with_libvirtd_running_too_checks_virtqemud(fake):
+    """libvirt's clients take virtqemud's socket first: that daemon runs the hook of their domains."""
+    f = fake()
+    installed = BOOT + 1000
+    f.install_hook(mtime=installed)
+    f.daemon(started=installed + 60, name="libvirtd", pid=42)   # after the hook, but not in use
+    f.daemon(started=installed - 60, name="virtqemud", pid=77)  # before it: ignores the hook
+    f.socket("libvirt-sock")
+    f.socket("virtqemud-sock")
+    finding = one(f.findings(), "daemon")
+    assert finding.status == "fail" and finding.message.startswith("virtqemud (pid 77)"), finding
+    assert finding.fix == "systemctl restart virtqemud"
+
+
+@pytest.mark.parametrize("sock, name", [("libvirt-sock", "libvirtd"), ("virtqemud-sock", "virtqemud")])
+def test_socket_activated_daemon_not_running_is_ok(fake, sock, name):
+    f = fake()
+    f.install_hook(mtime=BOOT + 1000)
+    f.socket(sock)
+    finding = one(f.findings(), "daemon")
+    assert finding.status == "ok" and finding.message.startswith("%s is not running" % name), finding
+    assert "socket activation" in finding.message
+
+
+@pytest.mark.parametrize("enabled, name", [
+    ("multi-user.target.wants/libvirtd.service", "libvirtd"),     # Debian 12 and 13
+    ("sockets.target.wants/virtqemud.socket", "virtqemud"),       # modular hosts
+])
+def test_no_daemon_and_no_hook_name_the_enabled_daemon(fake, enabled, name):
+    f = fake()
+    link = f.root / "etc" / "systemd" / "system" / enabled
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/lib/systemd/system/" + os.path.basename(enabled))
+    findings = f.findings()
+    daemon = one(findings, "daemon")
+    assert daemon.status == "warn" and daemon.fix == "systemctl start %s" % name, daemon
+    hook = one(findings, "hook")
+    assert hook.status == "fail" and hook.fix.endswith(", then systemctl restart %s" % name), hook
+
+
 def test_stale_pid_file_is_not_the_daemon(fake):
     f = fake()
     (f.run / "libvirtd.pid").write_text("999\n")
@@ -324,10 +391,16 @@ def test_real_libvirtd_started_before_and_after_the_hook(libvirtd, host):
     libvirtd.restart()                       # a daemon that found no qemu hook at all
     time.sleep(1.5)                          # /proc/stat btime is whole seconds
     try:
-        vfpick(host, "install-hook", "--hooks-dir", hooks_dir, "--config", host.config_path, check=0)
+        installed = vfpick(host, "install-hook", "--hooks-dir", hooks_dir, "--config",
+                           host.config_path, check=0)
+        # the harness runs libvirtd on /run/libvirt/libvirt-sock: that is the daemon to restart
+        assert b"systemctl restart libvirtd " in installed.stdout, installed.stdout
         daemon = [x for x in json.loads(vfpick(host, "check", "--json", check=1).stdout)["findings"]
                   if x["check"] == "daemon"][0]
         assert daemon["status"] == "fail" and "ignores the hook" in daemon["message"], daemon
+        assert daemon["message"].startswith("libvirtd (pid %d)" % libvirtd.libvirtd_pid), daemon
+        assert daemon["message"].endswith("reaches it at /run/libvirt/libvirt-sock"), daemon
+        assert daemon["fix"] == "systemctl restart libvirtd", daemon
         libvirtd.restart()
         daemon = [x for x in json.loads(vfpick(host, "check", "--json", check=1).stdout)["findings"]
                   if x["check"] == "daemon"][0]

@@ -24,7 +24,8 @@ def sample():
 
 def render(roff):
     """The page as a reader sees it; groff warnings fail the test (groff-base: scripts/setup)."""
-    proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-rLL=200n"], input=roff.encode(),
+    # -P-c: overstrike, not SGR escapes (groff 1.23, Debian 13, writes SGR by default)
+    proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-rLL=200n", "-P-c"], input=roff.encode(),
                           capture_output=True, timeout=60, env=dict(os.environ, LC_ALL="C.UTF-8"))
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     text = re.sub(r".\x08", "", proc.stdout.decode())  # overstrike bold/underline

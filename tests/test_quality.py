@@ -72,4 +72,7 @@ def test_figures_do_not_depend_on_hash_seed():
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=dict(os.environ, PYTHONHASHSEED=str(h))).stdout for h in (1, 2)}
     assert len(outs) == 1
-    assert "site-packages" in outs.pop()  # the installed package, not the checkout
+    imported = outs.pop().split()[-1]  # the installed package (a venv's or Debian's), not the checkout
+    checkout = os.path.realpath(os.path.join(REPO, "vfpick")) + os.sep
+    assert not os.path.realpath(imported).startswith(checkout), imported
+    assert imported.endswith(os.path.join("vfpick", "__init__.py")), imported

@@ -35,3 +35,34 @@ def test_reconcile_service_runs_reconcile():
     with open(os.path.join(UNITS, "vfpick-reconcile.timer")) as f:
         timer = f.read().splitlines()
     assert "WantedBy=timers.target" in timer and any(t.startswith("OnUnitActiveSec=") for t in timer)
+
+
+def _unit_lines(name):
+    with open(os.path.join(UNITS, name)) as f:
+        return f.read().splitlines()
+
+
+def _deps(lines, key):
+    return [word for line in lines if line.startswith(key + "=")
+            for word in line.split("=", 1)[1].split()]
+
+
+LIBVIRT_CLIENTS = sorted(u for u in os.listdir(UNITS) if u.endswith(".service")
+                         and any("--connect" in line for line in _unit_lines(u)
+                                 if line.startswith("ExecStart=")))
+
+
+def test_libvirt_clients_are_known():
+    assert LIBVIRT_CLIENTS == ["vfpick-reconcile.service", "vfpick-watch.service"]
+
+
+@pytest.mark.parametrize("unit", LIBVIRT_CLIENTS)
+def test_libvirt_clients_order_after_either_daemon(unit):
+    """Debian 12 and 13 run libvirtd, modular hosts virtqemud: After= both (After= on a unit that
+    does not exist is a no-op). Never Wants=/Requires= one: on a host that installs both (Fedora)
+    that would start the monolithic daemon beside virtqemud."""
+    lines = _unit_lines(unit)
+    assert {"libvirtd.service", "virtqemud.service"} <= set(_deps(lines, "After")), lines
+    for key in ("Wants", "Requires", "BindsTo", "Requisite"):
+        assert not {"libvirtd.service", "virtqemud.service", "libvirtd.socket",
+                    "virtqemud.socket"} & set(_deps(lines, key)), (unit, key)

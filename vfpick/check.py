@@ -21,13 +21,12 @@ Finding = namedtuple("Finding", "check status message fix")
 Finding.__doc__ = """One line of the report. fix: what to do, or "" for ok."""
 
 Paths = namedtuple(
-    "Paths", "hooks_dir run_dir proc_root modules_dir version_commands",
+    "Paths", "hooks_dir run_dir proc_root modules_dir version_commands systemd_root",
     defaults=("/etc/libvirt/hooks", "/run", "/proc", None,
-              (("libvirtd", "--version"), ("virtqemud", "--version"))))
+              (("libvirtd", "--version"), ("virtqemud", "--version")), "/"))
 Paths.__doc__ = """Where the host keeps things. modules_dir None: /lib/modules/`uname -r`.
-version_commands: argv lists whose output ends with the daemon's libvirt version."""
-
-DAEMONS = ("libvirtd", "virtqemud")
+version_commands: argv lists whose output ends with the daemon's libvirt version.
+systemd_root: the root whose etc/systemd and lib/systemd tell which daemon is installed."""
 
 
 def _read(path, limit=1 << 16):
@@ -239,6 +238,12 @@ def _baked(text, key):
     return installhook.baked(text, key)
 
 
+def _restart(paths):
+    from vfpick import daemon
+
+    return daemon.restart_command(paths.systemd_root, paths.run_dir, paths.proc_root)
+
+
 def check_hook(paths, config_path):
     """(findings, hook mtime or None)."""
     from vfpick import installhook
@@ -251,7 +256,7 @@ def check_hook(paths, config_path):
     text = _read(hook)
     if text is None:
         return [Finding("hook", FAIL, "no hook at %s: libvirt does not consult vfpick" % hook,
-                        install + ", then restart libvirtd")], None
+                        "%s, then %s" % (install, _restart(paths)))], None
     if installhook.MARKER not in text:
         return [Finding("hook", FAIL, "%s was not installed by vfpick" % hook,
                         "move it away, then " + install)], None
@@ -273,22 +278,6 @@ def check_hook(paths, config_path):
     if not out:
         out.append(Finding("hook", OK, "%s installed, config %s" % (hook, baked), ""))
     return out, os.stat(hook).st_mtime
-
-
-def _pid_of(paths):
-    """(daemon name, pid) of the running libvirtd/virtqemud: its pid file, else /proc."""
-    for name in DAEMONS:
-        text = _read(os.path.join(paths.run_dir, name + ".pid"))
-        if text and text.strip().isdigit():
-            pid = int(text.strip())
-            if (_read(os.path.join(paths.proc_root, str(pid), "comm")) or "").strip() == name:
-                return name, pid
-    for entry in _listdir(paths.proc_root):
-        if entry.isdigit():
-            comm = (_read(os.path.join(paths.proc_root, entry, "comm")) or "").strip()
-            if comm in DAEMONS:
-                return comm, int(entry)
-    return None, None
 
 
 def process_start(proc_root, pid):
@@ -337,10 +326,26 @@ def _other_hooks(paths, before):
 
 
 def check_daemon(paths, hook_mtime):
-    name, pid = _pid_of(paths)
-    if pid is None:
-        return Finding("daemon", WARN, "no libvirtd or virtqemud running",
-                       "systemctl start libvirtd (or virtqemud)")
+    from vfpick import daemon
+
+    found = daemon.in_use(paths.run_dir, paths.proc_root)
+    if found is None:
+        return Finding("daemon", WARN, "no libvirtd or virtqemud: neither runs, and no socket in %s"
+                       % os.path.join(paths.run_dir, "libvirt"),
+                       "systemctl start %s"
+                       % daemon.service(paths.systemd_root, paths.run_dir, paths.proc_root))
+    if found.pid is None:
+        return Finding("daemon", OK, "%s is not running; its socket %s is there: socket activation "
+                       "starts it on demand, and it reads the hooks then"
+                       % (found.name, found.socket), "")
+    finding = _started_vs_hook(paths, found.name, found.pid, hook_mtime)
+    if found.socket:
+        finding = finding._replace(message="%s; qemu:///system reaches it at %s"
+                                   % (finding.message, found.socket))
+    return finding
+
+
+def _started_vs_hook(paths, name, pid, hook_mtime):
     found = _process_start(paths.proc_root, pid)
     started, resolution = found or (None, None)
     if hook_mtime is None or started is None:

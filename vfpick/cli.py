@@ -262,7 +262,7 @@ def cmd_install_hook(args):
     configmod.load(config_path)  # refuse to bake a config that does not load
     target = installhook.install(args.hooks_dir, config_path)
     print("installed %s (config %s)" % (target, config_path))
-    print(installhook.RESTART_HINT)
+    print(installhook.restart_hint())
     return 0
 
 

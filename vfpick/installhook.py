@@ -174,6 +174,10 @@ def uninstall(hooks_dir):
     return target
 
 
-RESTART_HINT = ("restart libvirt so it runs the hook: systemctl restart libvirtd "
-                "(or virtqemud on a modular-daemon host); a daemon started without hooks "
-                "ignores hooks added later")
+def restart_hint(root="/"):
+    """What to run after install-hook: the daemon in use (or installed) must restart, because a
+    daemon started without hooks ignores hooks added later. root: the host's / (tests: a tree)."""
+    from vfpick import daemon
+
+    return ("restart libvirt so it runs the hook: %s (a daemon started without hooks ignores "
+            "hooks added later)" % daemon.restart_command(root))

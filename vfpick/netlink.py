@@ -97,6 +97,24 @@ def _pyroute2(what):
     return pyroute2
 
 
+def _connect(pyroute2, netns):
+    """A pyroute2 socket for requests, in the spellings pyroute2 0.9 and Debian's 0.7 accept
+    (Debian 12: 0.7.2, 13: 0.7.7; neither takes IPRoute(netns=..., flags=...), and 0.7.2 has
+    no groups argument)."""
+    # groups=0: this socket only asks; 0.9 binds new sockets to multicast groups unless told,
+    # and that noise would pile up unread in it (0.7 binds none until bind() is called).
+    # flags=0: a missing netns is an error, not silently created.
+    def open_socket(**groups):
+        if netns:
+            return pyroute2.NetNS(netns, flags=0, **groups)
+        return pyroute2.IPRoute(ext_ack=True, **groups)
+
+    try:
+        return open_socket(groups=0)
+    except TypeError:  # 0.7.2: no groups argument
+        return open_socket()
+
+
 class RealNetlink(_Closing):
     """The kernel. netns: a named network namespace (tests, containers).
 
@@ -157,11 +175,8 @@ class RealNetlink(_Closing):
 
     def _get(self, ifname, what, **kwarg):
         if self._ipr is None:
-            IPRoute = _pyroute2("link state and link events").IPRoute
             try:
-                # groups=0: this socket only asks; multicast noise would pile up unread in it.
-                # flags=0: a missing netns is an error, not silently created.
-                self._ipr = IPRoute(groups=0, netns=self.netns, flags=0, ext_ack=True)
+                self._ipr = _connect(_pyroute2("link state and link events"), self.netns)
             except OSError as e:
                 raise NetlinkError("cannot open rtnetlink%s: %s" % (
                     " in netns %s" % self.netns if self.netns else "", _reason(e)[1]),
