@@ -36,7 +36,6 @@ def test_check_passes_before_any_vm(host):
     assert len({group for _, group in pairs}) == len(pairs), "VFs share IOMMU groups"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24.1: fixed on branch realvf")
 def test_check_vfio_pci_available_before_any_vm(host):
     """Scenario 1: vfio-pci is not loaded yet, but the module is there; check must say so."""
     r = host.run("lsmod | grep -c '^vfio_pci'; modprobe -n -v vfio-pci")

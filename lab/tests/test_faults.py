@@ -63,7 +63,6 @@ def test_vfs_removed_under_running_domain(host, evidence):
     assert len(picked) == 2 and all(c["vf"] in exist for c in picked), picked
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24.3: fixed on branch realvf")
 def test_recreated_vf_not_shown_active(host, evidence):
     """The VF QEMU unplugged and the kernel recreated is not the domain's any more: status must
     not show its claim as active (issue 24 item 3)."""
