@@ -5,7 +5,6 @@ vfio-pci, so it runs first in the session (pytest keeps file order).
 """
 import json
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.labhost import POOL, VFS_PER_PF

@@ -1,6 +1,5 @@
 """Scenario 7: faults on a real kernel: the daemon restarted under running domains, VFs removed
 (sriov_numvfs=0) under a running domain and recreated, a PF's link down."""
-import pytest
 
 from lab.labhost import VFS_PER_PF, wait_until
 
