@@ -1,13 +1,13 @@
-"""The claims store: one JSON file, an flock'd lock file beside it, atomic replace.
+"""The claims store: one JSON file (its format: vfpick.state.codec), an flock'd lock file beside
+it, atomic replace.
 
-Imported by the qemu hook only for vfpick's own domains (never for the others), so it may use
-``json``; still no typing, dataclasses, tempfile or contextlib. ``stat`` is free: ``os`` has
+Imported by the qemu hook only for vfpick's own domains (never for the others); still no typing,
+dataclasses, tempfile or contextlib. ``stat`` is free: ``os`` has
 already loaded it.
 """
 
 import errno
 import fcntl
-import json
 import os
 import stat
 import threading
@@ -16,21 +16,13 @@ import types
 
 from vfpick import names, pci, safeio
 from vfpick.errors import LockTimeout, StateCorrupt, StateError
-from vfpick.records import Claim, VfSettings, Writer
-from vfpick.state import lock
+from vfpick.state import codec, lock
 
 STATE = "claims.json"
 LOCK = "claims.lock"
 # One fixed temp name is safe: it is only written under the exclusive lock, and a
 # crash leftover is simply replaced on the next write instead of piling up.
 TEMP = STATE + ".tmp"
-VERSION = 2
-# Version 1 had no "generation" and claims without gen/pending/applied/restore: still read.
-_V1_FIELDS = Claim._fields[:8]
-_FIELDS = Claim._fields + ("gen",)
-# Written only when set, so a file without rates reads the same in a vfpick without them.
-_RATE_FIELDS = ("rate_mbps", "peak_mbps", "min_rate_mbps")
-_VF_RATES = ("max_tx_rate", "min_tx_rate")
 DEFAULT_LOCK_TIMEOUT = 30.0
 # ~300 bytes a claim: far beyond any host's VFs, short of what a forged file could make us load.
 MAX_STATE_BYTES = 64 << 20
@@ -95,7 +87,7 @@ class ClaimSet:
     def put(self, claim):
         self._check_writable()
         # Refuse here what load() would call corrupt, rather than write a file we cannot read.
-        problem = _claim_problem(claim)
+        problem = codec.claim_problem(claim)
         if problem:
             raise ValueError("bad claim %r: %s" % (claim, problem))
         if self._claims.get(claim.vf) == claim:
@@ -131,172 +123,6 @@ class ClaimSet:
         if not self._writable:
             # A change after the transaction (or to a snapshot) would be silently lost.
             raise RuntimeError("claims are read-only outside their transaction")
-
-
-_STRING_FIELDS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac")
-assert Claim._fields[:8] == _STRING_FIELDS + ("active",)  # zip() below relies on the order
-
-
-def _is_int(value, least):
-    return type(value) is int and value >= least  # bool is an int: not a count
-
-
-def _settings_problem(name, value):
-    if value is None:
-        return None
-    if not isinstance(value, VfSettings):
-        return "'%s' is not an object of trust, spoofchk" % name
-    if any(v is not None and type(v) is not bool for v in value[:2]):
-        return "'%s' values are not true, false or null" % name
-    if any(v is not None and not _is_int(v, 0) for v in value[2:]):
-        return "'%s' rates are not Mb/s counts or null" % name
-    return None
-
-
-def _claim_problem(claim):
-    if not isinstance(claim, Claim):
-        return "not a Claim"
-    if not isinstance(claim.active, bool):
-        return "'active' is not a boolean"
-    for field, value in zip(_STRING_FIELDS, claim):
-        if not isinstance(value, str):
-            return "'%s' is not a string" % field
-    if not pci.is_canonical(claim.vf):
-        return "'vf' %r is not a canonical PCI address" % claim.vf
-    pending = claim.pending
-    if pending is not None and not (isinstance(pending, Writer) and isinstance(pending.boot, str)
-                                    and _is_int(pending.pid, 1) and _is_int(pending.start, 0)):
-        return "'pending' is not an object of boot (string), pid, start (counts)"
-    for field in _RATE_FIELDS:
-        value = getattr(claim, field)
-        if value is not None and not _is_int(value, 1):
-            return "'%s' is not a rate in Mb/s" % field
-    return _settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
-
-
-def _record(make, value, name, n):
-    """The namedtuple *make* from a JSON object with exactly its fields; null stays None."""
-    if value is None:
-        return None
-    optional = _VF_RATES if make is VfSettings else ()
-    if not isinstance(value, dict) or not set(make._fields) - set(optional) <= set(value) \
-            <= set(make._fields):
-        raise ValueError("claim %d: '%s' is not an object of %s" % (n, name, ", ".join(make._fields)))
-    return make(**value)
-
-
-def _from_json(entry, n, fields):
-    optional = _RATE_FIELDS if fields is _FIELDS else ()
-    if not set(fields) - set(optional) <= set(entry) <= set(fields):
-        raise ValueError("claim %d: missing keys %s; unknown keys %s" % (
-            n, ", ".join(sorted(set(fields) - set(optional) - set(entry))) or "none",
-            ", ".join(sorted(set(entry) - set(fields))) or "none"))
-    if fields is _V1_FIELDS:
-        return Claim(**entry), 0
-    gen = entry.pop("gen")
-    if not _is_int(gen, 0):
-        raise ValueError("claim %d: 'gen' is not a count" % n)
-    entry.update(pending=_record(Writer, entry["pending"], "pending", n),
-                 applied=_record(VfSettings, entry["applied"], "applied", n),
-                 restore=_record(VfSettings, entry["restore"], "restore", n))
-    return Claim(**entry), gen
-
-
-def _to_json(claim, gen):
-    row = dict(zip(Claim._fields, claim))
-    for name in ("pending", "applied", "restore"):
-        if row[name] is not None:
-            row[name] = row[name]._asdict()  # a namedtuple would be written as a list
-            for rate in _VF_RATES if name != "pending" else ():
-                if row[name][rate] is None:
-                    del row[name][rate]
-    for name in _RATE_FIELDS:
-        if row[name] is None:
-            del row[name]
-    row["gen"] = gen
-    return row
-
-
-def _no_duplicate_keys(pairs):
-    obj = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError("duplicate key %r" % key)
-        obj[key] = value
-    return obj
-
-
-def _no_constant(name):
-    raise ValueError("%s is not valid JSON" % name)
-
-
-def _parse_drained(doc):
-    # Optional: files written before drain existed, or with nothing drained, lack it.
-    drained = doc.get("drained", [])
-    if not isinstance(drained, list):
-        raise ValueError("'drained' is not a list")
-    for n, addr in enumerate(drained):
-        if not isinstance(addr, str) or not pci.is_canonical(addr):
-            raise ValueError("drained PF %d is not a canonical PCI address" % n)
-    if len(set(drained)) != len(drained):
-        raise ValueError("a PF is drained twice")
-    return drained
-
-
-def _parse(raw):
-    """({vf: Claim}, generation, {vf: gen}, [drained PF]) from the file's bytes; ValueError saying
-    why it is not a state file."""
-    try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
-                         parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply")
-    if not isinstance(doc, dict):
-        raise ValueError("not a JSON object")
-    if "version" not in doc:
-        raise ValueError("no 'version' key")
-    version = doc["version"]
-    if type(version) is not int or version not in (1, VERSION):  # bool is an int: True == 1
-        raise ValueError("unsupported version %r" % (version,))
-    keys = {"version", "claims"} if version == 1 else {"version", "generation", "claims"}
-    if set(doc) - {"drained"} != keys:
-        raise ValueError("top-level keys are %s, not %s" % (", ".join(sorted(doc)),
-                                                            ", ".join(sorted(keys))))
-    generation = doc.get("generation", 0)
-    if not _is_int(generation, 0):
-        raise ValueError("'generation' is not a count")
-    if not isinstance(doc["claims"], list):
-        raise ValueError("'claims' is not a list")
-    fields = _V1_FIELDS if version == 1 else _FIELDS
-    claims, gens = {}, {}
-    for n, entry in enumerate(doc["claims"]):
-        if not isinstance(entry, dict):
-            raise ValueError("claim %d is not an object" % n)
-        claim, gen = _from_json(dict(entry), n, fields)
-        problem = _claim_problem(claim)
-        if problem:
-            raise ValueError("claim %d: %s" % (n, problem))
-        if gen > generation:
-            raise ValueError("claim %d: 'gen' %d is past the file's generation %d"
-                             % (n, gen, generation))
-        if claim.vf in claims:
-            raise ValueError("VF %s is claimed twice" % claim.vf)
-        claims[claim.vf] = claim
-        gens[claim.vf] = gen
-    return claims, generation, gens, _parse_drained(doc)
-
-
-def _serialize(claimset):
-    # One claim per line: readable and diffable.
-    rows = [json.dumps(_to_json(c, claimset.gen(c.vf))) for c in claimset.all()]
-    body = ",\n  ".join(rows)
-    drained = sorted(claimset.drained(), key=pci.sort_key)
-    # Written only when something is drained: the file stays as it was for everyone else.
-    extra = ',\n "drained": %s' % json.dumps(drained) if drained else ""
-    text = '{\n "version": %d,\n "generation": %d,\n "claims": [%s%s%s]%s\n}\n' % (
-        VERSION, claimset.generation + 1, "\n  " if rows else "", body, "\n " if rows else "",
-        extra)
-    return text.encode("utf-8")
 
 
 class StateStore:
@@ -489,14 +315,14 @@ class StateStore:
                                "inspection; rebuild the claims from libvirt with 'vfpick "
                                "reconcile --rebuild'" % (self.path, MAX_STATE_BYTES >> 20))
         try:
-            return _parse(raw)
+            return codec.parse(raw)
         except ValueError as exc:
             raise StateCorrupt(
                 "state file %s is corrupt (%s); it was kept untouched for inspection; rebuild "
                 "the claims from libvirt with 'vfpick reconcile --rebuild'" % (self.path, exc))
 
     def _write(self, dfd, claimset):
-        data = _serialize(claimset)
+        data = codec.serialize(claimset)
         try:
             try:
                 os.unlink(TEMP, dir_fd=dfd)  # left by a writer that crashed holding the lock
