@@ -230,3 +230,15 @@ def test_a_domain_swaps_its_own_nics_when_its_other_nic_is_in_the_way():
     assert mbps_per_link(h, claims) == {"c0p0": 21000, "c0p1": 20000, "c1p0": 20000,
                                         "c1p1": 20000}
     assert p.after.load == Fraction(21000, 25000) and p.skipped == ()
+
+
+def test_the_command_says_by_rate_and_bound():
+    from vfpick import rebalancecmd
+    p = churned(5, 2).plan()
+    assert rebalancecmd._figure("before", p.before) == (
+        "before: busiest link by rate c0p0, 6 claims, 25000 Mb/s on 25 Gb/s (100.0 % of its "
+        "speed), +25.0 % over the optimum's bound")
+    assert rebalancecmd._optimum_line(p).startswith(
+        "optimum (lower bound by rate): 80.0 % of the busiest link's speed")
+    assert rebalancecmd._figure("after (planned)", p.after).endswith(
+        "21000 Mb/s on 25 Gb/s (84.0 % of its speed), +5.0 % over the optimum's bound")

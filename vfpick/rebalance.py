@@ -4,7 +4,10 @@
 ``vfpick.virt`` gathers the inputs from libvirt and the state, ``vfpick.moves`` applies them.
 
 The load of a link is its claims/speed (speed in Mb/s; unknown counts as the slowest known,
-as in the policy). Only up links count: a NIC on a down link is left where it is and out of
+as in the policy) when every NIC weighs the same (policy.weight: its rate, else its pool's
+nic_rate) and no guarantee=yes pool reserves room; otherwise it is the Mb/s of weight over the
+speed and vfpick/rateplan.py plans instead (a lower bound for the optimum, heuristic moves,
+the same rules). Only up links count: a NIC on a down link is left where it is and out of
 the figures. The *optimum* is the lowest busiest-link load over every placement of the same
 domains that keeps each domain's NICs on distinct units (its ``distinct`` level): one NIC per
 unit. Redundancy comes before balance: a domain holding k > 1 NICs on one unit today (best
