@@ -329,7 +329,10 @@ def plan(population, claims, busy, max_moves=None, slack=rebalance.SLACK):
             state.balance(goal, set(movable), max_moves)
             state.trim(set(movable))
             reachable = state.load(state.busiest())
-            if not made and reachable >= before.load:
+            if max_moves is not None and state.moved() >= max_moves and reachable > target:
+                notes.append("--max-moves %d: this goes as far as %d NIC moves reach"
+                             % (max_moves, max_moves))
+            elif not made and reachable >= before.load:
                 notes.append("only running (or unknown) domains could make it better: none of "
                              "the defined, stopped domains can move to help")
             elif reachable > target and not balanced and not any(
