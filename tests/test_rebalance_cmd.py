@@ -227,3 +227,30 @@ def test_live_move_refused_by_libvirt_leaves_the_running_domain_on_its_vfs(cfg, 
     assert status == 1 and len(refused) == 1, out
     assert "libvirt refused to detach VF" in refused[0] and "nothing moved" in refused[0]
     assert sorted((c.vf, c.uuid, c.active) for c in claims(cfg)) == before
+
+
+BIG = "<bandwidth><outbound average='2441406'/></bandwidth>"  # 20000 Mb/s in KiB/s
+
+
+def test_by_rate_the_small_nics_move_and_the_heavy_one_stays(cfg, conn, host):
+    """Two 1 Gb/s NICs per link, then a 20 Gb/s one (on a link with two), then the small ones
+    elsewhere leave: that link carries 22 Gb/s of 25, the bound is 20/25; one small NIC moves."""
+    small = [define(cfg, "s%02d" % i) for i in range(8)]
+    big = virt.cmd_define(cfg, domain("big", iface_extra=BIG), URI, out=io.StringIO())
+    heavy = next(iter(big.picks.values())).link
+    for result in small:
+        if next(iter(result.picks.values())).link != heavy:
+            conn.lookupByName(result.name).undefine()
+            with resolver.store_for(cfg).transaction() as cs:
+                cs.drop_uuid(result.uuid)
+    assert [c.rate_mbps for c in claims(cfg) if c.domain == "big"] == [20000]
+    status, out = rebalance(cfg, dry_run=True)
+    assert status == 0, out
+    assert "optimum (lower bound by rate): 80.0 % of the busiest link's speed" in out
+    assert ("before: busiest link by rate %s, 3 claims, 22000 Mb/s on 25 Gb/s (88.0 %% of its "
+            "speed), +10.0 %% over the optimum's bound" % heavy) in out, out
+    assert out.count("\nwould move ") == 1 and "would move big" not in out
+    status, out = rebalance(cfg)
+    assert status == 0 and len(moved(out)) == 1 and moved(out) != ["big"], out
+    assert "21000 Mb/s on 25 Gb/s (84.0 % of its speed), +5.0 % over the optimum's bound" in out
+    assert links_of(cfg, host, conn, "big") == [heavy]

@@ -4,7 +4,10 @@
 ``vfpick.virt`` gathers the inputs from libvirt and the state, ``vfpick.moves`` applies them.
 
 The load of a link is its claims/speed (speed in Mb/s; unknown counts as the slowest known,
-as in the policy). Only up links count: a NIC on a down link is left where it is and out of
+as in the policy) when every NIC weighs the same (policy.weight: its rate, else its pool's
+nic_rate) and no guarantee=yes pool reserves room; otherwise it is the Mb/s of weight over the
+speed and vfpick/rateplan.py plans instead (a lower bound for the optimum, heuristic moves,
+the same rules). Only up links count: a NIC on a down link is left where it is and out of
 the figures. The *optimum* is the lowest busiest-link load over every placement of the same
 domains that keeps each domain's NICs on distinct units (its ``distinct`` level): one NIC per
 unit. Redundancy comes before balance: a domain holding k > 1 NICs on one unit today (best
@@ -43,11 +46,13 @@ Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link r
 Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link).
 repair: it leaves a unit it shared with another NIC of its domain (redundancy restored)."""
 
-Figures = namedtuple("Figures", "load busiest claims speed optimum")
-Figures.__doc__ = """load: the busiest up link's claims/speed (Fraction, claims per Mb/s);
-busiest: that link's name (None when nothing is placed), claims and speed (Mb/s) on it;
-optimum: the distinctness-aware optimum for the same population (Fraction), None when no
-placement keeps them apart."""
+Figures = namedtuple("Figures", "load busiest claims speed optimum mbps by_rate",
+                     defaults=(None, False))
+Figures.__doc__ = """load: the busiest up link's claims/speed (Fraction, claims per Mb/s) when every
+NIC weighs the same, else its Mb/s of weight over its speed (by_rate True, vfpick.rateplan);
+busiest: that link's name (None when nothing is placed), claims, speed (Mb/s) and Mb/s of
+weight on it; optimum: the distinctness-aware optimum for the same population (Fraction,
+exact), or by rate a lower bound no placement beats; None when no placement keeps them apart."""
 
 Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes unrepaired")
 Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
@@ -122,6 +127,7 @@ class _Population:
                 self.counts[claim.pf] = self.counts.get(claim.pf, 0) + 1
             else:
                 outside.setdefault(claim.uuid, []).append(claim.pf)
+        self._weigh(pools, claims, pool_of_pf)
         self.demands, self.movable, self.names, self.rules = {}, set(), {}, {}
         self.overlap = {}     # {key: today's share} of the demands sharing a unit (degraded)
         for (uuid, pool_name), held in sorted(self.claims_of.items()):
@@ -167,6 +173,28 @@ class _Population:
             if dom is not None and dom.movable:
                 self.movable.add(key)
 
+    def _weigh(self, pools, claims, pool_of_pf):
+        """What each NIC weighs, as in the policy: weights {vf: Mb/s} (its rate, else its
+        pool's nic_rate; a foreign busy VF: the nic_rate of its PF's pool), reserve {vf: Mb/s}
+        held back under guarantee=yes, guarded: the pools with guarantee=yes."""
+        self.weights, self.reserve, self.where = {}, {}, {}
+        for key, held in self.claims_of.items():
+            pool = pools[key[1]]
+            for c in held:
+                self.weights[c.vf] = policy.weight(c.rate_mbps, pool.nic_rate)
+                self.reserve[c.vf] = policy.reserved(c.rate_mbps, c.min_rate_mbps)
+                self.where[c.vf] = c.pf
+        self.foreign_weight = {pf: n * pools[pool_of_pf[pf]].nic_rate
+                               for pf, n in self.foreign.items()}
+        self.guarded = frozenset(name for name, pool in pools.items() if pool.guarantee)
+        unit = set(self.weights.values()) | {pools[pool_of_pf[pf]].nic_rate for pf in self.foreign}
+        # Every NIC weighs the same and no guarantee holds room back: claims/speed ranks
+        # placements exactly as Mb/s over speed, and the exact count planner applies.
+        self.unit_weight = unit.pop() if len(unit) == 1 else (1000 if not unit else None)
+        if any(self.reserve.get(c.vf) for k, held in self.claims_of.items()
+               if k[1] in self.guarded for c in held):
+            self.unit_weight = None
+
     def fixed(self, keys):
         """{pf: NICs} of the foreign busy VFs and the demands *keys*."""
         out = dict(self.foreign)
@@ -176,6 +204,9 @@ class _Population:
         return out
 
     def figures(self, counts, reference):
+        if self.unit_weight is None:
+            from vfpick import rateplan
+            return rateplan.figures(self, self.where, reference)
         per_link = optimum.link_fixed(self.host, counts)
         busiest = max((link for link in per_link if per_link[link]),
                       key=lambda link: (Fraction(per_link[link], self.host.speed[link]), link),
@@ -183,7 +214,7 @@ class _Population:
         if busiest is None:
             return Figures(Fraction(0), None, 0, None, reference)
         return Figures(optimum.max_load(self.host, counts), busiest, per_link[busiest],
-                       self.host.speed[busiest], reference)
+                       self.host.speed[busiest], reference, per_link[busiest] * self.unit_weight)
 
     def repairable(self, keys, fixed):
         """The demands among *keys* sharing a unit that can all be made distinct at once, and
@@ -222,6 +253,9 @@ class _Population:
                 % (head, rule.distinct, rule.distinct))
 
     def optimum(self):
+        if self.unit_weight is None:
+            from vfpick import rateplan
+            return rateplan.bound(self, self.repairable(list(self.demands), self.foreign)[1])
         load = optimum.max_load(self.host, self.counts)
         repaired, demands = self.repairable(list(self.demands), self.foreign)
         # Repairs may need a busier link than today's busiest: no upper bound then.
@@ -245,6 +279,9 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
     (a uuid missing there is not movable); avoid: PF addresses no NIC may move to (drained).
     Returns Plan."""
     population = _Population(topology, pools, claims, busy, domains, avoid)
+    if population.unit_weight is None:
+        from vfpick import rateplan
+        return rateplan.plan(population, claims, busy, max_moves, slack)
     before = population.figures(population.counts, population.optimum())
     load = before.load
     notes = []
@@ -323,12 +360,7 @@ def _concretize(population, claims, busy, placement, repairs=()):
     """Moves per domain from a {key: {pf: NICs}} placement; VFs: lowest free address, VFs free
     now before VFs another move frees. A NIC of a *repairs* demand leaving a unit it shared
     is a repair (Move.repair). Returns (moves in apply order, skipped uuids)."""
-    topology = population.topology
-    taken = set(claims) | set(busy)
-    free = {pf: [vf for vf in topology.pfs[pf].vfs if vf in topology.vfs and vf not in taken]
-            for pf in population.host.pf_link}
-    vacated = {pf: [] for pf in free}
-    pending = {}  # uuid -> [(claim leaving, target pf)]
+    pending = {}  # uuid -> [(claim leaving, target pf, repair)]
     for key, target in sorted(placement.items()):
         demand = population.demands[key]
         if target == demand.current:
@@ -355,6 +387,18 @@ def _concretize(population, claims, busy, placement, repairs=()):
                 shared[unit] -= 1
         pending.setdefault(key[0], []).extend(
             (claim, pf, repair) for (claim, repair), pf in zip(marked, arriving))
+    return order(population, claims, busy, pending)
+
+
+def order(population, claims, busy, pending):
+    """Moves in apply order from *pending* {uuid: [(claim, target pf, repair)]}: VFs the lowest
+    free address, VFs free now before VFs another move frees; a domain whose targets wait on a
+    cycle of full PFs is skipped. Returns (moves, skipped uuids)."""
+    topology = population.topology
+    taken = set(claims) | set(busy)
+    free = {pf: [vf for vf in topology.pfs[pf].vfs if vf in topology.vfs and vf not in taken]
+            for pf in population.host.pf_link}
+    vacated = {pf: [] for pf in free}
     moves = []
     progress = True
     while pending and progress:

@@ -60,11 +60,28 @@ def _per_gbit(load):
 def _figure(label, figures):
     if figures.busiest is None:
         return "%s: no claims on an up link" % label
+    if figures.by_rate:
+        text = "%s: busiest link by rate %s, %d claims, %d Mb/s on %g Gb/s (%.1f %% of its speed)" % (
+            label, figures.busiest, figures.claims, figures.mbps, figures.speed / 1000,
+            float(figures.load) * 100)
+        if figures.optimum is not None:
+            text += ", %+.1f %% over the optimum's bound" % (
+                rebalance.over(figures.load, figures.optimum) * 100)
+        return text
     text = "%s: busiest link %s, %d claims on %g Gb/s (%.3f per Gb/s)" % (
         label, figures.busiest, figures.claims, figures.speed / 1000, _per_gbit(figures.load))
     if figures.optimum is not None:
         text += ", %+.1f %% over the optimum" % (rebalance.over(figures.load, figures.optimum) * 100)
     return text
+
+
+def _optimum_line(plan):
+    if plan.before.by_rate:
+        return ("optimum (lower bound by rate): %.1f %% of the busiest link's speed (no placement "
+                "keeping every domain's NICs on distinct units does better; NICs of different "
+                "rates may not reach it)" % (float(plan.optimum) * 100))
+    return ("optimum: %.3f claims per Gb/s on the busiest link (the best placement keeping every "
+            "domain's NICs on distinct units)" % _per_gbit(plan.optimum))
 
 
 def _move_line(verb, m, live=False):
@@ -142,8 +159,7 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None, live=Fal
         gathered = gather(config, conn, max_moves, live, allow_gap)
         plan = gathered.plan
         if plan.optimum is not None:
-            out.write("optimum: %.3f claims per Gb/s on the busiest link (the best placement "
-                      "keeping every domain's NICs on distinct units)\n" % _per_gbit(plan.optimum))
+            out.write(_optimum_line(plan) + "\n")
         out.write(_figure("before", plan.before) + "\n")
         for note in plan.notes:
             out.write("note: %s\n" % note)
