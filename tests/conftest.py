@@ -110,3 +110,7 @@ from libvirtd import hook_recorder_fixture, libvirtd_fixture  # noqa: E402
 
 libvirtd = libvirtd_fixture()
 hook_recorder = hook_recorder_fixture()
+
+# conn, cfg (libvirt's test driver) and env (the real libvirtd with the hook installed), for
+# every test module: they ask for them as parameters and never import them.
+pytest_plugins = ["libvirtfixtures"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from vfpick import domscan
-from vfpick.domscan import NS, MetaNic, RunningVfs, scan, scan_running
+from vfpick.domscan import MetaNic, RunningVfs, scan, scan_running
 from vfpick.errors import XmlError
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xml")

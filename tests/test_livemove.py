@@ -16,13 +16,12 @@ from lxml import etree
 
 import libvirtd as lv
 from clitools import hostdev_vfs
-from test_e2e_libvirt import env  # noqa: F401 (fixture)
 from vfpick import config as configmod, livemove, virt
 from vfpick.errors import ClaimConflict, LiveMoveFailed
 
 
 @pytest.fixture
-def fo(env):  # noqa: F811
+def fo(env):
     """env with pool 'fast' making failover pairs (virtio on br0 + the VF)."""
     env.cfg = env.host.write_config({"fast": "pfs = %s\nfailover = bridge:br0\n"
                                      % " ".join(env.host.netdevs())})
@@ -215,7 +214,7 @@ def test_a_target_that_is_not_free_changes_nothing(fo):
     assert nics(fo, name) == before and claims(fo, name) == held
 
 
-def test_a_plain_vf_moves_only_with_allow_gap_and_another_nic_on_a_distinct_link(env):  # noqa: F811
+def test_a_plain_vf_moves_only_with_allow_gap_and_another_nic_on_a_distinct_link(env):
     env.cfg = configmod.load(env.host.config_path)
     env.conn = virt.connect(lv.URI)
     try:

@@ -119,7 +119,7 @@ class Watcher:
             self.log("%s: %s" % (what, e))
         except self.lv.libvirtError as e:
             self.log("%s: libvirt: %s" % (what, _msg(e)))
-        except Exception as e:  # a service: one bad domain or event must not stop it
+        except Exception as e:  # noqa: BLE001 - a service: one bad domain or event must not stop it
             self.log("internal error on %s: %r" % (what, e))
 
     def dispatch(self, item):
