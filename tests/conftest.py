@@ -110,3 +110,12 @@ from libvirtd import hook_recorder_fixture, libvirtd_fixture  # noqa: E402
 
 libvirtd = libvirtd_fixture()
 hook_recorder = hook_recorder_fixture()
+
+# conn, cfg (libvirt's test driver), env (the real libvirtd with the hook installed) and golden
+# (golden files), for every test module: they ask for them as parameters and never import them.
+pytest_plugins = ["libvirtfixtures", "golden"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--regen", action="store_true",
+                     help="rewrite the golden files (tests/golden.py) from the output, then fail")

@@ -24,7 +24,7 @@ def _interface(kind, n):
 def build(ifaces, indent="  ", head="", uuid=None, name="prop", declaration=False):
     """Domain XML bytes; indent '' writes the whole document on one line."""
     nl = "\n" if indent else ""
-    ind = lambda n: nl + indent * n  # noqa: E731
+    ind = lambda n: nl + indent * n
     parts = ["<?xml version='1.0'?>\n" if declaration else "", "<domain type='kvm'>",
              ind(1), "<name>%s</name>" % name]
     if uuid:

@@ -531,7 +531,7 @@ class LibvirtDaemon:
         if self.use_reaper and self._reaper is None:
             try:
                 self._reaper = Reaper()
-            except Exception as exc:  # no ctypes/prctl: fall back to plain children
+            except Exception as exc:  # noqa: BLE001 - no ctypes/prctl: fall back to plain children
                 warnings.warn("no subreaper (%s): domain stops will be slow where PID 1 "
                               "reaps late" % exc)
                 self.use_reaper = False
@@ -647,7 +647,7 @@ class LibvirtDaemon:
         if self.running:
             try:
                 self.cleanup_domains(all_new=True)
-            except Exception as exc:  # keep tearing down
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
                 errors.append("domains: %s" % exc)
         self.remove_all_hooks()
         for d in reversed(self._created_dirs):
@@ -659,11 +659,11 @@ class LibvirtDaemon:
         if not self.reused:
             try:
                 self.stop_libvirtd()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
                 errors.append("libvirtd: %s" % exc)
         try:
             self.stop_virtlogd()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - keep tearing down
             errors.append("virtlogd: %s" % exc)
         self._write_marker()
         if self._reaper is not None:

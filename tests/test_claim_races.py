@@ -79,10 +79,10 @@ class Libvirt:
 def lvconn(request):
     if request.param == "qemu:///system":
         daemon = request.getfixturevalue("libvirtd")
-        names = lambda: daemon.unique_name("race")  # noqa: E731
+        names = lambda: daemon.unique_name("race")
     else:
         counter = iter(range(1, 1000))
-        names = lambda: "race-%d" % next(counter)  # noqa: E731
+        names = lambda: "race-%d" % next(counter)
     c = Libvirt(request.param, names)
     yield c
     c.close()

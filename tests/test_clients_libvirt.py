@@ -13,7 +13,7 @@ from lxml import etree
 
 import libvirtd as lv
 from clitools import assert_user_error, hostdev_vfs, vfpick
-from test_e2e_libvirt import PASSTHROUGH_ERROR, VFPICK_NS, env  # noqa: F401 (env: the fixture)
+from test_e2e_libvirt import PASSTHROUGH_ERROR, VFPICK_NS
 
 
 def ops(env, name):

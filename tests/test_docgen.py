@@ -76,7 +76,7 @@ def test_ini_page_documents_every_key_of_the_config_tables():
     for kind, _header, keys in docgen.SECTIONS:
         for key in keys:
             assert re.search(r"^\s+%s\b" % re.escape(key), text, re.M), (kind, key)
-    for key, default in configmod._MAIN_KEYS.items():
+    for key, default in configmod.MAIN_KEYS.items():
         assert "%s = %s" % (key, default) in flat
     # Text comes from the comment above the key, list items kept apart.
     assert "What one domain's NICs must not share: card | link | pf | none" in flat

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from clitools import domain, hostdev_vfs
-from test_virt import URI, claims, claims_of, conn, libvirt_xml, state_bytes  # noqa: F401
+from libvirtfixtures import URI
+from test_virt import claims, claims_of, libvirt_xml, state_bytes
 from vfpick import cli, resolver, virt
 from vfpick.metrics import exposition
 

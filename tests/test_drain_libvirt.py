@@ -7,11 +7,9 @@ and activates exactly the new VFs. The env fixture (hook installed, state record
 test_e2e_libvirt's.
 """
 
-import pytest
-
 import libvirtd as lv
 from clitools import hostdev_vfs, vfpick
-from test_e2e_libvirt import PASSTHROUGH_ERROR, env, start_error  # noqa: F401 (fixture)
+from test_e2e_libvirt import PASSTHROUGH_ERROR, start_error
 from vfpick import config as configmod, moves, virt
 
 

@@ -2,7 +2,7 @@
 
 libvirt's acceptance of the result (`virsh define`) is in test_clients_libvirt.py.
 Regenerate the golden outputs after a deliberate format change with
-``VFPICK_REGEN=1 pytest tests/test_failover.py`` and review the diff.
+``pytest --regen tests/test_failover.py`` (tests/golden.py) and review the diff.
 """
 
 import itertools
@@ -46,13 +46,9 @@ def golden_run(cfg, case):
     ("failover-handwritten", "bridge:br0"),
     ("failover-network", "network:failnet"),
 ])
-def test_golden(host, case, value):
+def test_golden(golden, host, case, value):
     out = golden_run(pool_config(host, value), case)
-    path = os.path.join(DATA, case + "-out.xml")
-    if os.environ.get("VFPICK_REGEN"):
-        with open(path, "wb") as f:
-            f.write(out)
-    assert out == _read(case + "-out.xml")
+    golden(os.path.join(DATA, case + "-out.xml"), out)
     # Resolving the result again changes nothing: no second partner, the same teaming.
     again = DomainXml.parse(out)
     assert not failover.pair_pool_nics(again, pool_config(host, value), lambda: "x", lambda n: True)

@@ -156,7 +156,7 @@ def test_link_section_named_like_a_derived_link_is_refused(make_host, name, clas
     with pytest.raises(ConfigError) as e:
         host.write_config(extra="[link %s]\npfs = ens1f0np0 ens1f1np1\n" % name)
     message = str(e.value)
-    assert "\n" not in message and host.config_path in message
+    assert host.config_path in message
     assert "[link %s]" % name in message and clash in message
 
 

@@ -21,7 +21,7 @@ from clitools import HOOK, REPO, assert_user_error, claims_file, domain, status_
 from vfpick import cli, hook
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz"))
-import targets  # noqa: E402
+import targets
 
 NS = "http://vfpick.org/xmlns/libvirt/domain/1.0"
 OPS = [("prepare", "begin"), ("release", "end"), ("reconnect", "begin"), ("migrate", "begin"),
@@ -479,7 +479,7 @@ def test_broken_configs_are_one_line_errors_and_claim_nothing(host):
                               b"<domain><name>plain</name><devices><disk type='file'/></devices></domain>",
                               config_path=path)
         assert rc == 0, (name, err)
-    held = lambda raw: [(c["vf"], c["uuid"]) for c in json.loads(raw)["claims"]]  # noqa: E731
+    held = lambda raw: [(c["vf"], c["uuid"]) for c in json.loads(raw)["claims"]]
     assert held(state_bytes(host)) == held(before)
 
 

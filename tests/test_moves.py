@@ -7,11 +7,13 @@ moves against the real libvirtd: tests/test_drain_libvirt.py.
 
 import io
 
+import libvirt
 import pytest
 from lxml import etree
 
 from clitools import hostdev_vfs
-from test_virt import URI, claims, claims_of, conn, libvirt, libvirt_xml, state_bytes  # noqa: F401
+from libvirtfixtures import URI
+from test_virt import claims, claims_of, libvirt_xml, state_bytes
 from vfpick import moves, policy, resolver, topology, virt
 from vfpick.domscan import NS
 from vfpick.errors import (ClaimConflict, DistinctImpossible, DomainChanged, DomainRunning,

@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 
 import memtopo
-from test_quality import quality, topologies  # noqa: F401  the study's module and hosts
+from test_quality import quality  # the study (bench/quality.py), loaded by its path
 from vfpick import rateopt, rebalance
 from vfpick.config import Pool
 from vfpick.records import Claim
@@ -58,8 +58,8 @@ def test_the_bound_never_beats_the_capacity_only_figure():
     assert got.optimum <= got.load
 
 
-def test_mixed_rate_study_spread_beats_pack_and_random(topologies):  # noqa: F811
-    topo = topologies["two-dual-port"]
+def test_mixed_rate_study_spread_beats_pack_and_random(tmp_path):
+    topo = {preset: t for _, preset, t in quality.load_topologies(str(tmp_path))}["two-dual-port"]
     over = {pol: quality.mixed_rates(topo, pol, 4000) for pol in quality.POLICIES}
     mean = {pol: sum(v) / len(v) for pol, v in over.items()}
     assert all(v for v in over.values())

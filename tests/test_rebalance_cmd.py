@@ -12,7 +12,8 @@ import libvirt
 import pytest
 
 from clitools import domain, hostdev_vfs
-from test_virt import URI, cfg, claims, conn, state_bytes  # noqa: F401 (fixtures)
+from libvirtfixtures import URI
+from test_virt import claims, state_bytes
 from vfpick import cli, rebalancecmd, resolver, virt
 
 

@@ -8,7 +8,7 @@ activated. The env fixture (hook installed, state recorder) is test_e2e_libvirt'
 """
 
 from clitools import hostdev_vfs
-from test_e2e_libvirt import PASSTHROUGH_ERROR, env, start_error  # noqa: F401 (fixture)
+from test_e2e_libvirt import PASSTHROUGH_ERROR, start_error
 
 
 def vfs_of(env, name):

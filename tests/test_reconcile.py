@@ -1,5 +1,7 @@
 """vfpick/reconcile.py: the pure planning, table-driven (no libvirt, no files)."""
 
+import dataclasses
+
 import pytest
 
 from vfpick import reconcile
@@ -171,7 +173,7 @@ def test_unsettled(what, now, expected):
 
 def test_records_are_immutable_and_not_indexable():
     view = defined("vm1")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         view.name = "x"
     with pytest.raises(TypeError):
-        view[0]  # noqa: B018 - fields by name only
+        view[0]  # fields by name only

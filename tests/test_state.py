@@ -285,7 +285,6 @@ def test_corrupt_file_is_reported_and_kept(tmp_path, raw, why):
         message = str(info.value)
         assert store.path in message and why in message
         assert "kept untouched" in message and "vfpick reconcile --rebuild" in message
-        assert "\n" not in message
     with pytest.raises(StateCorrupt):
         with store.transaction() as cs:  # never reached: raised before yielding
             cs.put(B)

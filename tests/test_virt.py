@@ -15,32 +15,11 @@ import pytest
 from lxml import etree
 
 from clitools import domain, hostdev_vfs
+from libvirtfixtures import URI
 from vfpick import cli, resolver, virt
 from vfpick.errors import DomainNotFound, LibvirtFailure, StateCorrupt, UnknownPool
 
-URI = "test:///default"
 NS = {"vfpick": "http://vfpick.org/xmlns/libvirt/domain/1.0"}
-
-
-@pytest.fixture
-def conn():
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    c = libvirt.open(URI)
-    before = {d.UUIDString() for d in c.listAllDomains(0)}
-    yield c
-    for d in c.listAllDomains(0):
-        if d.UUIDString() in before:
-            continue
-        if d.isActive():
-            d.destroy()
-        if d.isPersistent():
-            d.undefine()
-    c.close()
-
-
-@pytest.fixture
-def cfg(host):
-    return host.write_config()
 
 
 def claims(cfg):

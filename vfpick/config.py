@@ -44,7 +44,9 @@ _BOOL = {"yes": True, "true": True, "on": True, "1": True,
          "no": False, "false": False, "off": False, "0": False}
 _TRISTATE = {"on": True, "off": False, "unset": None}
 
-_MAIN_KEYS = {
+# The keys of [vfpick] (with defaults), [pool NAME] and [link NAME]: the parser checks them,
+# docgen documents them.
+MAIN_KEYS = {
     "state_dir": "/var/lib/vfpick",
     "sysfs_root": "/sys",
     "libvirt_run_dir": "/run/libvirt/qemu",
@@ -53,11 +55,11 @@ _MAIN_KEYS = {
     "lock_timeout": "30",
 }
 _NOT_PATHS = {"connect", "lock_timeout"}
-_POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk", "failover",
-              "nic_rate", "guarantee", "pcie_affinity"}
+POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk", "failover",
+             "nic_rate", "guarantee", "pcie_affinity"}
 PCIE_AFFINITY = ("required", "preferred", "ignore")
 MAX_RATE_MBPS = 10 ** 7  # 10 Tb/s: far past any link, well inside IFLA_VF_RATE's u32
-_LINK_KEYS = {"pfs"}
+LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -252,14 +254,14 @@ def parse(text, path="<config>"):
     where = _Where(path)
     sections = read_ini(text, where)
 
-    main = dict(_MAIN_KEYS)
+    main = dict(MAIN_KEYS)
     pools_raw, links_raw = [], []
     for section, items in sections:
         kind, _, name = section.partition(" ")
         if section == "vfpick":
             for key, value in items.items():
-                if key not in _MAIN_KEYS:
-                    raise where.error(section, key, "unknown key (known: %s)" % ", ".join(_MAIN_KEYS))
+                if key not in MAIN_KEYS:
+                    raise where.error(section, key, "unknown key (known: %s)" % ", ".join(MAIN_KEYS))
                 value = value.strip()
                 if not value:
                     raise where.error(section, key, "empty value")
@@ -278,7 +280,7 @@ def parse(text, path="<config>"):
     links, linked = {}, {}
     for section, name, items in links_raw:
         for key in items:
-            if key not in _LINK_KEYS:
+            if key not in LINK_KEYS:
                 raise where.error(section, key, "unknown key (known: pfs)")
         if "pfs" not in items:
             raise where.error(section, "pfs", "missing: list the PFs that share this link")
@@ -298,8 +300,8 @@ def parse(text, path="<config>"):
     pools = {}
     for section, name, items in pools_raw:
         for key in items:
-            if key not in _POOL_KEYS:
-                raise where.error(section, key, "unknown key (known: %s)" % ", ".join(sorted(_POOL_KEYS)))
+            if key not in POOL_KEYS:
+                raise where.error(section, key, "unknown key (known: %s)" % ", ".join(sorted(POOL_KEYS)))
         if "pfs" not in items:
             raise where.error(section, "pfs", "missing: list the pool's PFs")
         pfs, missing = _pf_list(where, section, "pfs", items["pfs"], sysfs_root)

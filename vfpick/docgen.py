@@ -124,7 +124,7 @@ def man_vfpick(parser):
     out += [
         ".SH FILES",
         ".TP", _bold(configmod.DEFAULT_PATH), _roff("configuration, see vfpick.ini(5)"),
-        ".TP", _bold(configmod._MAIN_KEYS["state_dir"] + "/claims.json"),
+        ".TP", _bold(configmod.MAIN_KEYS["state_dir"] + "/claims.json"),
         _roff("the claims (state_dir), guarded by claims.lock"),
         ".TP", _bold("/etc/libvirt/hooks/qemu.d/vfpick"),
         _roff("the qemu hook written by vfpick install-hook"),
@@ -189,9 +189,9 @@ def sample_docs(text):
 
 
 SECTIONS = (
-    ("vfpick", "[vfpick]", configmod._MAIN_KEYS),
-    ("pool", "[pool NAME]", configmod._POOL_KEYS),
-    ("link", "[link NAME]", configmod._LINK_KEYS),
+    ("vfpick", "[vfpick]", configmod.MAIN_KEYS),
+    ("pool", "[pool NAME]", configmod.POOL_KEYS),
+    ("link", "[link NAME]", configmod.LINK_KEYS),
 )
 
 

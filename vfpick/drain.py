@@ -151,7 +151,7 @@ def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo)
             raise DomainRunning(dom.name())
         data = virt.inactive_xml(dom)
     except virt.libvirt_error() as e:
-        raise VfpickError("libvirt cannot describe it: %s" % virt._message(e)) from None
+        raise VfpickError("libvirt cannot describe it: %s" % virt.error_message(e)) from None
     return moves.plan_move(config, topo, data, planned, busy, avoid=avoid, repair=True)
 
 
@@ -165,7 +165,7 @@ def _drain_live(config, conn, holder, dry_run, planned, busy, avoid, store, topo
     try:
         xml = virt.Devices(dom).xml()
     except virt.libvirt_error() as e:
-        raise VfpickError("libvirt cannot describe it: %s" % virt._message(e)) from None
+        raise VfpickError("libvirt cannot describe it: %s" % virt.error_message(e)) from None
     held = [c for c in planned.values() if c.uuid == holder.uuid]
     nics = livemove.vf_nics(xml)
     for claim in holder.claims:

@@ -165,7 +165,7 @@ def start(put, stop, log, open_netlink=None, udev=udev_events):
         try:
             for event in subscribe():
                 put(("host", event))
-        except Exception as e:  # an optional source: the watcher carries on without it
+        except Exception as e:  # noqa: BLE001 - an optional source: the watcher carries on without it
             if not stop.is_set():
                 log("host events: %s stopped: %s" % (label, " ".join(str(e).split()) or repr(e)))
 

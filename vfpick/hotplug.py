@@ -145,13 +145,13 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, r
         except libvirt.libvirtError as e:
             resolver.roll_back_extra_nic(store, extra)
             raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)"
-                                 % (name, virt._message(e))) from None
+                                 % (name, virt.error_message(e))) from None
         for flag, label in targets:
             try:
                 _set_metadata(libvirt, dom, flag, parts[flag][1])
             except libvirt.libvirtError as e:
                 warnings.append("NIC %s attached, but its %s metadata was not recorded: %s"
-                                % (claim.mac, label, virt._message(e)))
+                                % (claim.mac, label, virt.error_message(e)))
     finally:
         conn.close()
     resolver.settle_claims(store, claim.uuid, me)
@@ -244,7 +244,7 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
                     dom.detachDeviceFlags(etree.tostring(iface).decode(), flag)
                 except libvirt.libvirtError as e:
                     raise LibvirtFailure("libvirt refused to detach %s from '%s' (%s): %s (no claim "
-                                         "changed)" % (wanted, name, label, virt._message(e))) from None
+                                         "changed)" % (wanted, name, label, virt.error_message(e))) from None
         live_flag = libvirt.VIR_DOMAIN_AFFECT_LIVE
         if live_flag in found and not wait_removed(lambda: _xml(libvirt, dom, live_flag), wanted, timeout):
             raise LibvirtFailure(

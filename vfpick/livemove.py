@@ -205,10 +205,6 @@ def _settle(config, store, old, new, live):
     return []
 
 
-def _message(e):
-    return virt._message(e)
-
-
 def _new_definition(data, mac, new, meta_only=False):
     """(domain XML bytes, vfpick metadata element) with NIC *mac* on the VF of claim *new*."""
     doc = DomainXml.parse(data)
@@ -247,7 +243,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
         nic = vf_nics(devices.xml()).get(mac)
     except lv_error as e:
         raise LiveMoveFailed("libvirt cannot describe domain '%s': %s; nothing moved"
-                             % (name, _message(e))) from None
+                             % (name, virt.error_message(e))) from None
     if nic is None:
         raise LiveMoveFailed("domain '%s' has no VF NIC %s; nothing moved" % (name, mac))
     why = may_move(nic, store.snapshot().for_uuid(uuid), allow_gap)
@@ -269,7 +265,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
             return LiveMoveFailed(
                 "domain '%s': %s, and VF %s could not be attached again (%s): it runs on %s; its "
                 "definition keeps VF %s (claimed); run the move again or restart the domain"
-                % (name, why, nic.vf, _message(e), alone, nic.vf)), warnings
+                % (name, why, nic.vf, virt.error_message(e), alone, nic.vf)), warnings
         return LiveMoveFailed("domain '%s': %s; VF %s is back, nothing moved"
                               % (name, why, nic.vf)), warnings
 
@@ -279,7 +275,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
     except lv_error as e:
         _forget(config, store, new)
         raise LiveMoveFailed("libvirt refused to detach VF %s from domain '%s': %s; it keeps "
-                             "the VF, nothing moved" % (nic.vf, name, _message(e))) from None
+                             "the VF, nothing moved" % (nic.vf, name, virt.error_message(e))) from None
     if not wait_removed(devices, nic.vf, timeout, sleep=sleep):
         _forget(config, store, new)
         raise LiveMoveFailed(
@@ -291,7 +287,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
     try:
         devices.attach(new_xml)
     except lv_error as e:
-        err, _ = put_old_back("libvirt refused to attach VF %s (%s)" % (to_vf, _message(e)))
+        err, _ = put_old_back("libvirt refused to attach VF %s (%s)" % (to_vf, virt.error_message(e)))
         raise err from None
     # 4. The definition and the metadata follow.
     warnings = []
@@ -301,7 +297,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
             xml, _ = _new_definition(data, mac, new)
             devices.define(xml)
     except (lv_error, VfpickError) as e:
-        reason = _message(e) if isinstance(e, lv_error) else str(e)
+        reason = virt.error_message(e) if isinstance(e, lv_error) else str(e)
         try:
             devices.detach(new_xml)
             released = wait_removed(devices, to_vf, timeout, sleep=sleep)
@@ -310,7 +306,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
             raise LiveMoveFailed(
                 "domain '%s': libvirt refused the new definition (%s) and the detach of VF %s "
                 "(%s): it runs on VF %s, its definition names VF %s; both stay claimed"
-                % (name, reason, to_vf, _message(e2), to_vf, nic.vf)) from None
+                % (name, reason, to_vf, virt.error_message(e2), to_vf, nic.vf)) from None
         if not released:
             _both(store, old, new, devices.live)
             raise LiveMoveFailed(
@@ -326,7 +322,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
             devices.set_metadata(_plain_metadata(meta), domscan.NS, "vfpick")
         except (lv_error, VfpickError) as e:
             warnings.append("NIC %s of '%s' moved, but its live metadata still names VF %s: %s"
-                            % (mac, name, nic.vf, _message(e) if isinstance(e, lv_error) else e))
+                            % (mac, name, nic.vf, virt.error_message(e) if isinstance(e, lv_error) else e))
     # 5. Settle: the new claim is the NIC's, the old one ends.
     warnings += _settle(config, store, old, new, devices.live)
     return Moved(uuid, name, mac, nic.vf, to_vf, warnings)

@@ -205,7 +205,7 @@ def _stopped_definition(dom, name):
         return virt.inactive_xml(dom)
     except virt.libvirt_error() as e:
         raise DomainChanged("domain '%s' vanished while vfpick moved it (%s); nothing moved"
-                            % (name, virt._message(e))) from None
+                            % (name, virt.error_message(e))) from None
 
 
 def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, topo=None,

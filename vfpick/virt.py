@@ -22,7 +22,8 @@ def _libvirt():
     return libvirt
 
 
-def _message(err):
+def error_message(err):
+    """A libvirt error (or any exception) as one line, for the messages that quote it."""
     return " ".join(str(err.get_error_message() if hasattr(err, "get_error_message") else err).split())
 
 
@@ -36,7 +37,7 @@ def connect(uri):
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as e:
-        raise LibvirtFailure("cannot connect to %s: %s" % (uri, _message(e))) from None
+        raise LibvirtFailure("cannot connect to %s: %s" % (uri, error_message(e))) from None
 
 
 def network_checker(config, conn):
@@ -82,7 +83,7 @@ def define_xml(conn, xml, name, undo, outcome):
     except libvirt.libvirtError as e:
         undo()
         raise LibvirtFailure("libvirt refused the definition of '%s': %s (%s)"
-                             % (name, _message(e), outcome)) from None
+                             % (name, error_message(e), outcome)) from None
 
 
 def define_resolved(config, conn, data, store=None, only_if_changed=False, netlink_factory=None):
@@ -154,7 +155,7 @@ def _start(dom, result):
         raise LibvirtFailure("domain '%s' is defined%s but libvirt could not start it: %s; "
                              "fix that, then: virsh start %s"
                              % (dom.name(), " (its VFs stay reserved)" if result.picks else "",
-                                _message(e), dom.name())) from None
+                                error_message(e), dom.name())) from None
 
 
 def cmd_repick(config, who, uri, out=None):

@@ -31,10 +31,6 @@ def log_line(message, stream=None):
     stream.flush()
 
 
-def _msg(err):
-    return virt._message(err)
-
-
 class Watcher:
     def __init__(self, config, uri, log=log_line, opener=None, host_events=True, clock=time.monotonic):
         self.config, self.uri, self.log, self.clock = config, uri, log, clock
@@ -118,8 +114,8 @@ class Watcher:
         except VfpickError as e:
             self.log("%s: %s" % (what, e))
         except self.lv.libvirtError as e:
-            self.log("%s: libvirt: %s" % (what, _msg(e)))
-        except Exception as e:  # a service: one bad domain or event must not stop it
+            self.log("%s: libvirt: %s" % (what, virt.error_message(e)))
+        except Exception as e:  # noqa: BLE001 - a service: one bad domain or event must not stop it
             self.log("internal error on %s: %r" % (what, e))
 
     def dispatch(self, item):
@@ -152,7 +148,7 @@ class Watcher:
             delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
             self.failures += 1
             self.next_attempt = self.clock() + delay
-            self.log("cannot connect to %s: %s; retrying in %gs" % (self.uri, _msg(e), delay))
+            self.log("cannot connect to %s: %s; retrying in %gs" % (self.uri, virt.error_message(e), delay))
             return False
         self.conn = conn
         self.log("%sconnected to %s" % ("re" if self.failures or gen > 1 else "", self.uri))
