@@ -683,20 +683,28 @@ def test_the_installed_hook_tells_a_gpu_vm_without_parsing_the_config(host, tmp_
     assert not os.path.exists(host.state_dir)
 
 
-@pytest.mark.parametrize("change", ["rewritten", "touched", "old-style hook"])
+@pytest.mark.parametrize("change", ["rewritten", "rewritten, mtime set back", "touched",
+                                    "old-style hook"])
 def test_the_installed_hook_parses_the_config_when_it_cannot_trust_what_it_baked(
         host, tmp_path, change):
-    host.write_config()
+    pfs = "pfs = %s\n" % " ".join(host.netdevs())
+    host.write_config(pools={"defaulx": pfs})
     xml = _gpu_on_default(host)
     path = _install(host, tmp_path, text=_old_style if change == "old-style hook" else None)
-    if change == "rewritten":
-        # Now 'default' is a pool: the GPU VM asks for it, so it is vfpick's.
-        host.write_config(pools={"default": "pfs = %s\n" % " ".join(host.netdevs())})
+    before = os.stat(host.config_path)
+    if change.startswith("rewritten"):
+        # Now 'default' is a pool (same size, same inode): the GPU VM asks for it, so it is vfpick's.
+        host.write_config(pools={"default": pfs})
+        if change.endswith("set back"):  # as cp -p or rsync -t would: only the ctime tells
+            os.utime(host.config_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            after = os.stat(host.config_path)
+            assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+                before.st_ino, before.st_size, before.st_mtime_ns)
     elif change == "touched":
         os.utime(host.config_path)
     proc, imported, errors = _run_installed(path, xml)
     assert "vfpick.config" in imported, sorted(imported)
-    if change == "rewritten":
+    if change.startswith("rewritten"):
         assert proc.returncode == 1 and len(errors) == 1, proc.stderr
         assert errors[0].startswith("vfpick: ") and "unresolved pool interfaces" in errors[0]
     else:

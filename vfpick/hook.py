@@ -34,6 +34,12 @@ NETWORK_DIRS = ("/etc/libvirt/qemu/networks", "/run/libvirt/network")
 KNOWN_FORMAT = 1
 
 
+def config_stamp(st):
+    """What tells the config changed since install-hook read it: its ctime too, which no tool
+    sets back (``cp -p``, ``touch -r`` and ``rsync -t`` restore mtime, and the size may match)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def read_input(stream):
     """(data, marks): the XML (its first MAX_KEPT bytes) and which MARKS occur in all of it."""
     chunks, size, found, tail = [], 0, set(), b""
@@ -400,8 +406,7 @@ def _no_vf_of_a_pool(facts, config_path, known):
         _format, stamp, sysfs_root, pools = known
         if any(net in pools for net, _ in facts.networks):
             return False
-        st = os.stat(config_path)
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != tuple(stamp):
+        if config_stamp(os.stat(config_path)) != tuple(stamp):
             return False
         from vfpick import pci
 

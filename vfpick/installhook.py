@@ -77,11 +77,6 @@ sys.exit(run(sys.argv[1:], config_path=%(config)r, **known))
 """
 
 
-def stamp(st):
-    """What tells the config changed: ctime too, which no tool sets back (mtime, size: cp -p)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 # A write in the same clock tick as the last one can leave the stamp as it was: read the config
 # only once its last change is this long past (a coarse-grained filesystem: a second more).
 _SETTLE_NS = 20_000_000
@@ -94,8 +89,9 @@ def known_config(config_path):
 
     from vfpick import config as configmod
     from vfpick.errors import ConfigError
-    from vfpick.hook import KNOWN_FORMAT
+    from vfpick.hook import KNOWN_FORMAT, config_stamp as stamp
 
+    config_path = os.path.abspath(config_path)
     try:
         before = os.stat(config_path)
         settle = _SETTLE_NS + (1_000_000_000 if before.st_ctime_ns % 1_000_000_000 == 0 else 0)
