@@ -770,3 +770,20 @@ def test_a_hook_baked_by_this_install_hook_runs_an_older_vfpick_behind_it(host, 
     assert "vfpick.config" in imported
     proc, _, errors = _run_installed(str(path), domain("pooled", nics=1), name="pooled")
     assert proc.returncode == 1 and "unresolved pool interfaces" in errors[0], proc.stderr
+
+
+def test_check_warns_when_the_config_changed_since_install_hook(host, tmp_path):
+    host.write_config()
+    hooks = str(tmp_path / "hooks")
+    installhook.install(hooks, host.config_path)
+    paths = check.Paths(hooks_dir=hooks)
+    findings, _ = check.check_hook(paths, host.config_path)
+    assert [(f.check, f.status) for f in findings] == [("hook", "ok")], findings
+    host.write_config(pools={"other": "pfs = %s\n" % " ".join(host.netdevs())})
+    findings, _ = check.check_hook(paths, host.config_path)
+    assert [(f.check, f.status) for f in findings] == [("hook", "ok"), ("hook-config", "warn")]
+    assert "changed since install-hook" in findings[1].message
+    assert shlex.split(findings[1].fix)[:4] == ["vfpick", "install-hook", "--config", host.config_path]
+    installhook.install(hooks, host.config_path)
+    findings, _ = check.check_hook(paths, host.config_path)
+    assert [(f.check, f.status) for f in findings] == [("hook", "ok")], findings
