@@ -628,3 +628,162 @@ def test_the_hook_tells_a_gpu_is_no_vf_without_loading_the_topology_reader(host)
                 if line.startswith("import time:")}
     assert "vfpick.config" in imported  # the pools are still read from the config
     assert "vfpick.topology" not in imported and "vfpick.state" not in imported
+
+
+# The installed hook bakes what install-hook read in the config (sysfs_root, pool names) with
+# the config's stamp: while the stamp holds, a GPU VM is told without parsing the config.
+
+def _install(host, tmp_path, text=None):
+    """install-hook's hook (its text passed through *text*, if given); its path."""
+    path = installhook.install(str(tmp_path / "hooks"), host.config_path)
+    if text is not None:
+        with open(path) as f:
+            changed = text(f.read())
+        with open(path, "w") as f:
+            f.write(changed)
+    return path
+
+
+def _run_installed(path, xml, name="gpu"):
+    """(proc, modules imported, stderr lines but -X importtime's) of ``prepare begin``."""
+    proc = subprocess.run([sys.executable, "-IS", "-X", "importtime", path, name, "prepare",
+                           "begin", "-"], input=xml, capture_output=True, timeout=WAIT,
+                          env={"PATH": "/usr/bin:/bin"})
+    lines = proc.stderr.decode().splitlines()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+    return proc, imported, [line for line in lines if not line.startswith("import time:")]
+
+
+def _gpu_on_default(host):
+    with open(os.path.join(host.config_dir, "networks", "default.xml"), "w") as f:
+        f.write("<network><name>default</name></network>\n")
+    return domain("gpu", nics=0, extra_devices=GPU).replace(
+        b"</devices>", b"<interface type='network'><source network='default'/></interface>\n"
+        b"</devices>")
+
+
+def _old_style(text):
+    """The hook as install-hook wrote it before it baked what it read in the config."""
+    head, _, _ = text.partition("\nKNOWN = ")
+    return head + "\nsys.exit(run(sys.argv[1:], config_path=%r))\n" % installhook.baked(text, "config")
+
+
+def _a_pool_vf(host):
+    devices = os.path.join(host.sysfs, "bus", "pci", "devices")
+    return sorted(d for d in os.listdir(devices)
+                  if os.path.lexists(os.path.join(devices, d, "physfn")))[0]
+
+
+def test_the_installed_hook_tells_a_gpu_vm_without_parsing_the_config(host, tmp_path):
+    host.write_config()
+    proc, imported, errors = _run_installed(_install(host, tmp_path), _gpu_on_default(host))
+    assert proc.returncode == 0 and errors == [], proc.stderr
+    assert "vfpick.config" not in imported and "configparser" not in imported, sorted(imported)
+    assert "vfpick.domscan" in imported  # it did scan the XML: the fast path is not the byte search
+    assert not os.path.exists(host.state_dir)
+
+
+@pytest.mark.parametrize("change", ["rewritten", "rewritten, mtime set back", "touched",
+                                    "old-style hook"])
+def test_the_installed_hook_parses_the_config_when_it_cannot_trust_what_it_baked(
+        host, tmp_path, change):
+    pfs = "pfs = %s\n" % " ".join(host.netdevs())
+    host.write_config(pools={"defaulx": pfs})
+    xml = _gpu_on_default(host)
+    path = _install(host, tmp_path, text=_old_style if change == "old-style hook" else None)
+    before = os.stat(host.config_path)
+    if change.startswith("rewritten"):
+        # Now 'default' is a pool (same size, same inode): the GPU VM asks for it, so it is vfpick's.
+        host.write_config(pools={"default": pfs})
+        if change.endswith("set back"):  # as cp -p or rsync -t would: only the ctime tells
+            os.utime(host.config_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            after = os.stat(host.config_path)
+            assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+                before.st_ino, before.st_size, before.st_mtime_ns)
+    elif change == "touched":
+        os.utime(host.config_path)
+    proc, imported, errors = _run_installed(path, xml)
+    assert "vfpick.config" in imported, sorted(imported)
+    if change.startswith("rewritten"):
+        assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+        assert errors[0].startswith("vfpick: ") and "unresolved pool interfaces" in errors[0]
+    else:
+        assert proc.returncode == 0 and errors == [], proc.stderr
+
+
+def test_a_hand_written_hostdev_on_a_pool_vf_is_still_vfpicks_through_the_installed_hook(
+        host, tmp_path):
+    host.write_config()
+    vf = _a_pool_vf(host)
+    d, rest = vf.split(":", 1)
+    bus, rest = rest.split(":")
+    slot, fn = rest.split(".")
+    hostdev = ("<hostdev mode='subsystem' type='pci' managed='yes'><source><address "
+               "domain='0x%s' bus='0x%s' slot='0x%s' function='0x%s'/></source></hostdev>\n"
+               % (d, bus, slot, fn))
+    xml = domain("hand", nics=0, uuid="6c8d5e4f-0000-4000-8000-000000000088", extra_devices=hostdev)
+    proc, imported, errors = _run_installed(_install(host, tmp_path), xml, name="hand")
+    assert proc.returncode == 0 and errors == [], proc.stderr
+    assert "vfpick.config" in imported
+    [held] = StateStore(host.state_dir).snapshot().all()
+    assert held.vf == vf and held.domain == "hand" and held.active
+
+
+def test_install_hook_bakes_what_it_read_and_check_reads_it_back(host, tmp_path):
+    host.write_config()
+    hooks = str(tmp_path / "hooks")
+    installhook.install(hooks, host.config_path)
+    with open(os.path.join(hooks, "qemu.d", "vfpick")) as f:
+        text = f.read()
+    known = installhook.baked_known(text)
+    st = os.stat(host.config_path)
+    assert known == (1, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                     host.sysfs, ("fast",))
+    assert installhook.baked(text, "config") == host.config_path
+    assert installhook.baked_known(_old_style(text)) is None
+    assert installhook.baked(_old_style(text), "config") == host.config_path
+
+
+def test_a_hook_baked_by_this_install_hook_runs_an_older_vfpick_behind_it(host, tmp_path):
+    """A downgrade leaves the hook as it was: the older vfpick takes no known=, and parses."""
+    import shutil
+
+    import vfpick
+
+    host.write_config()
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(vfpick.__file__), str(site / "vfpick"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    hook_py = site / "vfpick" / "hook.py"
+    old = hook_py.read_text().replace("KNOWN_FORMAT = 1\n", "").replace(
+        "netlink_factory=None,\n        known=None):", "netlink_factory=None):").replace(
+        "_decide(name, op, data, marks, stderr, config_path, known)",
+        "_decide(name, op, data, marks, stderr, config_path)")
+    assert "\nKNOWN_FORMAT" not in old and "netlink_factory=None):" in old
+    hook_py.write_text(old)
+    path = tmp_path / "hook"
+    path.write_text(installhook.hook_text(host.config_path, package_dir=str(site),
+                                          known=installhook.known_config(host.config_path)))
+    path.chmod(0o755)
+    proc, imported, errors = _run_installed(str(path), _gpu_on_default(host))
+    assert proc.returncode == 0 and errors == [], proc.stderr
+    assert "vfpick.config" in imported
+    proc, _, errors = _run_installed(str(path), domain("pooled", nics=1), name="pooled")
+    assert proc.returncode == 1 and "unresolved pool interfaces" in errors[0], proc.stderr
+
+
+def test_check_warns_when_the_config_changed_since_install_hook(host, tmp_path):
+    host.write_config()
+    hooks = str(tmp_path / "hooks")
+    installhook.install(hooks, host.config_path)
+    paths = check.Paths(hooks_dir=hooks)
+    findings, _ = check.check_hook(paths, host.config_path)
+    assert [(f.check, f.status) for f in findings] == [("hook", "ok")], findings
+    host.write_config(pools={"other": "pfs = %s\n" % " ".join(host.netdevs())})
+    findings, _ = check.check_hook(paths, host.config_path)
+    assert [(f.check, f.status) for f in findings] == [("hook", "ok"), ("hook-config", "warn")]
+    assert "changed since install-hook" in findings[1].message
+    assert shlex.split(findings[1].fix)[:4] == ["vfpick", "install-hook", "--config", host.config_path]
+    installhook.install(hooks, host.config_path)
+    findings, _ = check.check_hook(paths, host.config_path)
+    assert [(f.check, f.status) for f in findings] == [("hook", "ok")], findings

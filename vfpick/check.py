@@ -277,7 +277,25 @@ def check_hook(paths, config_path):
                            install))
     if not out:
         out.append(Finding("hook", OK, "%s installed, config %s" % (hook, baked), ""))
+        out.extend(_stale_known(text, baked, install))
     return out, os.stat(hook).st_mtime
+
+
+def _stale_known(text, config_path, install):
+    """A warning when the config changed since install-hook read it: the hook then parses it
+    for every VM start, even a GPU VM's (still right, only slower)."""
+    from vfpick import installhook
+    from vfpick.hook import config_stamp
+
+    known = installhook.baked_known(text)
+    try:
+        if known is None or config_stamp(os.stat(config_path)) == tuple(known[1]):
+            return []
+    except (OSError, IndexError, TypeError):
+        return []
+    return [Finding("hook-config", WARN, "%s changed since install-hook read it: the hook parses "
+                    "it on every VM start, also of VMs that are not vfpick's" % config_path,
+                    install + " (again)")]
 
 
 def process_start(proc_root, pid):

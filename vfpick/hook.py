@@ -29,6 +29,15 @@ WANTED = (("prepare", "begin"), ("release", "end"), ("reconnect", "begin"),
           ("migrate", "begin"), ("restore", "begin"))
 # Where libvirt keeps networks when the config (and its libvirt_config_dir) cannot be read.
 NETWORK_DIRS = ("/etc/libvirt/qemu/networks", "/run/libvirt/network")
+# The layout of install-hook's reading of the config it bakes (installhook.known_config): a
+# hook baked for another layout parses the config.
+KNOWN_FORMAT = 1
+
+
+def config_stamp(st):
+    """What tells the config changed since install-hook read it: its ctime too, which no tool
+    sets back (``cp -p``, ``touch -r`` and ``rsync -t`` restore mtime, and the size may match)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def read_input(stream):
@@ -267,8 +276,11 @@ def refilter(config, data):
     return result.xml if result.changed else b""
 
 
-def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_factory=None):
-    """Entry point used by hooks/qemu. Returns the exit status (0 or 1)."""
+def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_factory=None,
+        known=None):
+    """Entry point used by hooks/qemu. Returns the exit status (0 or 1).
+
+    known: what install-hook read in the config at *config_path* (installhook.known_config)."""
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr
@@ -284,7 +296,7 @@ def run(argv, stdin=None, stdout=None, stderr=None, config_path=None, netlink_fa
     # those report and exit 0; the gatekeeping and filter ops refuse with 1.
     failed = 0 if op in ("release", "reconnect") else 1
     try:
-        decided = _decide(name, op, data, marks, stderr, config_path)
+        decided = _decide(name, op, data, marks, stderr, config_path, known)
     except Refusal as e:
         stderr.write("vfpick: %s\n" % _one_line(e))
         return failed
@@ -383,18 +395,43 @@ def whose(config, facts, data, marks):
     return None
 
 
-def _decide(name, op, data, marks, stderr, config_path):
+def _no_vf_of_a_pool(facts, config_path, known):
+    """True when *facts* cannot be vfpick's by what install-hook read in the config (*known*),
+    which still holds while the config's stamp is unchanged: no vfpick metadata, no pool
+    interface, no PCI device with a ``physfn`` (a GPU, an NVMe: no VF, so no pool's). False
+    when that cannot be told so cheaply: then the config is parsed."""
+    if known is None or facts.vfpick_meta or not config_path:
+        return False
+    try:
+        _format, stamp, sysfs_root, pools = known
+        if any(net in pools for net, _ in facts.networks):
+            return False
+        if config_stamp(os.stat(config_path)) != tuple(stamp):
+            return False
+        from vfpick import pci
+
+        return not any(pci.physfn(sysfs_root, vf) for vf, _ in facts.hostdev_vfs)
+    except Exception:  # noqa: BLE001 - a bad baked value or stat: the config decides, as always
+        return False
+
+
+def _decide(name, op, data, marks, stderr, config_path, known=None):
     """(config, facts) of a domain that is vfpick's, None when it is not (warned, if need be).
 
     Raises Refusal when it is vfpick's but cannot be checked."""
-    from vfpick import config as configmod, domscan
-    from vfpick.errors import ConfigError, XmlError
+    from vfpick import domscan
+    from vfpick.errors import XmlError
 
     facts = config = unread = None
     try:
         facts = domscan.scan(data)
     except XmlError as e:
         unread = "its XML cannot be read (%s)" % e
+    if facts is not None and _no_vf_of_a_pool(facts, config_path, known):
+        return None
+    from vfpick import config as configmod
+    from vfpick.errors import ConfigError
+
     try:
         config = configmod.load(config_path or configmod.config_path())
     except ConfigError as e:

@@ -67,11 +67,49 @@ except Exception as exc:  # noqa: BLE001 - the package is gone or broken
         sys.exit(1)
     sys.stderr.write("vfpick: warning: %%s; domain '%%s' left alone\n" %% (why, sys.argv[1]))
     sys.exit(0)
-sys.exit(run(sys.argv[1:], config_path=%(config)r))
+# What install-hook read in the config: (format, its stamp then, sysfs_root, pool names). While
+# the config's stamp is unchanged, a domain that cannot be vfpick's (a GPU VM) is told without
+# parsing it. An older vfpick behind this hook (a downgrade) takes none: it parses, as before.
+KNOWN = %(known)r
+known = ({"known": KNOWN} if KNOWN and KNOWN[0] == getattr(sys.modules["vfpick.hook"],
+                                                           "KNOWN_FORMAT", None) else {})
+sys.exit(run(sys.argv[1:], config_path=%(config)r, **known))
 """
 
 
-def hook_text(config_path, python=None, package_dir=None):
+# A write in the same clock tick as the last one can leave the stamp as it was: read the config
+# only once its last change is this long past (a coarse-grained filesystem: a second more).
+_SETTLE_NS = 20_000_000
+
+
+def known_config(config_path):
+    """(KNOWN_FORMAT, stamp, sysfs_root, pool names) of the config at *config_path* as read
+    now, or None when it cannot be read or changed while it was read."""
+    import time
+
+    from vfpick import config as configmod
+    from vfpick.errors import ConfigError
+    from vfpick.hook import KNOWN_FORMAT, config_stamp as stamp
+
+    config_path = os.path.abspath(config_path)
+    try:
+        before = os.stat(config_path)
+        settle = _SETTLE_NS + (1_000_000_000 if before.st_ctime_ns % 1_000_000_000 == 0 else 0)
+        wait = before.st_ctime_ns + settle - time.time_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        before = os.stat(config_path)
+        config = configmod.load(config_path)
+        after = os.stat(config_path)
+    except (OSError, ConfigError):
+        return None
+    if stamp(before) != stamp(after):
+        return None
+    return (KNOWN_FORMAT, stamp(after), config.sysfs_root, tuple(config.pools))
+
+
+def hook_text(config_path, python=None, package_dir=None, known=None):
+    """The installed hook; *known*: known_config()'s, or None (the hook always parses)."""
     python = python or sys.executable
     if package_dir is None:
         import vfpick
@@ -92,14 +130,16 @@ def hook_text(config_path, python=None, package_dir=None):
         "marker": MARKER, "python_sh": _sh_quote(python),
         "mark_sh": _sh_quote(NS_MARK.decode()), "mark": NS_MARK, "package_dir": package_dir,
         "wanted_sh": "|".join('"%s %s"' % pair for pair in WANTED),
-        "config": os.path.abspath(config_path)}
+        "config": os.path.abspath(config_path), "known": known}
 
 
 _BAKED = {  # key: (line prefix, line suffix) around the literal hook_text wrote
     "python": ("if [ -x ", " ]; then exec "),
     "package": ("sys.path.insert(0, ", ")"),
-    "config": ("sys.exit(run(sys.argv[1:], config_path=", "))"),
+    "config": ("sys.exit(run(sys.argv[1:], config_path=", ", **known))"),
 }
+# The line as install-hook wrote it before it baked KNOWN.
+_OLD_CONFIG_SUFFIX = "))"
 
 
 def baked(text, key):
@@ -112,20 +152,38 @@ def baked(text, key):
     import shlex
 
     prefix, suffix = _BAKED[key]
+    tails = (suffix, _OLD_CONFIG_SUFFIX) if key == "config" else (suffix,)
     for line in text.split("\n"):
-        if not line.startswith(prefix) or suffix not in line[len(prefix):]:
+        rest = line[len(prefix):]
+        if not line.startswith(prefix) or (key == "python" and suffix not in rest):
             continue
-        literal = line[len(prefix):]
-        literal = literal[:literal.index(suffix)] if key == "python" else literal
-        if key != "python":
-            if not literal.endswith(suffix):
+        if key == "python":
+            literals = [rest[:rest.index(suffix)]]
+        else:
+            literals = [rest[:-len(tail)] for tail in tails if rest.endswith(tail)]
+        for literal in literals:
+            try:
+                value = shlex.split(literal)[0] if key == "python" else ast.literal_eval(literal)
+            except (ValueError, SyntaxError, IndexError):
+                continue
+            if isinstance(value, str):
+                return value
+        return None
+    return None
+
+
+def baked_known(text):
+    """The KNOWN tuple hook_text baked into *text* (known_config()'s), or None: an old hook,
+    or one whose install-hook could not read the config."""
+    import ast
+
+    for line in text.split("\n"):
+        if line.startswith("KNOWN = "):
+            try:
+                value = ast.literal_eval(line[len("KNOWN = "):])
+            except (ValueError, SyntaxError):
                 return None
-            literal = literal[:-len(suffix)]
-        try:
-            value = shlex.split(literal)[0] if key == "python" else ast.literal_eval(literal)
-        except (ValueError, SyntaxError, IndexError):
-            return None
-        return value if isinstance(value, str) else None
+            return value if isinstance(value, tuple) else None
     return None
 
 
@@ -145,12 +203,13 @@ def install(hooks_dir, config_path):
     target = os.path.join(target_dir, "vfpick")
     if os.path.lexists(target) and not _is_ours(target):
         raise VfpickError("%s exists and was not installed by vfpick; move it away first" % target)
+    text = hook_text(config_path, known=known_config(config_path))
     try:
         os.makedirs(target_dir, mode=0o755, exist_ok=True)
         tmp = target + ".tmp-%d" % os.getpid()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
         try:
-            os.write(fd, hook_text(config_path).encode())
+            os.write(fd, text.encode())
             os.fchmod(fd, 0o755)
             os.fsync(fd)
         finally:
