@@ -6,6 +6,8 @@ domain and releases the old claim. The guest reports the VF gone and back (L2-PC
 the live and the persistent XML name the new VF; the claims are right.
 
 The same for a failover-pool NIC (virtio + VF, one MAC): `drain --live` alone moves it."""
+from lxml import etree
+
 from lab.guestwatch import guest_vfs, pci_reports, wait_guest_vfs
 from lab.host import LabError
 from lab.labhost import CONFIG_TEXT, POOL, wait_until
@@ -21,6 +23,19 @@ def claims_of(host, name):
 
 def netdev_of(host, pf):
     return next(dev for addr, dev, _ in host.pfs if addr == pf)
+
+
+def nic_in_xml(host, name, mac, live):
+    """(source VF, teaming type or None) of NAME's hostdev interface with MAC in its live or
+    persistent XML."""
+    xml = host.run(f"virsh dumpxml {'' if live else '--inactive'} {name}", check=True, quiet=True).stdout
+    for iface in etree.fromstring(xml.encode()).findall("devices/interface[@type='hostdev']"):
+        if iface.find("mac").get("address") == mac:
+            a = iface.find("source/address")
+            teaming = iface.find("teaming")
+            return ("%04x:%02x:%02x.%x" % tuple(int(a.get(k), 16) for k in ("domain", "bus", "slot", "function")),
+                    None if teaming is None else teaming.get("type"))
+    raise LabError(f"{name}: no hostdev interface with MAC {mac} in its {'live' if live else 'persistent'} XML")
 
 
 def wait_gone_and_back(host, name, seen, count):
@@ -40,8 +55,9 @@ def wait_gone_and_back(host, name, seen, count):
     return found
 
 
-def assert_moved(host, name, before, drained_pf, evidence):
-    """The NIC that was on DRAINED_PF is on the remaining PF now, the other NIC as it was."""
+def assert_moved(host, name, before, drained_pf, evidence, failover=False):
+    """The NIC that was on DRAINED_PF is on another PF now (its MAC and, for a failover NIC,
+    its teaming kept, live and persistent), the other NIC as it was."""
     after = claims_of(host, name)
     [moving] = [c for c in before if c["pf"] == drained_pf]
     third = {addr for addr, _, _ in host.pfs} - {c["pf"] for c in before}
@@ -61,6 +77,9 @@ def assert_moved(host, name, before, drained_pf, evidence):
     want = sorted(c["vf"] for c in after)
     assert host.hostdev_vfs(name) == want, "the live XML names the new VF"
     assert host.hostdev_vfs(name, live=False) == want, "the persistent definition names the new VF"
+    teaming = "transient" if failover else None
+    for live in (True, False):
+        assert nic_in_xml(host, name, moving["mac"], live) == (new_vf, teaming), (live, new_vf, teaming)
     evidence(f"  NIC {moving['mac']} moved live: VF {old_vf} (PF {drained_pf}) -> VF {new_vf} "
              f"(PF {moved['pf']}); live and persistent XML: {want}\n")
     return old_vf, new_vf
@@ -81,7 +100,7 @@ def test_drain_live_moves_a_running_bonded_l2(host, evidence):
     assert r.rc == 0, r.stderr
     report = host.l2_report("l2d")
     assert report.count(" 8086:10ca ") == 2, report
-    wait_guest_vfs(host, "l2d", 2)
+    guest_before = wait_guest_vfs(host, "l2d", 2)
     before = claims_of(host, "l2d")
     assert len(before) == 2 and all(c["active"] for c in before), before
     assert len({c["pf"] for c in before}) == 2, before
@@ -91,6 +110,7 @@ def test_drain_live_moves_a_running_bonded_l2(host, evidence):
         seen = drain_live(host, "l2d", drained, "--allow-nic-gap")
         assert_moved(host, "l2d", before, drained, evidence)
         gone, back = wait_gone_and_back(host, "l2d", seen, 2)
+        assert guest_vfs(back[1]) == guest_vfs(guest_before[1]), "the new VF keeps the guest address"
         evidence(f"  guest l2d: at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])}, at {back[0]:.0f} s "
                  f"{guest_vfs(back[1])}\n")
         host.vfpick("status")
@@ -112,15 +132,16 @@ def test_drain_live_moves_a_running_failover_nic(host, evidence):
     r = host.start("l2f")
     assert r.rc == 0, r.stderr
     # QEMU plugs the VF (the failover primary) once the guest's virtio_net acks STANDBY
-    wait_guest_vfs(host, "l2f", 1, timeout=300)
+    guest_before = wait_guest_vfs(host, "l2f", 1, timeout=300)
     before = claims_of(host, "l2f")
     assert len(before) == 1 and before[0]["active"], before
     drained = before[0]["pf"]
 
     try:
         seen = drain_live(host, "l2f", drained, "")
-        assert_moved(host, "l2f", before, drained, evidence)
+        assert_moved(host, "l2f", before, drained, evidence, failover=True)
         gone, back = wait_gone_and_back(host, "l2f", seen, 1)
+        assert guest_vfs(back[1]) == guest_vfs(guest_before[1]), "the new VF keeps the guest address"
         evidence(f"  guest l2f: at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])}, at {back[0]:.0f} s "
                  f"{guest_vfs(back[1])}\n")
         host.vfpick("status")
