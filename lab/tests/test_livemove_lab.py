@@ -93,6 +93,24 @@ def drain_live(host, name, pf, flags):
     return seen
 
 
+def drain_and_check(host, name, before, guest_before, flags, evidence, failover=False):
+    """drain --live FLAGS of the PF of NAME's first NIC, then what must hold; undrained after."""
+    drained = before[0]["pf"]
+    count = len(guest_vfs(guest_before[1]))
+    try:
+        seen = drain_live(host, name, drained, flags)
+        assert_moved(host, name, before, drained, evidence, failover=failover)
+        gone, back = wait_gone_and_back(host, name, seen, count)
+        assert guest_vfs(back[1]) == guest_vfs(guest_before[1]), "the new VF keeps the guest address"
+        evidence(f"  guest {name}: at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])}, at {back[0]:.0f} s "
+                 f"{guest_vfs(back[1])}\n")
+        host.vfpick("status")
+    finally:
+        r = host.vfpick(f"undrain {netdev_of(host, drained)}")
+    assert r.rc == 0, r.stderr
+    assert host.status()["drained"] == []
+
+
 def test_drain_live_moves_a_running_bonded_l2(host, evidence):
     host.put("/root/l2d.xml", host.domain_xml("l2d", pool_nics=2))
     host.vfpick("define /root/l2d.xml", check=True)
@@ -104,20 +122,7 @@ def test_drain_live_moves_a_running_bonded_l2(host, evidence):
     before = claims_of(host, "l2d")
     assert len(before) == 2 and all(c["active"] for c in before), before
     assert len({c["pf"] for c in before}) == 2, before
-    drained = before[0]["pf"]
-
-    try:
-        seen = drain_live(host, "l2d", drained, "--allow-nic-gap")
-        assert_moved(host, "l2d", before, drained, evidence)
-        gone, back = wait_gone_and_back(host, "l2d", seen, 2)
-        assert guest_vfs(back[1]) == guest_vfs(guest_before[1]), "the new VF keeps the guest address"
-        evidence(f"  guest l2d: at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])}, at {back[0]:.0f} s "
-                 f"{guest_vfs(back[1])}\n")
-        host.vfpick("status")
-    finally:
-        r = host.vfpick(f"undrain {netdev_of(host, drained)}")
-    assert r.rc == 0, r.stderr
-    assert host.status()["drained"] == []
+    drain_and_check(host, "l2d", before, guest_before, "--allow-nic-gap", evidence)
 
 
 def test_drain_live_moves_a_running_failover_nic(host, evidence):
@@ -135,17 +140,4 @@ def test_drain_live_moves_a_running_failover_nic(host, evidence):
     guest_before = wait_guest_vfs(host, "l2f", 1, timeout=300)
     before = claims_of(host, "l2f")
     assert len(before) == 1 and before[0]["active"], before
-    drained = before[0]["pf"]
-
-    try:
-        seen = drain_live(host, "l2f", drained, "")
-        assert_moved(host, "l2f", before, drained, evidence, failover=True)
-        gone, back = wait_gone_and_back(host, "l2f", seen, 1)
-        assert guest_vfs(back[1]) == guest_vfs(guest_before[1]), "the new VF keeps the guest address"
-        evidence(f"  guest l2f: at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])}, at {back[0]:.0f} s "
-                 f"{guest_vfs(back[1])}\n")
-        host.vfpick("status")
-    finally:
-        r = host.vfpick(f"undrain {netdev_of(host, drained)}")
-    assert r.rc == 0, r.stderr
-    assert host.status()["drained"] == []
+    drain_and_check(host, "l2f", before, guest_before, "", evidence, failover=True)
