@@ -53,13 +53,20 @@ def wait_guest_vfs(host, name, count, timeout=180):
 _VF_LINE = re.compile(r"^\s+vf (\d+)\b.*spoof checking (on|off).*trust (on|off)", re.M)
 
 
-def vf_settings(host, vf):
-    """(trust, spoofchk) of VF (a PCI address) as `ip -d link show PF` reports them."""
+def pf_link_show(host, vf, as_json=False):
+    """(VF's index on its PF, `ip -d link show PF` of its PF: text, or ip's JSON with as_json)."""
     r = host.run(f"pf=$(basename $(readlink -f /sys/bus/pci/devices/{vf}/physfn)); "
                  f"for v in /sys/bus/pci/devices/$pf/virtfn*; do "
                  f"[ $(basename $(readlink -f $v)) = {vf} ] && echo ${{v##*virtfn}}; done; "
-                 f"ip -d link show $(ls /sys/bus/pci/devices/$pf/net)", check=True)
+                 f"ip {'-j ' if as_json else ''}-d link show $(ls /sys/bus/pci/devices/$pf/net)",
+                 check=True)
     index, _, text = r.stdout.partition("\n")
+    return index, text
+
+
+def vf_settings(host, vf):
+    """(trust, spoofchk) of VF (a PCI address) as `ip -d link show PF` reports them."""
+    index, text = pf_link_show(host, vf)
     for m in _VF_LINE.finditer(text):
         if m.group(1) == index.strip():
             return m.group(3) == "on", m.group(2) == "on"

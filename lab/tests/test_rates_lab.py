@@ -4,6 +4,7 @@ max_tx_rate at prepare (`ip -d link show PF`: `max_tx_rate 100Mbps`), and the pr
 (max only): vfpick asks min_tx_rate 0, which igb takes."""
 import json
 
+from lab.guestwatch import pf_link_show
 from lab.labhost import POOL
 
 # 100 Mb/s in libvirt's KiB/s: 12207 * 8192 / 10**6 = 99.99..., rounded up to 100
@@ -13,11 +14,7 @@ RATE_MBPS = 100
 
 def vf_rate(host, vf):
     """(max_tx_rate, min_tx_rate) of VF in Mb/s, from `ip -j -d link show PF`'s vfinfo_list."""
-    r = host.run(f"pf=$(basename $(readlink -f /sys/bus/pci/devices/{vf}/physfn)); "
-                 f"for v in /sys/bus/pci/devices/$pf/virtfn*; do "
-                 f"[ $(basename $(readlink -f $v)) = {vf} ] && echo ${{v##*virtfn}}; done; "
-                 f"ip -j -d link show $(ls /sys/bus/pci/devices/$pf/net)", check=True)
-    index, _, text = r.stdout.partition("\n")
+    index, text = pf_link_show(host, vf, as_json=True)
     [link] = json.loads(text)
     [entry] = [e for e in link["vfinfo_list"] if e["vf"] == int(index)]
     rate = entry.get("rate", {})
