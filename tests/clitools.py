@@ -9,6 +9,7 @@ import atexit
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,3 +94,10 @@ def domain(name="guest", nics=1, pool="fast", uuid=None, extra_devices="", head=
             "<os><type arch='x86_64'>hvm</type></os>\n<devices>\n%s%s</devices>\n</domain>\n"
             % (name, "<uuid>%s</uuid>\n" % uuid if uuid else "", head, ifaces,
                extra_devices)).encode()
+
+
+def free_port():
+    """A loopback TCP port nobody listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from clitools import HOOK, VFPICK, assert_user_error, cli_env, domain, vfpick
+from clitools import HOOK, VFPICK, assert_user_error, cli_env, domain, free_port, vfpick
 from vfpick import check, cli, installhook, metrics, resolver
 from vfpick.errors import VfpickError
 from vfpick.hostdev import DomainXml
@@ -154,12 +154,6 @@ def test_parallel_scrapes_while_the_store_is_written(host):
         server.server_close()
     assert results == [(200, True)] * len(results) and len(results) == 48
     assert writer_errors == [] and logged == []
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_watch_answers_parallel_scrapes_without_errors(host):

@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -12,7 +11,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from clitools import HOOK, REPO, VFPICK, assert_user_error, cli_env, domain, status_json, vfpick
+from clitools import HOOK, REPO, VFPICK, assert_user_error, cli_env, domain, free_port, status_json, vfpick
 from vfpick import __version__, metrics, simhost
 from vfpick.config import DISTINCT
 from waiting import WAIT, wait_until
@@ -233,12 +232,6 @@ def test_server_reads_afresh_on_every_scrape(host):
     finally:
         server.shutdown()
         server.server_close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_watch_serves_metrics_and_stops_on_sigterm(host):
