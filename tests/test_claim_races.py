@@ -10,7 +10,6 @@
 Run against libvirt's test driver and against the real system libvirtd (tests/libvirtd.py).
 """
 
-import io
 import os
 import socket
 import subprocess
@@ -22,7 +21,8 @@ import pytest
 import libvirtd as lv
 from clitools import VFPICK, cli_env, domain, status_json, vfpick
 from test_hook import run_hook
-from vfpick import resolver, topology, virt
+from vfpick import resolver, topology
+from vfpick.commands import define, reconcile
 from vfpick.errors import VfpickError
 from vfpick.records import Claim, Writer
 from vfpick.state import writer
@@ -106,7 +106,7 @@ def _define_in_flight(cfg, conn, xml):
 
     def run():
         try:
-            outcome["result"] = virt.define_resolved(cfg, gated, xml)
+            outcome["result"] = define.define_resolved(cfg, gated, xml)
         except Exception as e:  # noqa: BLE001 - shown by the test
             outcome["error"] = e
 
@@ -132,7 +132,7 @@ def _one_claim(cfg):
 def _vf_is_handed_out_once(cfg, lvconn, winner):
     xml, _name = lvconn.xml()
     with pytest.raises(VfpickError, match="one"):
-        virt.define_resolved(cfg, lvconn.conn, xml)
+        define.define_resolved(cfg, lvconn.conn, xml)
     assert _one_claim(cfg).uuid == winner.uuid
     defined = lvconn.conn.lookupByUUIDString(winner.uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert _one_claim(cfg).vf.split(":")[1] in defined  # the definition holds the claimed VF
@@ -145,14 +145,14 @@ def test_reconcile_listing_during_a_define_keeps_its_claim(cfg, lvconn):
     gated, thread, outcome = _define_in_flight(cfg, lvconn.conn, xml)
     claim = _one_claim(cfg)
     assert claim.domain == name and claim.pending == writer.me()
-    out = io.StringIO()
-    actions = virt.cmd_reconcile(cfg, lvconn.uri, out=out)
-    assert [a for a in actions if a.verb == "drop"] == [], out.getvalue()
+    report = reconcile.cmd_reconcile(cfg, lvconn.uri)
+    actions = report.result
+    assert [a for a in actions if a.verb == "drop"] == [], report.lines
     assert _one_claim(cfg) == claim
     result = _finish(gated, thread, outcome)
     assert _one_claim(cfg) == claim._replace(pending=None)   # libvirt answered: settled
     _vf_is_handed_out_once(cfg, lvconn, result)
-    assert virt.cmd_reconcile(cfg, lvconn.uri, out=io.StringIO()) == []
+    assert reconcile.cmd_reconcile(cfg, lvconn.uri).result == []
 
 
 def test_reconcile_whose_snapshot_predates_the_claim_keeps_it(cfg, lvconn):
@@ -160,11 +160,11 @@ def test_reconcile_whose_snapshot_predates_the_claim_keeps_it(cfg, lvconn):
     writer was not pending at the snapshot: only the claim's generation protects it."""
     store = resolver.store_for(cfg)
     before = store.snapshot()
-    writers = virt.live_writers(before)
+    writers = reconcile.live_writers(before)
     xml, _name = lvconn.xml()
     gated, thread, outcome = _define_in_flight(cfg, lvconn.conn, xml)
-    views = virt.domain_views(lvconn.conn)
-    actions, _ = virt.apply_reconcile(cfg, store, before, writers, views, topology.for_config(cfg))
+    views = reconcile.domain_views(lvconn.conn)
+    actions, _ = reconcile.apply_reconcile(cfg, store, before, writers, views, topology.for_config(cfg))
     assert actions == []
     result = _finish(gated, thread, outcome)
     _vf_is_handed_out_once(cfg, lvconn, result)
@@ -178,12 +178,12 @@ def test_a_define_that_died_before_libvirt_answered_loses_its_claim(cfg, lvconn)
         claims.put(Claim(vf=vf.addr, pf=vf.pf, link="ens1f0", pool="one", domain="crashed",
                          uuid="99999999-0000-0000-0000-000000000009", mac="52:54:00:00:00:09",
                          active=False, pending=dead))
-    out = io.StringIO()
-    actions = virt.cmd_reconcile(cfg, lvconn.uri, out=out)
+    report = reconcile.cmd_reconcile(cfg, lvconn.uri)
+    actions = report.result
     assert [(a.verb, a.claim.vf) for a in actions] == [("drop", vf.addr)]
-    assert "ended before libvirt answered" in out.getvalue()
+    assert "ended before libvirt answered" in "\n".join(report.lines)
     xml, _name = lvconn.xml()
-    assert virt.define_resolved(cfg, lvconn.conn, xml).picks  # the VF is free again
+    assert define.define_resolved(cfg, lvconn.conn, xml).picks  # the VF is free again
 
 
 def test_prepare_of_another_domain_runs_while_a_define_waits_on_libvirt(race_host, cfg, lvconn):

@@ -4,7 +4,6 @@ The same against the real libvirtd (domains defined with `vfpick define`, starte
 hook): tests/test_drain_libvirt.py.
 """
 
-import io
 import json
 
 import pytest
@@ -12,7 +11,8 @@ import pytest
 from clitools import domain, hostdev_vfs
 from libvirtfixtures import URI
 from test_virt import claims, claims_of, libvirt_xml, state_bytes
-from vfpick import cli, resolver, virt
+from vfpick import cli, resolver
+from vfpick.commands import define as define_cmd
 from vfpick.metrics import exposition
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +24,7 @@ def cfg(host):
 
 
 def define(cfg, name, nics=2):
-    return virt.cmd_define(cfg, domain(name, nics=nics), URI, out=io.StringIO())
+    return define_cmd.cmd_define(cfg, domain(name, nics=nics), URI).result
 
 
 def run(host, capsys, *args):

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from clitools import HOOK, VFPICK, assert_user_error, cli_env, domain, free_port, vfpick
-from vfpick import check, cli, installhook, metrics, resolver
+from vfpick import check, checkhook, cli, installhook, metrics, resolver
 from vfpick.errors import VfpickError
 from vfpick.hostdev import DomainXml
 from vfpick.records import Claim
@@ -532,11 +532,11 @@ def test_check_decodes_the_baked_config_path_and_quotes_commands(host, tmp_path,
         text = f.read()
     assert installhook.baked(text, "config") == config_path
     paths = check.Paths(hooks_dir=hooks)
-    findings, _ = check.check_hook(paths, config_path)
+    findings, _ = checkhook.check_hook(paths, config_path)
     assert [f.status for f in findings] == ["ok"], findings
     # Another config: the fix is a command, every path in it one shell word.
     other = str(tmp_path / ("other " + tail + ".ini"))
-    findings, _ = check.check_hook(paths, other)
+    findings, _ = checkhook.check_hook(paths, other)
     [finding] = [f for f in findings if f.check == "hook-config"]
     assert shlex.split(finding.fix) == ["vfpick", "install-hook", "--config", other,
                                         "--hooks-dir", hooks]
@@ -771,13 +771,13 @@ def test_check_warns_when_the_config_changed_since_install_hook(host, tmp_path):
     hooks = str(tmp_path / "hooks")
     installhook.install(hooks, host.config_path)
     paths = check.Paths(hooks_dir=hooks)
-    findings, _ = check.check_hook(paths, host.config_path)
+    findings, _ = checkhook.check_hook(paths, host.config_path)
     assert [(f.check, f.status) for f in findings] == [("hook", "ok")], findings
     host.write_config(pools={"other": "pfs = %s\n" % " ".join(host.netdevs())})
-    findings, _ = check.check_hook(paths, host.config_path)
+    findings, _ = checkhook.check_hook(paths, host.config_path)
     assert [(f.check, f.status) for f in findings] == [("hook", "ok"), ("hook-config", "warn")]
     assert "changed since install-hook" in findings[1].message
     assert shlex.split(findings[1].fix)[:4] == ["vfpick", "install-hook", "--config", host.config_path]
     installhook.install(hooks, host.config_path)
-    findings, _ = check.check_hook(paths, host.config_path)
+    findings, _ = checkhook.check_hook(paths, host.config_path)
     assert [(f.check, f.status) for f in findings] == [("hook", "ok")], findings

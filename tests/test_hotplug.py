@@ -4,7 +4,7 @@ wait for a live detach. The libvirt side is in test_clients_libvirt.py (real lib
 import pytest
 
 from clitools import assert_user_error, domain, vfpick
-from vfpick import hotplug
+from vfpick.commands import hotplug
 
 
 @pytest.mark.parametrize("nic, words", [

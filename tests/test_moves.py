@@ -5,7 +5,6 @@ so); the prepare hook's part (a claim going active) is played by writing the cla
 moves against the real libvirtd: tests/test_drain_libvirt.py.
 """
 
-import io
 
 import libvirt
 import pytest
@@ -15,6 +14,7 @@ from clitools import hostdev_vfs
 from libvirtfixtures import URI
 from test_virt import claims, claims_of, libvirt_xml, state_bytes
 from vfpick import moves, policy, resolver, topology, virt
+from vfpick.commands import define as define_cmd
 from vfpick.domscan import NS
 from vfpick.errors import (ClaimConflict, DistinctImpossible, DomainChanged, DomainRunning,
                            LibvirtFailure, PoolExhausted)
@@ -35,7 +35,7 @@ def define(cfg, name, nics=2, first=0, policy_xml=""):
     xml = ("<domain type='qemu'><name>%s</name>%s<memory unit='MiB'>64</memory>"
            "<os><type arch='x86_64'>hvm</type></os><devices>%s</devices></domain>"
            % (name, meta, ifaces)).encode()
-    return virt.cmd_define(cfg, xml, URI, out=io.StringIO())
+    return define_cmd.cmd_define(cfg, xml, URI).result
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ way they happen: domains defined with vfpick, then undefined and released.
 See tests/test_rebalance_libvirt.py for the same against the real libvirtd and its hook.
 """
 
-import io
 
 import libvirt
 import pytest
@@ -14,11 +13,12 @@ import pytest
 from clitools import domain, hostdev_vfs
 from libvirtfixtures import URI
 from test_virt import claims, state_bytes
-from vfpick import cli, rebalancecmd, resolver, virt
+from vfpick import cli, resolver
+from vfpick.commands import define as define_cmd, rebalance as rebalancecmd
 
 
 def define(cfg, name, nics=1):
-    return virt.cmd_define(cfg, domain(name, nics=nics), URI, out=io.StringIO())
+    return define_cmd.cmd_define(cfg, domain(name, nics=nics), URI).result
 
 
 def holes(cfg, conn, count=12, keep_link="ens1f0"):
@@ -42,9 +42,8 @@ def links_of(cfg, host, conn, name):
 
 
 def rebalance(cfg, **kw):
-    out = io.StringIO()
-    status = rebalancecmd.cmd_rebalance(cfg, URI, out=out, **kw)
-    return status, out.getvalue()
+    report = rebalancecmd.cmd_rebalance(cfg, URI, **kw)
+    return report.status, "".join(line + "\n" for line in report.lines)
 
 
 def moved(out):
@@ -127,11 +126,12 @@ def test_a_domain_that_starts_after_the_plan_is_left_alone(cfg, conn, host, how)
                 if c.domain == starter:
                     cs.put(c._replace(active=True))
         before_claims = [c._replace(active=True) for c in before_claims]
-    out = io.StringIO()
+    out = []
     status, nics, domains = rebalancecmd.apply(cfg, conn, gathered, out)
     assert status == 0 and (nics, domains) == (1, 1)
-    assert "left alone: domain '%s'" % starter in out.getvalue()
-    assert moved(out.getvalue()) == [planned[1]]
+    text = "".join(line + "\n" for line in out)
+    assert "left alone: domain '%s'" % starter in text
+    assert moved(text) == [planned[1]]
     assert links_of(cfg, host, conn, starter) == before
     assert [c for c in claims(cfg) if c.domain == starter] == before_claims
 
@@ -237,7 +237,7 @@ def test_by_rate_the_small_nics_move_and_the_heavy_one_stays(cfg, conn, host):
     """Two 1 Gb/s NICs per link, then a 20 Gb/s one (on a link with two), then the small ones
     elsewhere leave: that link carries 22 Gb/s of 25, the bound is 20/25; one small NIC moves."""
     small = [define(cfg, "s%02d" % i) for i in range(8)]
-    big = virt.cmd_define(cfg, domain("big", iface_extra=BIG), URI, out=io.StringIO())
+    big = define_cmd.cmd_define(cfg, domain("big", iface_extra=BIG), URI).result
     heavy = next(iter(big.picks.values())).link
     for result in small:
         if next(iter(result.picks.values())).link != heavy:

@@ -235,7 +235,7 @@ def test_a_domain_swaps_its_own_nics_when_its_other_nic_is_in_the_way():
 
 
 def test_the_command_says_by_rate_and_bound():
-    from vfpick import rebalancecmd
+    from vfpick.commands import rebalance as rebalancecmd
     p = churned(5, 2).plan()
     assert rebalancecmd._figure("before", p.before) == (
         "before: busiest link by rate c0p0, 6 claims, 25000 Mb/s on 25 Gb/s (100.0 % of its "

@@ -12,7 +12,8 @@ import pytest
 
 from clitools import domain, hostdev_vfs
 from fakenetlink import FakeNetlink
-from vfpick import hook, resolver, vfsettings, virt
+from vfpick import hook, resolver, vfsettings
+from vfpick.commands import define, reconcile, release
 from vfpick.records import VfSettings
 
 FAST = "pfs = ens1f0 ens2f0\n"
@@ -100,14 +101,16 @@ def test_persistent_stop_keeps_the_settings_and_vfpick_release_puts_them_back(ho
     cfg, xml, vf = started(host, nl, "vm1")
     assert run(host, nl, "vm1", "release", xml, subop="end") == (0, "")
     assert settings_of(nl, host, vf) == (True, False)          # defined: the claim stays
-    dropped, warnings = virt.release(cfg, "vm1", "test:///default", netlink_factory=lambda: nl)
+    report = release.release(cfg, "vm1", "test:///default", netlink_factory=lambda: nl)
+    dropped, warnings = report.result, list(report.warnings)
     assert [c.vf for c in dropped] == [vf]
     assert warnings == [] and settings_of(nl, host, vf) == ORIGINAL
 
 
 def test_vfpick_release_of_a_running_domain_leaves_its_vf_alone_and_says_how(host, nl):
     cfg, xml, vf = started(host, nl, "vm1")
-    dropped, warnings = virt.release(cfg, "vm1", "test:///default", netlink_factory=lambda: nl)
+    report = release.release(cfg, "vm1", "test:///default", netlink_factory=lambda: nl)
+    dropped, warnings = report.result, list(report.warnings)
     assert [c.vf for c in dropped] == [vf] and settings_of(nl, host, vf) == (True, False)
     (warning,) = warnings
     assert warning.startswith("domain 'vm1' still runs on VF %s" % vf)
@@ -171,15 +174,15 @@ def test_reconcile_dropping_an_undefined_domain_puts_back(host, nl):
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = libvirt.open("test:///default")  # keeps the test driver's domains while open
     try:
-        result = virt.define_resolved(cfg, conn, domain("gone", nics=1))
+        result = define.define_resolved(cfg, conn, domain("gone", nics=1))
         (vf,) = result.picks.values()
         persist(host, "gone", result.xml)  # as libvirt keeps it: the stop keeps the claim
         assert run(host, nl, "gone", "prepare", result.xml)[0] == 0
         assert run(host, nl, "gone", "release", result.xml, subop="end")[0] == 0
         assert settings_of(nl, host, vf.vf) == (True, False)
         conn.lookupByName("gone").undefine()
-        actions = virt.cmd_reconcile(cfg, "test:///default", out=io.StringIO(),
-                                     netlink_factory=lambda: nl)
+        actions = reconcile.cmd_reconcile(cfg, "test:///default",
+                                          netlink_factory=lambda: nl).result
         assert [(a.verb, a.claim.vf) for a in actions] == [("drop", vf.vf)]
         assert settings_of(nl, host, vf.vf) == ORIGINAL
     finally:

@@ -6,7 +6,6 @@ state is gone after the test. It has no hooks and no device checks (a hostdev of
 simulated host can be defined and even "run").
 """
 
-import io
 import json
 import os
 
@@ -16,7 +15,8 @@ from lxml import etree
 
 from clitools import domain, hostdev_vfs
 from libvirtfixtures import URI
-from vfpick import cli, resolver, virt
+from vfpick import cli, resolver
+from vfpick.commands import define, reconcile
 from vfpick.errors import DomainNotFound, LibvirtFailure, StateCorrupt, UnknownPool
 
 NS = {"vfpick": "http://vfpick.org/xmlns/libvirt/domain/1.0"}
@@ -42,8 +42,8 @@ def state_bytes(cfg):
         return None
 
 
-def define_with_vfpick(cfg, conn, name, nics=2, uuid=None, out=None):
-    return virt.cmd_define(cfg, domain(name, nics=nics, uuid=uuid), URI, out=out or io.StringIO())
+def define_with_vfpick(cfg, conn, name, nics=2, uuid=None):
+    return define.cmd_define(cfg, domain(name, nics=nics, uuid=uuid), URI).result
 
 
 def vanish_vf(host, vf):
@@ -93,14 +93,14 @@ def test_define_keeps_a_libvirt_network_and_refuses_an_unknown_one(cfg, conn):
     # test:///default has a network "default": it passes through untouched
     xml = domain("mixed", nics=1).replace(
         b"</devices>", b"<interface type='network'><source network='default'/></interface></devices>")
-    virt.cmd_define(cfg, xml, URI, out=io.StringIO())
+    define.cmd_define(cfg, xml, URI)
     root = etree.fromstring(libvirt_xml(conn, "mixed").encode())
     assert [i.find("source").get("network") for i in root.findall("devices/interface[@type='network']")] \
         == ["default"]
     assert len(hostdev_vfs(libvirt_xml(conn, "mixed"))) == 1
     before = state_bytes(cfg)
     with pytest.raises(UnknownPool, match="fast"):
-        virt.cmd_define(cfg, domain("typo", nics=1, pool="fsat"), URI, out=io.StringIO())
+        define.cmd_define(cfg, domain("typo", nics=1, pool="fsat"), URI)
     assert state_bytes(cfg) == before
     with pytest.raises(libvirt.libvirtError):
         conn.lookupByName("typo")
@@ -126,8 +126,7 @@ def test_rollback_restores_the_previous_claims_of_a_redefined_domain(cfg, conn):
     # Same UUID as vm1, another name: resolve would hand out new VFs (the XML has pool
     # interfaces again), libvirt refuses ("already defined with uuid"): vm1 keeps its VFs.
     with pytest.raises(LibvirtFailure, match="no claim changed"):
-        virt.cmd_define(cfg, domain("vm1-renamed", nics=2, uuid=first.uuid), URI,
-                        out=io.StringIO())
+        define.cmd_define(cfg, domain("vm1-renamed", nics=2, uuid=first.uuid), URI)
     assert claims_of(cfg, first.uuid) == old
     assert len(claims(cfg)) == 2
 
@@ -151,9 +150,8 @@ def test_define_cli_reports_libvirt_errors_in_one_line(cfg, conn, host, capsys):
 def test_repick_resolves_a_domain_defined_with_plain_virsh_define(cfg, conn, host):
     conn.defineXML(domain("raw", nics=2).decode())
     uuid = conn.lookupByName("raw").UUIDString()
-    out = io.StringIO()
-    result = virt.cmd_repick(cfg, "raw", URI, out=out)
-    assert result.changed and "redefined domain 'raw'" in out.getvalue()
+    report = define.cmd_repick(cfg, "raw", URI)
+    assert report.result.changed and "redefined domain 'raw'" in "\n".join(report.lines)
     vfs = hostdev_vfs(libvirt_xml(conn, "raw"))
     topo = host.topology()
     assert len({topo.link_of[topo.vfs[vf].pf] for vf in vfs}) == 2
@@ -162,7 +160,7 @@ def test_repick_resolves_a_domain_defined_with_plain_virsh_define(cfg, conn, hos
     # interfaces, which vfpick does not carry over, so the XML itself differs here; against
     # the real qemu driver, test_e2e_libvirt checks that a second repick changes nothing.)
     before = state_bytes(cfg)
-    virt.cmd_repick(cfg, uuid.upper(), URI, out=io.StringIO())
+    define.cmd_repick(cfg, uuid.upper(), URI)
     assert hostdev_vfs(libvirt_xml(conn, "raw")) == vfs
     assert state_bytes(cfg) == before
 
@@ -172,7 +170,7 @@ def test_repick_moves_only_the_nic_whose_vf_vanished(cfg, conn, host):
     vfs = hostdev_vfs(libvirt_xml(conn, "vm1"))
     gone, kept = vfs
     vanish_vf(host, gone)
-    virt.cmd_repick(cfg, "vm1", URI, out=io.StringIO())
+    define.cmd_repick(cfg, "vm1", URI)
     now = hostdev_vfs(libvirt_xml(conn, "vm1"))
     assert now[1] == kept and now[0] not in (gone, kept)
     assert sorted(c.vf for c in claims_of(cfg, first.uuid)) == sorted(now)
@@ -188,17 +186,17 @@ def test_repick_moves_a_nic_whose_vf_lost_its_physfn_link(cfg, conn, host):
     define_with_vfpick(cfg, conn, "vm1", nics=1)
     gone = hostdev_vfs(libvirt_xml(conn, "vm1"))[0]
     os.unlink(os.path.join(host.sysfs, "bus", "pci", "devices", gone, "physfn"))
-    virt.cmd_repick(cfg, "vm1", URI, out=io.StringIO())
+    define.cmd_repick(cfg, "vm1", URI)
     assert hostdev_vfs(libvirt_xml(conn, "vm1")) != [gone]
 
 
 def test_repick_of_a_plain_or_unknown_domain(cfg, conn):
     conn.defineXML(domain("plain", nics=0).decode())
-    out = io.StringIO()
-    assert virt.cmd_repick(cfg, "plain", URI, out=out) is None
-    assert "nothing to do" in out.getvalue()
+    report = define.cmd_repick(cfg, "plain", URI)
+    assert report.result is None
+    assert "nothing to do" in "\n".join(report.lines)
     with pytest.raises(DomainNotFound, match="nosuch"):
-        virt.cmd_repick(cfg, "nosuch", URI, out=out)
+        define.cmd_repick(cfg, "nosuch", URI)
     assert claims(cfg) == []
 
 
@@ -224,9 +222,8 @@ def test_release_by_name_uuid_and_the_new_name_of_a_renamed_domain(cfg, conn, ho
 # --------------------------------------------------------------------------- reconcile
 
 def run_reconcile(cfg, **kw):
-    out = io.StringIO()
-    actions = virt.cmd_reconcile(cfg, URI, out=out, **kw)
-    return actions, out.getvalue()
+    report = reconcile.cmd_reconcile(cfg, URI, **kw)
+    return report.result, "".join(line + "\n" for line in report.lines)
 
 
 def test_reconcile_drops_claims_of_undefined_domains_dry_run_first(cfg, conn):
@@ -363,7 +360,7 @@ def test_reconcile_claims_both_vf_sets_of_a_domain_repicked_while_running(cfg, c
     conn.lookupByName("vm").create()
     old = hostdev_vfs(conn.lookupByName("vm").XMLDesc(0))[0]
     restore = vanish_vf(host, old)
-    virt.cmd_repick(cfg, "vm", URI, out=io.StringIO())  # the persistent definition moves
+    define.cmd_repick(cfg, "vm", URI)  # the persistent definition moves
     restore()  # the old VF is back: only the definition moved
     new = hostdev_vfs(libvirt_xml(conn, "vm"))[0]
     assert new != old and hostdev_vfs(conn.lookupByName("vm").XMLDesc(0)) == [old]

@@ -11,7 +11,8 @@ import pytest
 import libvirtd as lv
 from clitools import VFPICK, cli_env, domain, hostdev_vfs, status_json
 from waiting import WAIT, wait_until
-from vfpick import domscan, resolver, watch
+from vfpick import domscan, resolver
+from vfpick.commands import watch
 from vfpick.records import Claim
 
 U1 = "11111111-1111-1111-1111-111111111111"

@@ -1,7 +1,9 @@
 """`vfpick check`: a preflight of the host, run before and after install.
 
 Each finding is ``ok``, ``warn`` or ``fail``, one line with its fix. Every outside path is a
-field of ``Paths`` (defaults: the real ones), so tests point them at a temporary tree.
+field of ``Paths`` (defaults: the real ones), so tests point them at a temporary tree. The
+hook, daemon and libvirt version findings are vfpick/checkhook.py; the host's (config, IOMMU,
+vfio-pci, PFs, watcher, state) are here.
 Nothing here changes the host: it reads sysfs, /proc, the hooks dir and the state dir, and
 asks ``libvirtd --version``.
 """
@@ -9,7 +11,6 @@ asks ``libvirtd --version``.
 import os
 import shlex
 import stat
-import subprocess
 from collections import namedtuple
 
 from vfpick import pci, safeio
@@ -29,21 +30,22 @@ version_commands: argv lists whose output ends with the daemon's libvirt version
 systemd_root: the root whose etc/systemd and lib/systemd tell which daemon is installed."""
 
 
-def _read(path, limit=1 << 16):
+def read_text(path, limit=1 << 16):
+    """The start of a small text file (sysfs, /proc, the hook), or None when unreadable."""
     try:
         return safeio.read_text(path, limit, errors="replace")[:limit]
     except OSError:
         return None
 
 
-def _listdir(path):
+def list_dir(path):
     try:
         return sorted(os.listdir(path))
     except OSError:
         return []
 
 
-def _iso(epoch):
+def iso_time(epoch):
     import time
 
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
@@ -68,7 +70,7 @@ def check_config(config_path):
 
 def check_iommu(sysfs_root, vfs):
     groups_dir = os.path.join(sysfs_root, "kernel", "iommu_groups")
-    groups = _listdir(groups_dir)
+    groups = list_dir(groups_dir)
     if not groups:
         return [Finding("iommu", FAIL, "IOMMU off: no groups in %s; VFs cannot be passed to guests"
                         % groups_dir, "enable VT-d/AMD-Vi in the firmware and boot with "
@@ -82,7 +84,7 @@ def check_iommu(sysfs_root, vfs):
         except OSError:
             missing.append(vf)
             continue
-        others = [d for d in _listdir(os.path.join(groups_dir, group, "devices")) if d != vf]
+        others = [d for d in list_dir(os.path.join(groups_dir, group, "devices")) if d != vf]
         if others:
             shared.append((vf, group, others))
     if missing:
@@ -122,7 +124,7 @@ def vfio_pci_module(modules_dir):
     tree: modules.builtin (built into the kernel) and modules.dep (a loadable module), read whole,
     each line's module matched by name (mlx5-vfio-pci and vfio-pci-core are not vfio-pci)."""
     for fname, where in (("modules.builtin", "builtin"), ("modules.dep", "module")):
-        text = _read(os.path.join(modules_dir, fname), MODULES_LIST_MAX) or ""
+        text = read_text(os.path.join(modules_dir, fname), MODULES_LIST_MAX) or ""
         for line in text.splitlines():
             if _module_name(line.split(":", 1)[0]) == "vfio_pci":
                 return where
@@ -136,7 +138,7 @@ def check_vfio(sysfs_root, paths):
     where = vfio_pci_module(mods)
     if where == "builtin":
         return Finding("vfio-pci", OK, "vfio-pci built into the kernel", "")
-    alias = _read(os.path.join(mods, "modules.alias"), MODULES_LIST_MAX) or ""
+    alias = read_text(os.path.join(mods, "modules.alias"), MODULES_LIST_MAX) or ""
     if where == "module" or " vfio_pci\n" in alias:
         return Finding("vfio-pci", OK, "vfio-pci module available in %s (libvirt loads it for "
                        "managed hostdevs)" % mods, "")
@@ -229,214 +231,13 @@ def check_port_identity(config, topo):
     return out
 
 
-# ---------------------------------------------------------------- the hook and the daemon
-
-def _baked(text, key):
-    """The value install-hook baked for *key* (``python``, ``package``, ``config``)."""
-    from vfpick import installhook
-
-    return installhook.baked(text, key)
-
-
-def _restart(paths):
-    from vfpick import daemon
-
-    return daemon.restart_command(paths.systemd_root, paths.run_dir, paths.proc_root)
-
-
-def check_hook(paths, config_path):
-    """(findings, hook mtime or None)."""
-    from vfpick import installhook
-
-    hook = os.path.join(paths.hooks_dir, "qemu.d", "vfpick")
-    # Every path in a command we suggest is shell-quoted: pasting it must not run a file name.
-    install = "vfpick install-hook --config %s%s" % (
-        shlex.quote(os.path.abspath(config_path)),
-        "" if paths.hooks_dir == Paths().hooks_dir else " --hooks-dir %s" % shlex.quote(paths.hooks_dir))
-    text = _read(hook)
-    if text is None:
-        return [Finding("hook", FAIL, "no hook at %s: libvirt does not consult vfpick" % hook,
-                        "%s, then %s" % (install, _restart(paths)))], None
-    if installhook.MARKER not in text:
-        return [Finding("hook", FAIL, "%s was not installed by vfpick" % hook,
-                        "move it away, then " + install)], None
-    out = []
-    mode = os.stat(hook).st_mode
-    if not mode & stat.S_IXUSR:
-        out.append(Finding("hook", FAIL, "%s is not executable: libvirt skips it" % hook,
-                           install + " (or chmod 755 %s)" % shlex.quote(hook)))
-    python, package, baked = (_baked(text, k) for k in ("python", "package", "config"))
-    if not python or not os.access(python, os.X_OK):
-        out.append(Finding("hook", FAIL, "the hook's interpreter %s is gone" % python,
-                           install + " (from the vfpick you run now)"))
-    if not package or not os.path.isfile(os.path.join(package, "vfpick", "hook.py")):
-        out.append(Finding("hook", FAIL, "the hook's package dir %s has no vfpick (removed or "
-                           "moved?)" % package, install))
-    if baked != os.path.abspath(config_path):
-        out.append(Finding("hook-config", FAIL, "the hook uses config %s, not %s" % (baked, config_path),
-                           install))
-    if not out:
-        out.append(Finding("hook", OK, "%s installed, config %s" % (hook, baked), ""))
-        out.extend(_stale_known(text, baked, install))
-    return out, os.stat(hook).st_mtime
-
-
-def _stale_known(text, config_path, install):
-    """A warning when the config changed since install-hook read it: the hook then parses it
-    for every VM start, even a GPU VM's (still right, only slower)."""
-    from vfpick import installhook
-    from vfpick.hook import config_stamp
-
-    known = installhook.baked_known(text)
-    try:
-        if known is None or config_stamp(os.stat(config_path)) == tuple(known[1]):
-            return []
-    except (OSError, IndexError, TypeError):
-        return []
-    return [Finding("hook-config", WARN, "%s changed since install-hook read it: the hook parses "
-                    "it on every VM start, also of VMs that are not vfpick's" % config_path,
-                    install + " (again)")]
-
-
-def process_start(proc_root, pid):
-    """Start time of *pid* (seconds since the epoch), from /proc/PID/stat and /proc/stat btime."""
-    found = _process_start(proc_root, pid)
-    return found and found[0]
-
-
-def _process_start(proc_root, pid):
-    """(start time, resolution in seconds) of *pid*, or None. The start is ticks since boot
-    (CLOCK_BOOTTIME) plus the boot time: this kernel's own clocks give that to the tick; a
-    /proc/stat btime (another proc root) only to the whole second it truncates to."""
-    import time
-
-    text = _read(os.path.join(proc_root, str(pid), "stat"))
-    tick = 1 / os.sysconf("SC_CLK_TCK")
-    if os.path.realpath(proc_root) == "/proc":
-        boot, resolution = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME), tick
-    else:
-        boot = [line.split()[1] for line in (_read(os.path.join(proc_root, "stat")) or "").splitlines()
-                if line.startswith("btime ")]
-        boot, resolution = (boot[0] if boot else None), 1.0
-    if not text or boot is None:
-        return None
-    fields = text.rsplit(")", 1)[-1].split()
-    try:
-        return float(boot) + int(fields[19]) * tick, resolution  # field 22: starttime
-    except (IndexError, ValueError):
-        return None
-
-
-def _other_hooks(paths, before):
-    """Other qemu hooks libvirt would have found at a daemon start at *before*."""
-    found = []
-    main = os.path.join(paths.hooks_dir, "qemu")
-    candidates = [main] + [os.path.join(paths.hooks_dir, "qemu.d", n)
-                           for n in _listdir(os.path.join(paths.hooks_dir, "qemu.d")) if n != "vfpick"]
-    for path in candidates:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IXUSR and st.st_mtime < before:
-            found.append(path)
-    return found
-
-
-def check_daemon(paths, hook_mtime):
-    from vfpick import daemon
-
-    found = daemon.in_use(paths.run_dir, paths.proc_root)
-    if found is None:
-        return Finding("daemon", WARN, "no libvirtd or virtqemud: neither runs, and no socket in %s"
-                       % os.path.join(paths.run_dir, "libvirt"),
-                       "systemctl start %s"
-                       % daemon.service(paths.systemd_root, paths.run_dir, paths.proc_root))
-    if found.pid is None:
-        return Finding("daemon", OK, "%s is not running; its socket %s is there: socket activation "
-                       "starts it on demand, and it reads the hooks then"
-                       % (found.name, found.socket), "")
-    finding = _started_vs_hook(paths, found.name, found.pid, hook_mtime)
-    if found.socket:
-        finding = finding._replace(message="%s; qemu:///system reaches it at %s"
-                                   % (finding.message, found.socket))
-    return finding
-
-
-def _started_vs_hook(paths, name, pid, hook_mtime):
-    found = _process_start(paths.proc_root, pid)
-    started, resolution = found or (None, None)
-    if hook_mtime is None or started is None:
-        return Finding("daemon", OK if started else WARN, "%s running (pid %d)" % (name, pid),
-                       "" if started else "cannot read its start time in %s" % paths.proc_root)
-    # The true start lies in [started, started + resolution): only outside that window is the
-    # order known, so what is printed (whole seconds of both) never contradicts the verdict.
-    if started >= hook_mtime:
-        return Finding("daemon", OK, "%s (pid %d) started %s, after the hook was installed (%s)"
-                       % (name, pid, _iso(started), _iso(hook_mtime)), "")
-    if started + resolution > hook_mtime:
-        return Finding("daemon", WARN, "%s (pid %d) started %s, within %g s of the hook's "
-                       "install (%s): %s cannot tell which came first"
-                       % (name, pid, _iso(started), resolution, _iso(hook_mtime),
-                          "/proc/stat's whole-second boot time" if resolution >= 1 else
-                          "the clock tick"), "systemctl restart %s to be sure" % name)
-    others = _other_hooks(paths, started)
-    if others:
-        return Finding("daemon", WARN, "%s (pid %d) started %s, before the hook was installed (%s); "
-                       "it runs qemu.d/vfpick only because it found other qemu hooks at start (%s)"
-                       % (name, pid, _iso(started), _iso(hook_mtime), ", ".join(others)),
-                       "systemctl restart %s to be sure" % name)
-    return Finding("daemon", FAIL, "%s (pid %d) started %s, before the hook was installed (%s), "
-                   "with no qemu hook at all: it ignores the hook, vfpick guards nothing"
-                   % (name, pid, _iso(started), _iso(hook_mtime)), "systemctl restart %s" % name)
-
-
-def _version(text):
-    for word in reversed((text or "").split()):
-        parts = word.split(".")
-        if len(parts) >= 2 and all(p.isdigit() for p in parts):
-            return tuple(int(p) for p in parts[:3]) + (0,) * (3 - len(parts[:3]))
-    return None
-
-
-def libvirt_version(paths):
-    """(version tuple, where it came from) or (None, None)."""
-    for argv in paths.version_commands:
-        try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        found = _version(proc.stdout) if proc.returncode == 0 else None
-        if found:
-            return found, " ".join(argv)
-    try:
-        import libvirt
-    except ImportError:
-        return None, None
-    number = libvirt.getVersion()  # the client library: the daemon is usually the same package
-    return (number // 1000000, number // 1000 % 1000, number % 1000), "libvirt-python getVersion()"
-
-
-def check_libvirt_version(paths):
-    version, source = libvirt_version(paths)
-    if version is None:
-        return Finding("libvirt", WARN, "libvirt version unknown (no libvirtd/virtqemud --version, "
-                       "no libvirt-python)", "install libvirt-daemon-system")
-    text = ".".join(map(str, version))
-    if version < QEMU_D_MIN:
-        return Finding("libvirt", FAIL, "libvirt %s (%s) predates 6.5: it runs only hooks/qemu, "
-                       "never qemu.d/vfpick" % (text, source),
-                       "upgrade libvirt, or call qemu.d/vfpick from your hooks/qemu script")
-    return Finding("libvirt", OK, "libvirt %s (%s) runs qemu.d hooks" % (text, source), "")
-
-
 # ---------------------------------------------------------------- watcher and state
 
 def check_watcher(paths):
-    for entry in _listdir(paths.proc_root):
+    for entry in list_dir(paths.proc_root):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
-        argv = (_read(os.path.join(paths.proc_root, entry, "cmdline")) or "").split("\0")
+        argv = (read_text(os.path.join(paths.proc_root, entry, "cmdline")) or "").split("\0")
         for i, arg in enumerate(argv):
             if os.path.basename(arg) == "vfpick" and "watch" in argv[i + 1:]:
                 return Finding("watcher", OK, "vfpick watch running (pid %s)" % entry, "")
@@ -515,7 +316,7 @@ def check_lost(config):
 
 def run(config_path, paths=None):
     """Every finding for the host, in report order."""
-    from vfpick import topology
+    from vfpick import checkhook, topology
 
     paths = paths or Paths()
     config, finding = check_config(config_path)
@@ -529,10 +330,10 @@ def run(config_path, paths=None):
         findings += check_pfs(config, topo)
         findings += check_port_identity(config, topology.discover(sysfs_root, None, config.links,
                                                                   vf_details=False))
-    hook_findings, hook_mtime = check_hook(paths, config_path)
+    hook_findings, hook_mtime = checkhook.check_hook(paths, config_path)
     findings += hook_findings
-    findings.append(check_daemon(paths, hook_mtime))
-    findings.append(check_libvirt_version(paths))
+    findings.append(checkhook.check_daemon(paths, hook_mtime))
+    findings.append(checkhook.check_libvirt_version(paths))
     findings.append(check_watcher(paths))
     if config:
         findings.append(check_state(config))

@@ -36,6 +36,25 @@ def _warn(message):
     sys.stderr.write("vfpick: warning: %s\n" % message)
 
 
+def _render(report):
+    """A command's Report: its lines on stdout, then its warnings; returns its exit status."""
+    for line in report.lines:
+        print(line)
+    for w in report.warnings:
+        _warn(w)
+    return report.status
+
+
+def _log_line(message):
+    """The watcher's log: one timestamped line on stderr per action."""
+    import time
+
+    now = time.time()
+    sys.stderr.write("%s.%03d vfpick watch: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
+                                                     int(now * 1000) % 1000, message))
+    sys.stderr.flush()
+
+
 def cmd_resolve(args):
     from vfpick import resolver
 
@@ -86,15 +105,10 @@ def cmd_check(args):
 
 
 def cmd_release(args):
-    from vfpick import virt
+    from vfpick.commands import release
 
     cfg = _load_config(args)
-    dropped, warnings = virt.release(cfg, args.domain, args.connect or cfg.connect)
-    for c in dropped:
-        print("released %s (%s, pool %s) from %s" % (c.vf, c.mac, c.pool, c.domain))
-    for w in warnings:
-        _warn(w)
-    return 0
+    return _render(release.release(cfg, args.domain, args.connect or cfg.connect))
 
 
 def cmd_simulate(args):
@@ -140,58 +154,57 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_define(args):
-    from vfpick import virt
+    from vfpick.commands import define
 
     cfg = _load_config(args)
-    result = virt.cmd_define(cfg, _read_input(args.file), args.connect or cfg.connect,
-                             start=args.start)
-    for w in result.warnings:
-        _warn(w)
-    return 0
+    try:
+        report = define.cmd_define(cfg, _read_input(args.file), args.connect or cfg.connect,
+                                   start=args.start)
+    except define.DefinedNotStarted as e:
+        _render(e.report)  # what was defined, then the start's error
+        raise
+    return _render(report)
 
 
 def cmd_attach(args):
-    from vfpick import hotplug
+    from vfpick.commands import hotplug
 
     cfg = _load_config(args)
-    for w in hotplug.cmd_attach(cfg, args.connect or cfg.connect, args.domain, _read_input(args.file),
-                                live=args.live, persistent=args.persistent):
-        _warn(w)
-    return 0
+    return _render(hotplug.cmd_attach(cfg, args.connect or cfg.connect, args.domain,
+                                      _read_input(args.file), live=args.live,
+                                      persistent=args.persistent))
 
 
 def cmd_detach(args):
-    from vfpick import hotplug
+    from vfpick.commands import hotplug
 
     cfg = _load_config(args)
-    hotplug.cmd_detach(cfg, args.connect or cfg.connect, args.domain, args.mac, live=args.live,
-                       persistent=args.persistent, timeout=args.timeout)
-    return 0
+    return _render(hotplug.cmd_detach(cfg, args.connect or cfg.connect, args.domain, args.mac,
+                                      live=args.live, persistent=args.persistent,
+                                      timeout=args.timeout))
 
 
 def cmd_repick(args):
-    from vfpick import virt
+    from vfpick.commands import define
 
     cfg = _load_config(args)
-    result = virt.cmd_repick(cfg, args.domain, args.connect or cfg.connect)
-    for w in (result.warnings if result else []):
-        _warn(w)
-    return 0
+    return _render(define.cmd_repick(cfg, args.domain, args.connect or cfg.connect))
 
 
 def cmd_reconcile(args):
-    from vfpick import virt
+    from vfpick.commands import reconcile
 
     cfg = _load_config(args)
-    virt.cmd_reconcile(cfg, args.connect or cfg.connect, dry_run=args.dry_run, rebuild=args.rebuild)
-    return 0
+    return _render(reconcile.cmd_reconcile(cfg, args.connect or cfg.connect, dry_run=args.dry_run,
+                                           rebuild=args.rebuild))
 
 
 def cmd_watch(args):
-    from vfpick import watch
+    from vfpick.commands import watch
 
     cfg = _load_config(args)
-    return watch.cmd_watch(cfg, args.connect or cfg.connect, metrics_listen=args.metrics_listen)
+    return watch.cmd_watch(cfg, args.connect or cfg.connect, _log_line,
+                           metrics_listen=args.metrics_listen)
 
 
 def cmd_metrics(args):
@@ -206,7 +219,7 @@ def cmd_metrics(args):
 
 
 def cmd_drain(args):
-    from vfpick import drain
+    from vfpick.commands import drain
 
     cfg = _load_config(args)
     _live_flags(args)
@@ -222,7 +235,7 @@ def cmd_drain(args):
 
 
 def cmd_undrain(args):
-    from vfpick import drain
+    from vfpick.commands import drain
 
     cfg = _load_config(args)
     target, was = drain.undrain(cfg, args.target)
@@ -232,13 +245,13 @@ def cmd_undrain(args):
 
 
 def cmd_rebalance(args):
-    from vfpick import rebalancecmd
+    from vfpick.commands import rebalance
 
     cfg = _load_config(args)
     _live_flags(args)
-    return rebalancecmd.cmd_rebalance(cfg, args.connect or cfg.connect, dry_run=args.dry_run,
-                                      max_moves=args.max_moves, live=args.live,
-                                      allow_gap=args.allow_nic_gap)
+    return _render(rebalance.cmd_rebalance(cfg, args.connect or cfg.connect, dry_run=args.dry_run,
+                                           max_moves=args.max_moves, live=args.live,
+                                           allow_gap=args.allow_nic_gap))
 
 
 def _live_flags(args):

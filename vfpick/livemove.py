@@ -336,7 +336,7 @@ def move_domain(config, conn, who, targets, allow_gap=False, timeout=DETACH_TIME
     the persistent definition of a stopped domain (tests)."""
     dom = virt.lookup(conn, who)
     devices = virt.Devices(dom, live=live)
-    name, uuid = dom.name(), dom.UUIDString()
+    name, uuid = virt.identity(dom)
     done = []
     for mac, to_vf in sorted(targets.items()):
         done.append(move_nic(config, devices, name, uuid, mac, to_vf, store=store, topo=topo,

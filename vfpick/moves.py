@@ -32,6 +32,7 @@ from collections import namedtuple
 from vfpick import policy, resolver, topology, vfsettings, virt
 from vfpick.errors import (DistinctImpossible, DomainChanged, DomainRunning, StartedDuringMove,
                            VfpickError)
+from vfpick.placement import placement
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import writer
 
@@ -197,12 +198,18 @@ def _settle(config, store, move, previous):
         return vfsettings.put_back(config, left)
 
 
+def stopped_definition(dom, name):
+    """The persistent XML of *dom*; DomainRunning when it runs. libvirt's own error when it
+    cannot tell (gone meanwhile): the caller says what that means for it."""
+    if dom.isActive():
+        raise DomainRunning(running_message(name))
+    return virt.inactive_xml(dom)
+
+
 def _stopped_definition(dom, name):
-    """The persistent XML of *dom*; DomainRunning when it runs, DomainChanged when it is gone."""
+    """stopped_definition; DomainChanged when the domain is gone."""
     try:
-        if dom.isActive():
-            raise DomainRunning(running_message(name))
-        return virt.inactive_xml(dom)
+        return stopped_definition(dom, name)
     except virt.libvirt_error() as e:
         raise DomainChanged("domain '%s' vanished while vfpick moved it (%s); nothing moved"
                             % (name, virt.error_message(e))) from None
@@ -220,7 +227,7 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
     store = store or resolver.store_for(config)
     topo = topo or topology.for_config(config)
     dom = virt.lookup(conn, who)
-    name, uuid = dom.name(), dom.UUIDString()
+    name, uuid = virt.identity(dom)
     data = _stopped_definition(dom, name)
     busy = resolver.running_vfs(config)
     with store.transaction() as claims:
@@ -253,6 +260,6 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
 
 def describe(move):
     """One line per moving NIC: '  MAC: OLD -> NEW (PF, link)'."""
-    return ["  %s: %s -> %s (PF %s, link %s)%s" % (
-        m.mac, m.old or "unresolved", m.new.vf, m.new.pf, m.new.link,
+    return ["  %s: %s -> %s%s" % (
+        m.mac, m.old or "unresolved", placement(m.new.vf, m.new.link, m.new.pf, word=""),
         " (restores distinct)" if m.mac in move.repaired else "") for m in move.nics]

@@ -1,6 +1,6 @@
 """Reconcile planning, pure: the actions that make the claims agree with libvirt's domains.
 
-No I/O: vfpick/virt.py lists libvirt's domains (without the claims lock), vfpick/watch.py
+No I/O: vfpick/commands/reconcile.py lists libvirt's domains (without the claims lock), the watcher
 does the same after a reconnect; both apply the plan under the lock. Which claims a listing
 may judge at all (``unsettled``) is decided by the caller from the state's write generations
 and pending writers: see docs/DESIGN.md, "Reconcile".

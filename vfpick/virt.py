@@ -1,14 +1,19 @@
-"""Commands that talk to libvirt: define, repick, release by name, reconcile.
+"""The libvirt adapter: the one module that imports libvirt-python and calls its connection and
+domain objects (connect, lookup, live/inactive XML, define, start, attach/detach, metadata,
+events, the error type and its one-line message, the flags).
 
-libvirt-python is imported here only, and only by these commands: never on the hook path
+libvirt-python is imported lazily, by the commands that talk to libvirt: never on the hook path
 (a hook must not call back into libvirt anyway: it would deadlock the daemon).
 """
 
-import sys
+import threading
+import time
+from collections import namedtuple
 
-from vfpick import config as configmod, domscan, reconcile, resolver, topology, vfsettings
 from vfpick.errors import DomainNotFound, LibvirtFailure, VfpickError
-from vfpick.state import ClaimSet
+
+# The two sides of a domain a device change acts on (virsh's --live / --config).
+LIVE, PERSISTENT = "live", "persistent"
 
 
 def _libvirt():
@@ -32,6 +37,22 @@ def libvirt_error():
     return _libvirt().libvirtError
 
 
+def client_version():
+    """The libvirt client library's version as (major, minor, micro), or None without
+    libvirt-python (check's fallback when no daemon binary says its own)."""
+    try:
+        import libvirt
+    except ImportError:
+        return None
+    number = libvirt.getVersion()
+    return number // 1000000, number // 1000 % 1000, number % 1000
+
+
+def open_connection(uri):
+    """libvirt's own open: raises libvirt's error (the watcher retries on it)."""
+    return _libvirt().open(uri)
+
+
 def connect(uri):
     libvirt = _libvirt()
     try:
@@ -40,20 +61,28 @@ def connect(uri):
         raise LibvirtFailure("cannot connect to %s: %s" % (uri, error_message(e))) from None
 
 
-def network_checker(config, conn):
-    """A non-pool <source network> must be a libvirt network of this host."""
-    libvirt = _libvirt()
+def close(conn):
+    conn.close()
 
-    def exists(name):
-        if resolver.libvirt_network_exists(config, name):
-            return True
+
+def unwatch(conn):
+    """Drops the close callback of watch_events and closes *conn* (libvirt's errors of a
+    connection already gone swallowed)."""
+    for call in (conn.unregisterCloseCallback, conn.close):
         try:
-            conn.networkLookupByName(name)
-            return True
-        except libvirt.libvirtError:
-            return False
+            call()
+        except _libvirt().libvirtError:
+            pass
 
-    return exists
+
+def network_exists(conn, name):
+    """Whether *conn*'s host has the libvirt network *name*."""
+    libvirt = _libvirt()
+    try:
+        conn.networkLookupByName(name)
+        return True
+    except libvirt.libvirtError:
+        return False
 
 
 def lookup(conn, who):
@@ -66,12 +95,44 @@ def lookup(conn, who):
     raise DomainNotFound("libvirt has no domain '%s' (see virsh list --all)" % who)
 
 
+def by_uuid(conn, uuid):
+    """The domain *uuid*; libvirt's error when it has none (callers that expect it may go)."""
+    return conn.lookupByUUIDString(uuid)
+
+
 def inactive_xml(dom):
     libvirt = _libvirt()
     # SECURE keeps passwords and secrets, INACTIVE the persistent (next boot) definition:
     # redefining from anything less would lose configuration.
     flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
     return dom.XMLDesc(flags).encode("utf-8")
+
+
+def live_xml(dom):
+    """The running domain's XML (with its secrets: a redefinition must not lose them)."""
+    return dom.XMLDesc(_libvirt().VIR_DOMAIN_XML_SECURE).encode("utf-8")
+
+
+def side_xml(dom, side):
+    """The XML of *side* (LIVE or PERSISTENT) of *dom*."""
+    return inactive_xml(dom) if side == PERSISTENT else live_xml(dom)
+
+
+Facts = namedtuple("Facts", "name uuid active persistent live_xml config_xml")
+Facts.__doc__ = """One domain as libvirt has it: live_xml (bytes) when it runs and was asked
+for, config_xml (bytes) when it is persistent, else None."""
+
+
+def facts(dom, live=True):
+    """Facts of *dom*; libvirt's error when it vanished meanwhile. live=False: no live XML."""
+    active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
+    return Facts(dom.name(), dom.UUIDString(), active, persistent,
+                 live_xml(dom) if active and live else None,
+                 inactive_xml(dom) if persistent else None)
+
+
+def all_domains(conn):
+    return conn.listAllDomains(0)
 
 
 def define_xml(conn, xml, name, undo, outcome):
@@ -86,251 +147,89 @@ def define_xml(conn, xml, name, undo, outcome):
                              % (name, error_message(e), outcome)) from None
 
 
-def define_resolved(config, conn, data, store=None, only_if_changed=False, netlink_factory=None):
-    """Resolves *data* and defines it; rolls the claims back when libvirt refuses.
-
-    The claims libvirt does not know yet are written pending (this process waits for
-    libvirt's answer): a reconcile listing libvirt meanwhile leaves them alone. All of them for
-    a define (the domain may be new to libvirt), the new VFs only for a repick or the watcher
-    (only_if_changed: the domain is defined already, with its kept VFs). Settled once libvirt
-    answered; a crash in between leaves them to reconcile (the writer is gone).
-    No lock is held while libvirt is asked.
-    """
-    from vfpick.state import writer
-
-    store = store or resolver.store_for(config)
-    me = writer.me()
-    result = resolver.resolve(config, data, network_exists=network_checker(config, conn), store=store,
-                              pending=me, pending_kept=not only_if_changed,
-                              netlink_factory=netlink_factory)
-    if only_if_changed and not result.changed:
-        resolver.settle_claims(store, result.uuid, me)
-        return result
-
-    def undo():
-        if result.uuid:
-            resolver.restore_claims(store, result.uuid, result.previous)
-
-    define_xml(conn, result.xml, result.name, undo, "no claim changed")
-    resolver.settle_claims(store, result.uuid, me)
-    return result
-
-
-def describe(result):
-    lines = []
-    for mac, pick in sorted(result.picks.items()):
-        lines.append("  %s -> VF %s (PF %s, link %s)" % (mac, pick.vf, pick.pf, pick.link))
-    return lines
-
-
-def cmd_define(config, path_data, uri, out=None, start=False):
-    """Resolves and defines; with *start*, starts it too (one-call clients: virt-install)."""
-    # sys.stdout at call time, not at import (a redirected or captured stdout)
-    out = sys.stdout if out is None else out
-    conn = connect(uri)
-    try:
-        result = define_resolved(config, conn, path_data)
-        # A domain with nothing to resolve may have come without a <uuid>: libvirt made one.
-        dom = lookup(conn, result.uuid or result.name)
-        out.write("defined domain '%s' (%s)\n" % (dom.name(), dom.UUIDString()))
-        out.write("".join(line + "\n" for line in describe(result)))
-        if start:
-            _start(dom, result)
-            out.write("started domain '%s'\n" % dom.name())
-    finally:
-        conn.close()
-    return result
-
-
-def _start(dom, result):
-    """Starts the just-defined domain. No claim lock is held here: the prepare hook takes it.
-
-    A refused start keeps the definition and its reserved claims: the domain is defined like
-    any other and `virsh start` can try again once the cause is fixed.
-    """
+def start(dom, reserved):
+    """Starts the defined domain *dom*. A refusal keeps the definition (and, *reserved*, its
+    VFs): `virsh start` can try again once the cause is fixed."""
     libvirt = _libvirt()
     try:
         dom.create()
     except libvirt.libvirtError as e:
         raise LibvirtFailure("domain '%s' is defined%s but libvirt could not start it: %s; "
                              "fix that, then: virsh start %s"
-                             % (dom.name(), " (its VFs stay reserved)" if result.picks else "",
+                             % (dom.name(), " (its VFs stay reserved)" if reserved else "",
                                 error_message(e), dom.name())) from None
 
 
-def cmd_repick(config, who, uri, out=None):
-    out = sys.stdout if out is None else out
-    conn = connect(uri)
-    try:
-        dom = lookup(conn, who)
-        data = inactive_xml(dom)
-        result = None
-        if _needs_define(config, data):
-            result = define_resolved(config, conn, data, only_if_changed=True)
-    finally:
-        conn.close()
-    if result is None:
-        out.write("domain '%s' has no pool interfaces; nothing to do\n" % who)
-        return None
-    out.write("%s domain '%s' (%s)\n" % ("redefined" if result.changed else "kept",
-                                          result.name, result.uuid))
-    out.write("".join(line + "\n" for line in describe(result)))
-    return result
-
-
-def _needs_define(config, data):
-    facts = domscan.scan(data)
-    pools = [n for n, _ in facts.networks if n in config.pools]
-    return bool(pools or facts.meta_nics)
-
-
-def uuid_by_name(uri, who):
-    """UUID of a libvirt domain named *who*, or None (release of a renamed domain)."""
-    try:
-        conn = connect(uri)
-    except VfpickError:
-        return None
-    try:
-        return lookup(conn, who).UUIDString()
-    except VfpickError:
-        return None
-    finally:
-        conn.close()
-
-
-def find_uuid(claims, who):
-    """UUID of the domain named or identified by *who* among the claims, or None."""
-    lowered = who.lower()
-    if any(c.uuid == lowered for c in claims.all()):
-        return lowered
-    by_name = {c.uuid for c in claims.all() if c.domain == who}
-    if len(by_name) > 1:
-        raise VfpickError("several domains named '%s' hold claims (%s); release by UUID"
-                          % (who, ", ".join(sorted(by_name))))
-    return by_name.pop() if by_name else None
-
-
-def release(config, who, uri, netlink_factory=None):
-    """Drops the claims of domain *who* (name or UUID); returns (dropped, warnings).
-
-    A name the claims do not know may be a renamed domain: libvirt is asked for its UUID
-    first, without the lock (a hung libvirt must not hold up every VM start behind the lock),
-    and the claims are looked up again under it.
-    """
-    store = resolver.store_for(config)
-    renamed = None
-    if find_uuid(store.snapshot(), who) is None:
-        renamed = uuid_by_name(uri, who)
-    warnings = []
-    with store.transaction() as claims:
-        uuid = find_uuid(claims, who) or renamed
-        if uuid is None or not claims.for_uuid(uuid):
-            raise DomainNotFound("no claims for domain '%s' (see vfpick status)" % who)
-        dropped = claims.drop_uuid(uuid)
-        ended = []
-        for claim in dropped:
-            fix = vfsettings.manual_fix(config, claim) if claim.active else None
-            if fix:
-                # Its guest still runs on the VF: changing trust/spoofchk under it is not ours.
-                warnings.append("domain '%s' still runs on VF %s: its trust/spoofchk stay; once it "
-                                "stops, put them back with: %s" % (claim.domain, claim.vf, fix))
-            elif not claim.active:
-                ended.append(claim)
-        warnings.extend(vfsettings.put_back(config, ended, netlink_factory))
-    return dropped, warnings
-
-
-def domain_views(conn, problems=None):
-    """{uuid: reconcile.DomainView, or None when it could not be described} for every domain.
-
-    problems: a list to append one line to per domain that could not be described.
-    """
+def _affect(sides):
     libvirt = _libvirt()
-    views = {}
-    for dom in conn.listAllDomains(0):
-        try:
-            uuid = dom.UUIDString()
-        except libvirt.libvirtError:
-            continue
-        try:
-            active = bool(dom.isActive())
-            persistent = bool(dom.isPersistent())
-            live = domscan.scan(dom.XMLDesc(0).encode("utf-8")) if active else None
-            config = domscan.scan(inactive_xml(dom)) if persistent else None
-            views[uuid] = reconcile.DomainView(dom.name(), persistent, active, live, config)
-        except Exception as e:  # noqa: BLE001 - one domain's content never stops the rest
-            # Vanished between list and lookup, or unreadable: leave its claims alone (a
-            # domain libvirt still lists is not a domain it no longer has); next run sees it.
-            views[uuid] = None
-            if problems is not None and not isinstance(e, libvirt.libvirtError):
-                problems.append("domain %s: cannot read it (%s); its claims are left as they are"
-                                % (uuid, " ".join(str(e).split()) or type(e).__name__))
-    return views
+    flags = 0
+    for side in sides:
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE if side == LIVE else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    return flags
 
 
-def live_writers(snapshot):
-    """The pending writers of *snapshot* that still run (taken before libvirt is listed)."""
-    from vfpick.state import writer
-
-    return frozenset(w for w in {c.pending for c in snapshot.all() if c.pending is not None}
-                     if writer.alive(w))
+def attach(dom, device_xml, sides):
+    """Attaches *device_xml* (str) on every side in *sides* in one call: libvirt changes live
+    and persistent together or neither. Raises libvirt's error."""
+    dom.attachDeviceFlags(device_xml, _affect(sides))
 
 
-def _plan(config, claims, views, topo, unsettled):
-    pool_of_pf = {addr: pool.name for addr, pool in configmod.pool_of_pf(config).items()}
-    return reconcile.plan(frozenset(config.pools), pool_of_pf, claims, views, topo, unsettled)
+def detach(dom, device_xml, side):
+    dom.detachDeviceFlags(device_xml, _affect((side,)))
 
 
-def apply_reconcile(config, store, before, writers, views, topo, netlink_factory=None):
-    """Plans and applies under the lock; returns (actions, warnings).
-
-    before: the snapshot read before libvirt was listed (libvirt is asked without the lock: a
-    VM start waits for the hook, which waits for the lock); writers: live_writers(before).
-    Claims written since, or pending for a writer alive then, are not judged by this listing
-    (reconcile.unsettled). Dropped claims get their VF settings put back.
-    """
-    with store.transaction() as claims:
-        actions = _plan(config, claims, views, topo, reconcile.unsettled(claims, before, writers))
-        dropped = []
-        for action in actions:
-            if action.verb == "drop":
-                dropped.append(claims.drop(action.claim.vf))
-            elif action.verb in ("add", "update"):
-                claims.put(action.claim)
-        warnings = vfsettings.put_back(config, dropped, netlink_factory)
-    return actions, warnings
+def set_metadata(dom, side, element_xml, namespace, key):
+    """Replaces the <metadata> element of *namespace* on *side* (libvirt wants it unprefixed:
+    it puts it under the prefix *key* itself). Raises libvirt's error."""
+    dom.setMetadata(_libvirt().VIR_DOMAIN_METADATA_ELEMENT, element_xml, key, namespace,
+                    _affect((side,)))
 
 
-def cmd_reconcile(config, uri, dry_run=False, rebuild=False, out=None, netlink_factory=None):
-    out = sys.stdout if out is None else out
-    store = resolver.store_for(config)
-    conn = connect(uri)  # before touching the state: a daemon that is down changes nothing
+_event_impl = []                       # virEventRegisterDefaultImpl: once per process
+
+
+def start_event_loop(stop):
+    """Runs libvirt's default event loop in a daemon thread until *stop* (an Event) is set;
+    returns the thread. Register it before the first connection whose events are wanted."""
+    lv = _libvirt()
+    if not _event_impl:
+        lv.virEventRegisterDefaultImpl()
+        # A periodic timer wakes the loop so its thread notices `stop`.
+        lv.virEventAddTimeout(250, lambda _timer, _opaque: None, None)
+        _event_impl.append(True)
+
+    def run():
+        while not stop.is_set():
+            if lv.virEventRunDefaultImpl() < 0:
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=run, daemon=True, name="vfpick-libvirt-events")
+    thread.start()
+    return thread
+
+
+def watch_events(conn, on_close, on_lifecycle, opaque, keepalive):
+    """on_close(conn, reason, opaque) when *conn* closes; on_lifecycle(conn, dom, event,
+    detail, opaque) per lifecycle event (see lifecycle_kind). Raises libvirt's error."""
+    lv = _libvirt()
+    conn.registerCloseCallback(on_close, opaque)
     try:
-        if rebuild and not dry_run:
-            moved = store.quarantine()
-            if moved:
-                out.write("moved the old state file aside to %s\n" % moved)
-        before = ClaimSet({}, False) if rebuild and dry_run else store.snapshot()
-        writers = live_writers(before)
-        problems = []
-        views = domain_views(conn, problems)  # after the snapshot: see apply_reconcile
-    finally:
-        conn.close()
-    topo = topology.for_config(config)
-    warnings = []
-    if dry_run:
-        actions = _plan(config, before, views, topo,
-                        frozenset(c.vf for c in before.all() if c.pending in writers))
-    else:
-        actions, warnings = apply_reconcile(config, store, before, writers, views, topo,
-                                            netlink_factory)
-    for action in actions:
-        out.write(action.line(dry_run) + "\n")
-    for warning in problems + warnings:
-        sys.stderr.write("vfpick: warning: %s\n" % warning)
-    if not actions:
-        out.write("claims agree with libvirt\n")
-    return actions
+        conn.setKeepAlive(*keepalive)
+    except lv.libvirtError:
+        pass  # local drivers (test:///) have no keepalive
+    conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, opaque)
+
+
+def lifecycle_kind(event):
+    """"defined", "undefined" or None (the lifecycle events vfpick does not act on)."""
+    lv = _libvirt()
+    return {lv.VIR_DOMAIN_EVENT_DEFINED: "defined",
+            lv.VIR_DOMAIN_EVENT_UNDEFINED: "undefined"}.get(event)
+
+
+def identity(dom):
+    """(name, uuid) of *dom*."""
+    return dom.name(), dom.UUIDString()
 
 
 class Devices(object):
@@ -343,14 +242,11 @@ class Devices(object):
 
     def __init__(self, dom, live=True):
         self.dom, self.live = dom, live
-        self._lv = _libvirt()
-        self.flag = self._lv.VIR_DOMAIN_AFFECT_LIVE if live else self._lv.VIR_DOMAIN_AFFECT_CONFIG
+        self.side = LIVE if live else PERSISTENT
 
     def xml(self):
         """The XML the moves act on (live, or the persistent definition)."""
-        if not self.live:
-            return inactive_xml(self.dom)
-        return self.dom.XMLDesc(self._lv.VIR_DOMAIN_XML_SECURE).encode("utf-8")
+        return side_xml(self.dom, self.side)
 
     def running(self):
         return bool(self.dom.isActive())
@@ -359,15 +255,14 @@ class Devices(object):
         return inactive_xml(self.dom) if self.dom.isPersistent() else None
 
     def detach(self, iface_xml):
-        self.dom.detachDeviceFlags(iface_xml, self.flag)
+        detach(self.dom, iface_xml, self.side)
 
     def attach(self, iface_xml):
-        self.dom.attachDeviceFlags(iface_xml, self.flag)
+        attach(self.dom, iface_xml, (self.side,))
 
     def define(self, xml):
         self.dom.connect().defineXML(xml.decode("utf-8"))
 
     def set_metadata(self, element_xml, namespace, key):
         """vfpick's <metadata> element of the side moved (libvirt wants it unprefixed)."""
-        self.dom.setMetadata(self._lv.VIR_DOMAIN_METADATA_ELEMENT, element_xml, key, namespace,
-                             self.flag)
+        set_metadata(self.dom, self.side, element_xml, namespace, key)

@@ -8,11 +8,12 @@ a NIC on a distinct link with --allow-nic-gap) is movable too, and vfpick/livemo
 its NICs one at a time.
 """
 
-import sys
 from collections import namedtuple
 
 from vfpick import moves, rebalance, resolver, topology, virt
+from vfpick.commands import Report
 from vfpick.errors import DomainChanged, DomainRunning, VfpickError
+from vfpick.placement import placement
 
 
 def _domains(config, conn, claims, topo, live=False, allow_gap=False):
@@ -26,10 +27,9 @@ def _domains(config, conn, claims, topo, live=False, allow_gap=False):
     out, stays, running = {}, {}, set()
     for uuid in sorted({c.uuid for c in claims.values()}):
         try:
-            dom = conn.lookupByUUIDString(uuid)
-            active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
-            live_xml = virt.Devices(dom).xml() if active and (live or not persistent) else None
-            doc = DomainXml.parse(virt.inactive_xml(dom) if persistent else live_xml)
+            seen = virt.facts(virt.by_uuid(conn, uuid))
+            active, persistent, live_xml = seen.active, seen.persistent, seen.live_xml
+            doc = DomainXml.parse(seen.config_xml if persistent else live_xml)
         except (libvirt_error, VfpickError):
             continue  # gone or unreadable: not ours to move now (the planner keeps it fixed)
         rules = {}
@@ -48,7 +48,7 @@ def _domains(config, conn, claims, topo, live=False, allow_gap=False):
             else:
                 movable = True
                 running.add(uuid)
-        out[uuid] = rebalance.Domain(uuid, dom.name(), movable, rules,
+        out[uuid] = rebalance.Domain(uuid, seen.name, movable, rules,
                                      doc.numa_nodes(topo.node_cpus))
     return out, stays, frozenset(running)
 
@@ -85,8 +85,8 @@ def _optimum_line(plan):
 
 
 def _move_line(verb, m, live=False):
-    return "%s %s NIC %s: VF %s (link %s) -> VF %s (link %s)%s" % (
-        verb, m.domain, m.mac, m.vf, m.link, m.to_vf, m.to_link, " live" if live else "")
+    return "%s %s NIC %s: %s -> %s%s" % (verb, m.domain, m.mac, placement(m.vf, m.link),
+                                          placement(m.to_vf, m.to_link), " live" if live else "")
 
 
 Gathered = namedtuple("Gathered", "store topo domains drained plan running stays allow_gap",
@@ -110,7 +110,8 @@ def gather(config, conn, max_moves=None, live=False, allow_gap=False):
 
 
 def apply(config, conn, gathered, out):
-    """Moves each planned domain with moves.move_domain; returns (status, NICs, domains moved).
+    """Moves each planned domain with moves.move_domain, one line each appended to the list
+    *out*; returns (status, NICs, domains moved).
 
     The plan is a listing from the past: moves.py checks again, under the claims lock, that
     each domain is still stopped and defined as it was, so one that started meanwhile is left
@@ -128,30 +129,29 @@ def apply(config, conn, gathered, out):
                                                  allow_gap=gathered.allow_gap,
                                                  store=gathered.store, topo=gathered.topo):
                     for warning in done.warnings:
-                        out.write("warning: %s\n" % warning)
+                        out.append("warning: %s" % warning)
             else:
                 moves.move_domain(config, conn, uuid, targets=targets, store=gathered.store,
                                   topo=gathered.topo)
         except (DomainRunning, DomainChanged) as e:
-            out.write("left alone: %s\n" % e)
+            out.append("left alone: %s" % e)
             continue
         except VfpickError as e:
             # A live move stops at the failing NIC: the ones before it have moved.
-            out.write("not moved: %s\n" % e)
+            out.append("not moved: %s" % e)
             status = 1
             continue
         for m in mine:
-            out.write(_move_line("repaired" if m.repair else "moved", m, uuid in gathered.running)
-                      + (" (restores distinct)\n" if m.repair else "\n"))
+            out.append(_move_line("repaired" if m.repair else "moved", m, uuid in gathered.running)
+                       + (" (restores distinct)" if m.repair else ""))
         moved += len(mine)
         domains_moved += 1
     return status, moved, domains_moved
 
 
-def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None, live=False,
-                  allow_gap=False):
-    """Returns the exit status: 0, or 1 when libvirt refused a definition or a live move."""
-    out = sys.stdout if out is None else out
+def cmd_rebalance(config, uri, dry_run=False, max_moves=None, live=False, allow_gap=False):
+    """Report.status: 0, or 1 when libvirt refused a definition or a live move."""
+    out = []
     if max_moves is not None and max_moves < 0:
         raise VfpickError("--max-moves wants a count of NICs, 0 or more (got %d)" % max_moves)
     conn = virt.connect(uri)
@@ -159,39 +159,39 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, out=None, live=Fal
         gathered = gather(config, conn, max_moves, live, allow_gap)
         plan = gathered.plan
         if plan.optimum is not None:
-            out.write(_optimum_line(plan) + "\n")
-        out.write(_figure("before", plan.before) + "\n")
+            out.append(_optimum_line(plan))
+        out.append(_figure("before", plan.before))
         for note in plan.notes:
-            out.write("note: %s\n" % note)
+            out.append("note: %s" % note)
         for line in plan.unrepaired:
-            out.write("not distinct: %s\n" % line)
+            out.append("not distinct: %s" % line)
         for uuid, why in sorted(gathered.stays.items()):
-            out.write("running, not moved live: %s: %s\n" % (gathered.domains[uuid].name, why))
+            out.append("running, not moved live: %s: %s" % (gathered.domains[uuid].name, why))
         for uuid in plan.skipped:
-            out.write("left alone: %s: its VFs wait on a VF another move would free\n"
+            out.append("left alone: %s: its VFs wait on a VF another move would free"
                       % gathered.domains[uuid].name)
         if dry_run:
             # Redundancy first: the repairs, then the balancing moves (applied in plan order).
             for m in plan.moves:
                 if m.repair:
-                    out.write(_move_line("would repair", m, m.uuid in gathered.running)
-                              + " (restores distinct)\n")
+                    out.append(_move_line("would repair", m, m.uuid in gathered.running)
+                               + " (restores distinct)")
             for m in plan.moves:
                 if not m.repair:
-                    out.write(_move_line("would move", m, m.uuid in gathered.running) + "\n")
-            out.write(_figure("after (planned)", plan.after) + "\n")
-            out.write("dry run: would move %d NIC(s) of %d domain(s); nothing changed\n"
+                    out.append(_move_line("would move", m, m.uuid in gathered.running))
+            out.append(_figure("after (planned)", plan.after))
+            out.append("dry run: would move %d NIC(s) of %d domain(s); nothing changed"
                       % (len(plan.moves), len({m.uuid for m in plan.moves})))
-            return 0
+            return Report(tuple(out))
         status, moved, domains_moved = apply(config, conn, gathered, out)
     finally:
-        conn.close()
+        virt.close(conn)
     after = rebalance.figures(gathered.topo, config.pools,
                               dict(gathered.store.snapshot().mapping()),
                               resolver.running_vfs(config), gathered.domains, gathered.drained)
-    out.write(_figure("after", after) + "\n")
-    out.write("moved %d NIC(s) of %d domain(s)\n" % (moved, domains_moved))
-    return status
+    out.append(_figure("after", after))
+    out.append("moved %d NIC(s) of %d domain(s)" % (moved, domains_moved))
+    return Report(tuple(out), status=status)
 
 
 def _in_order(plan_moves):

@@ -135,7 +135,7 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None, live=False, a
             moved.append(move)
             warnings.extend(move.warnings)
     finally:
-        conn.close()
+        virt.close(conn)
     return Report(target, already, tuple(moved), tuple(running), tuple(problems), tuple(warnings),
                   tuple(lived))
 
@@ -146,10 +146,10 @@ def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo)
         return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo,
                                  repair=True)
     dom = virt.lookup(conn, holder.uuid)
+    if any(c.active for c in planned.values() if c.uuid == holder.uuid):
+        raise DomainRunning(moves.running_message(holder.name))
     try:
-        if dom.isActive() or any(c.active for c in planned.values() if c.uuid == holder.uuid):
-            raise DomainRunning(dom.name())
-        data = virt.inactive_xml(dom)
+        data = moves.stopped_definition(dom, holder.name)
     except virt.libvirt_error() as e:
         raise VfpickError("libvirt cannot describe it: %s" % virt.error_message(e)) from None
     return moves.plan_move(config, topo, data, planned, busy, avoid=avoid, repair=True)
@@ -163,7 +163,7 @@ def _drain_live(config, conn, holder, dry_run, planned, busy, avoid, store, topo
 
     dom = virt.lookup(conn, holder.uuid)
     try:
-        xml = virt.Devices(dom).xml()
+        xml = virt.live_xml(dom)
     except virt.libvirt_error() as e:
         raise VfpickError("libvirt cannot describe it: %s" % virt.error_message(e)) from None
     held = [c for c in planned.values() if c.uuid == holder.uuid]

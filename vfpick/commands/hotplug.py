@@ -9,22 +9,23 @@ go of the device and libvirt removed it from the live XML: until then (bounded w
 stays. The claims lock is never held while libvirt is called.
 """
 
-import sys
 import time
 
 from lxml import etree
 
 from vfpick import domscan, resolver, vfsettings, virt
+from vfpick.commands import Report
 from vfpick.errors import LibvirtFailure, UnknownPool, VfpickError, XmlError
 from vfpick.hostdev import Assignment, DomainXml
+from vfpick.placement import placement
 from vfpick.state import writer
 
 DETACH_TIMEOUT = 30.0
 _POLL = 0.2
 
 
-def _targets(libvirt, dom, live, config):
-    """[(flag, label)] of the definitions to change; virsh's defaults when neither is asked."""
+def _targets(dom, live, config):
+    """[side] (virt.LIVE, virt.PERSISTENT) to change; virsh's defaults when neither is asked."""
     active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
     if not live and not config:
         live, config = active, not active
@@ -34,18 +35,7 @@ def _targets(libvirt, dom, live, config):
     if config and not persistent:
         raise VfpickError("domain '%s' is transient (no persistent definition): drop --config"
                           % dom.name())
-    out = []
-    if live:
-        out.append((libvirt.VIR_DOMAIN_AFFECT_LIVE, "live"))
-    if config:
-        out.append((libvirt.VIR_DOMAIN_AFFECT_CONFIG, "persistent"))
-    return out
-
-
-def _xml(libvirt, dom, flag):
-    if flag == libvirt.VIR_DOMAIN_AFFECT_CONFIG:
-        return virt.inactive_xml(dom)
-    return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE).encode("utf-8")
+    return ([virt.LIVE] if live else []) + ([virt.PERSISTENT] if config else [])
 
 
 def _parse_element(data, what):
@@ -97,80 +87,74 @@ def _resolved_parts(base_xml, iface, assignment):
     return etree.tostring(new).decode(), root.find("metadata/{%s}domain" % domscan.NS)
 
 
-def _set_metadata(libvirt, dom, flag, meta_el):
+def _set_metadata(dom, side, meta_el):
     """Replaces vfpick's <metadata> element. libvirt wants it without a namespace: it puts the
     element in *uri* under the prefix *key* itself (and fails on a namespaced one)."""
     plain = etree.Element(etree.QName(meta_el).localname, dict(meta_el.attrib))
     for child in meta_el:
         if isinstance(child.tag, str):
             etree.SubElement(plain, etree.QName(child).localname, dict(child.attrib))
-    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, etree.tostring(plain).decode(), "vfpick",
-                    domscan.NS, flag)
+    virt.set_metadata(dom, side, etree.tostring(plain).decode(), domscan.NS, "vfpick")
 
 
-def cmd_attach(config, uri, who, data, live=False, persistent=False, out=None, rng=None):
-    out = sys.stdout if out is None else out
+def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None):
+    """Report.result: the new NIC's claim."""
     pool_name, mac, iface = parse_nic(config, data)
-    libvirt = virt._libvirt()
+    lv_error = virt.libvirt_error()
     store = resolver.store_for(config)
     conn = virt.connect(uri)
     try:
         dom = virt.lookup(conn, who)
-        targets = _targets(libvirt, dom, live, persistent)
-        xmls = {flag: _xml(libvirt, dom, flag) for flag, _ in targets}
-        name = dom.name()
+        targets = _targets(dom, live, persistent)
+        xmls = {side: virt.side_xml(dom, side) for side in targets}
+        name, uuid = virt.identity(dom)
         docs = [DomainXml.parse(x) for x in xmls.values()]
         if mac is not None and any(mac in d.macs() for d in docs):
             raise VfpickError("domain '%s' already has an interface with MAC %s" % (name, mac))
         # Both definitions, whichever is changed: a claim neither uses is no NIC of the domain.
-        definitions = [domscan.scan(x) for x in _definitions(libvirt, dom, xmls)]
+        definitions = [domscan.scan(x) for x in _definitions(dom, xmls)]
         # Policy overrides and NUMA placement: from the persistent side when it is changed.
         # Pending until libvirt answered: a reconcile listing the domain meanwhile (without
         # the new VF) must not drop it (docs/DESIGN.md, "Reconcile").
         me = writer.me()
-        extra = resolver.claim_extra_nic(config, docs[-1], dom.UUIDString(), pool_name, mac,
+        extra = resolver.claim_extra_nic(config, docs[-1], uuid, pool_name, mac,
                                          definitions, rng=rng, store=store, pending=me)
         claim, warnings = extra.claim, list(extra.warnings)
         assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
                                 link=claim.link)
         if iface.find("mac") is None:
             etree.SubElement(iface, "mac", address=claim.mac)
-        parts = {flag: _resolved_parts(xmls[flag], iface, assignment) for flag, _ in targets}
-        flags = 0
-        for flag, _ in targets:
-            flags |= flag
+        parts = {side: _resolved_parts(xmls[side], iface, assignment) for side in targets}
         try:
             # One call for both sides: libvirt changes live and persistent together or neither.
-            dom.attachDeviceFlags(parts[targets[0][0]][0], flags)
-        except libvirt.libvirtError as e:
+            virt.attach(dom, parts[targets[0]][0], targets)
+        except lv_error as e:
             resolver.roll_back_extra_nic(store, extra)
             raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)"
                                  % (name, virt.error_message(e))) from None
-        for flag, label in targets:
+        for side in targets:
             try:
-                _set_metadata(libvirt, dom, flag, parts[flag][1])
-            except libvirt.libvirtError as e:
+                _set_metadata(dom, side, parts[side][1])
+            except lv_error as e:
                 warnings.append("NIC %s attached, but its %s metadata was not recorded: %s"
-                                % (claim.mac, label, virt.error_message(e)))
+                                % (claim.mac, side, virt.error_message(e)))
     finally:
-        conn.close()
+        virt.close(conn)
     resolver.settle_claims(store, claim.uuid, me)
     warnings += resolver.end_unused(config, store, extra)
-    if any(label == "live" for _, label in targets):
+    if virt.LIVE in targets:
         _update(store, claim, active=True)
-    out.write("attached %s to domain '%s' (%s): VF %s (PF %s, link %s)\n"
-              % (claim.mac, name, " and ".join(label for _, label in targets), claim.vf, claim.pf,
-                 claim.link))
-    return warnings
+    line = "attached %s to domain '%s' (%s): %s" % (
+        claim.mac, name, " and ".join(targets), placement(claim.vf, claim.link, claim.pf))
+    return Report((line,), tuple(warnings), claim)
 
 
-def _definitions(libvirt, dom, xmls):
+def _definitions(dom, xmls):
     """The live XML (when running) and the persistent one (when defined), reusing *xmls*."""
     out = []
-    for flag, wanted in ((libvirt.VIR_DOMAIN_AFFECT_LIVE, dom.isActive()),
-                         (libvirt.VIR_DOMAIN_AFFECT_CONFIG, dom.isPersistent())):
+    for side, wanted in ((virt.LIVE, dom.isActive()), (virt.PERSISTENT, dom.isPersistent())):
         if wanted:
-            out.append(xmls[flag] if flag in xmls else _xml(libvirt, dom, flag))
+            out.append(xmls[side] if side in xmls else virt.side_xml(dom, side))
     return out
 
 
@@ -212,19 +196,19 @@ def _without_nic_metadata(xml, mac):
     return meta
 
 
-def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None, out=None):
-    out = sys.stdout if out is None else out
+def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None):
+    """Report.result: the VFs released."""
     timeout = DETACH_TIMEOUT if timeout is None else timeout
     wanted = domscan.normalize_mac(mac)
-    libvirt = virt._libvirt()
+    lv_error = virt.libvirt_error()
     conn = virt.connect(uri)
     try:
         dom = virt.lookup(conn, who)
-        name, uuid = dom.name(), dom.UUIDString()
-        targets = _targets(libvirt, dom, live, persistent)
+        name, uuid = virt.identity(dom)
+        targets = _targets(dom, live, persistent)
         found, removed = {}, []
-        for flag, label in targets:
-            xml = _xml(libvirt, dom, flag)
+        for label in targets:
+            xml = virt.side_xml(dom, label)
             ifaces = _interfaces_with_mac(xml, wanted)
             if not ifaces:
                 # Removed behind vfpick's back (virsh detach-interface): vfpick's claim or
@@ -237,38 +221,37 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
             if not any(i.get("type") == "hostdev" for i in ifaces):
                 raise VfpickError("the interface %s of domain '%s' is not a VF (type '%s'): use "
                                   "virsh detach-interface" % (wanted, name, ifaces[0].get("type")))
-            found[flag] = ifaces
-        for flag, label in targets:
-            for iface in found.get(flag, ()):
+            found[label] = ifaces
+        for label in targets:
+            for iface in found.get(label, ()):
                 try:
-                    dom.detachDeviceFlags(etree.tostring(iface).decode(), flag)
-                except libvirt.libvirtError as e:
+                    virt.detach(dom, etree.tostring(iface).decode(), label)
+                except lv_error as e:
                     raise LibvirtFailure("libvirt refused to detach %s from '%s' (%s): %s (no claim "
                                          "changed)" % (wanted, name, label, virt.error_message(e))) from None
-        live_flag = libvirt.VIR_DOMAIN_AFFECT_LIVE
-        if live_flag in found and not wait_removed(lambda: _xml(libvirt, dom, live_flag), wanted, timeout):
+        if virt.LIVE in found and not wait_removed(lambda: virt.live_xml(dom), wanted, timeout):
             raise LibvirtFailure(
                 "the guest of '%s' has not released %s within %g s: libvirt still lists it, so its "
                 "VF stays claimed; check the guest (ACPI hotplug), then run 'vfpick detach %s %s "
                 "--live' again, or 'vfpick reconcile' once it is gone"
                 % (name, wanted, timeout, name, wanted))
-        for flag, label in targets:
-            meta = _without_nic_metadata(_xml(libvirt, dom, flag), wanted)
+        for side in targets:
+            meta = _without_nic_metadata(virt.side_xml(dom, side), wanted)
             if meta is not None:
                 try:
-                    _set_metadata(libvirt, dom, flag, meta)
-                except libvirt.libvirtError:
+                    _set_metadata(dom, side, meta)
+                except lv_error:
                     pass  # the NIC is gone; a stale entry for a MAC with no interface is ignored
         # After the device is gone: the VF is free unless the other side still uses it.
         still = set()
         live_now = dom.isActive()
-        for flag in ([live_flag] if live_now else []) + (
-                [libvirt.VIR_DOMAIN_AFFECT_CONFIG] if dom.isPersistent() else []):
-            still.update(vf for vf, m in domscan.scan(_xml(libvirt, dom, flag)).hostdev_vfs if m == wanted)
-        running_vfs = {vf for vf, m in domscan.scan(_xml(libvirt, dom, live_flag)).hostdev_vfs} \
+        for side in ([virt.LIVE] if live_now else []) + (
+                [virt.PERSISTENT] if dom.isPersistent() else []):
+            still.update(vf for vf, m in domscan.scan(virt.side_xml(dom, side)).hostdev_vfs if m == wanted)
+        running_vfs = {vf for vf, m in domscan.scan(virt.live_xml(dom)).hostdev_vfs} \
             if live_now else set()
     finally:
-        conn.close()
+        virt.close(conn)
     released, ended = [], []
     with resolver.store_for(config).transaction() as claims:
         for claim in claims.for_uuid(uuid):
@@ -280,18 +263,17 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
                 claims.drop(claim.vf)
                 released.append(claim.vf)
                 ended.append(claim)
-        for warning in vfsettings.put_back(config, ended):
-            sys.stderr.write("vfpick: warning: %s\n" % warning)
-    detached = [label for _, label in targets if label not in removed]
-    out.write("%s%s%s\n" % (
+        warnings = vfsettings.put_back(config, ended)
+    detached = [label for label in targets if label not in removed]
+    line = "%s%s%s" % (
         "detached %s from domain '%s' (%s)" % (wanted, name, " and ".join(detached))
         if detached else "NIC %s of domain '%s'" % (wanted, name),
         "%s already removed from its %s definition (not by vfpick)"
         % ("; it was" if detached else " was", " and ".join(removed)) if removed else "",
         "; released VF %s and its metadata" % ", ".join(released) if released else
         "; its VF stays claimed (the other definition still uses it)" if still else
-        "; its metadata is released"))
-    return released
+        "; its metadata is released")
+    return Report((line,), tuple(warnings), released)
 
 
 def _ours(store, uuid, xml, mac):

@@ -4,38 +4,30 @@ libvirt's default event loop runs in a thread; its callbacks only queue work (th
 block the loop). The main thread takes the queue: resolve + redefine on DEFINED, drop claims on
 UNDEFINED, reconnect with backoff when the connection closes (libvirtd restart, keepalive
 timeout), then reconcile and resolve whatever was defined meanwhile. Host events
-(vfpick.hostevents) are logged. One timestamped line per action on stderr.
+(vfpick.hostevents) are logged: one line per action through the *log* callback the CLI passes
+(vfpick/cli.py timestamps them on stderr).
 """
 
 import queue
 import signal
-import sys
 import threading
 import time
 
 from vfpick import domscan, hostevents, resolver, topology, vfsettings, virt
+from vfpick.commands import define, reconcile
 from vfpick.errors import VfpickError
+from vfpick.placement import placement
 
 BACKOFF = (0.5, 1, 2, 5, 10, 30)       # seconds between reconnect attempts
 KEEPALIVE = (5, 3)                     # interval s, missed replies: a hung daemon closes in ~20 s
 LOOP_LIMIT, LOOP_WINDOW = 3, 10.0      # more resolves of one domain than this in the window: a loop
 
-_event_impl = []                       # virEventRegisterDefaultImpl: once per process
-
-
-def log_line(message, stream=None):
-    stream = stream or sys.stderr
-    now = time.time()
-    stream.write("%s.%03d vfpick watch: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
-                                                 int(now * 1000) % 1000, message))
-    stream.flush()
-
 
 class Watcher:
-    def __init__(self, config, uri, log=log_line, opener=None, host_events=True, clock=time.monotonic):
+    def __init__(self, config, uri, log, opener=None, host_events=True, clock=time.monotonic):
         self.config, self.uri, self.log, self.clock = config, uri, log, clock
-        self.lv = virt._libvirt()
-        self.opener = opener or self.lv.open
+        self.lv_error = virt.libvirt_error()
+        self.opener = opener or virt.open_connection
         self.host_events = host_events
         self.store = resolver.store_for(config)
         self.queue = queue.Queue()
@@ -50,29 +42,16 @@ class Watcher:
 
     # ------------------------------------------------ event loop thread: queue only, never block
     def on_lifecycle(self, _conn, dom, event, _detail, generation):
-        if event == self.lv.VIR_DOMAIN_EVENT_DEFINED:
-            self.queue.put(("defined", generation, dom.UUIDString(), dom.name()))
-        elif event == self.lv.VIR_DOMAIN_EVENT_UNDEFINED:
-            self.queue.put(("undefined", generation, dom.UUIDString(), dom.name()))
+        kind = virt.lifecycle_kind(event)
+        if kind is not None:
+            name, uuid = virt.identity(dom)
+            self.queue.put((kind, generation, uuid, name))
 
     def on_close(self, _conn, reason, generation):
         self.queue.put(("closed", generation, reason, None))
 
     def start_event_loop(self):
-        lv = self.lv
-        if not _event_impl:
-            lv.virEventRegisterDefaultImpl()
-            # A periodic timer wakes the loop so its thread notices `stop`.
-            lv.virEventAddTimeout(250, lambda _timer, _opaque: None, None)
-            _event_impl.append(True)
-
-        def run():
-            while not self.stop.is_set():
-                if lv.virEventRunDefaultImpl() < 0:
-                    time.sleep(0.1)
-
-        self._loop_thread = threading.Thread(target=run, daemon=True, name="vfpick-libvirt-events")
-        self._loop_thread.start()
+        self._loop_thread = virt.start_event_loop(self.stop)
 
     # ------------------------------------------------ main thread
     def run(self):
@@ -113,7 +92,7 @@ class Watcher:
             call(*args)
         except VfpickError as e:
             self.log("%s: %s" % (what, e))
-        except self.lv.libvirtError as e:
+        except self.lv_error as e:
             self.log("%s: libvirt: %s" % (what, virt.error_message(e)))
         except Exception as e:  # noqa: BLE001 - a service: one bad domain or event must not stop it
             self.log("internal error on %s: %r" % (what, e))
@@ -133,18 +112,12 @@ class Watcher:
             self.guarded("%s %s" % (kind, name or uuid), handler, uuid, name)
 
     def connect(self):
-        lv = self.lv
         try:
             conn = self.opener(self.uri)
             self.generation += 1
             gen = self.generation
-            conn.registerCloseCallback(self.on_close, gen)
-            try:
-                conn.setKeepAlive(*KEEPALIVE)
-            except lv.libvirtError:
-                pass  # local drivers (test:///) have no keepalive
-            conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self.on_lifecycle, gen)
-        except lv.libvirtError as e:
+            virt.watch_events(conn, self.on_close, self.on_lifecycle, gen, KEEPALIVE)
+        except self.lv_error as e:
             delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
             self.failures += 1
             self.next_attempt = self.clock() + delay
@@ -160,11 +133,7 @@ class Watcher:
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        for call in (conn.unregisterCloseCallback, conn.close):
-            try:
-                call()
-            except self.lv.libvirtError:
-                pass
+        virt.unwatch(conn)
 
     def closed(self, generation, reason):
         if generation != self.generation or self.conn is None:
@@ -179,11 +148,11 @@ class Watcher:
         One domain's trouble (bad metadata, a refused redefinition) is logged for it alone.
         """
         before = self.store.snapshot()
-        writers = virt.live_writers(before)
+        writers = reconcile.live_writers(before)
         problems = []
-        views = virt.domain_views(self.conn, problems)
+        views = reconcile.domain_views(self.conn, problems)
         topo = topology.for_config(self.config)
-        done, warnings = virt.apply_reconcile(self.config, self.store, before, writers, views, topo)
+        done, warnings = reconcile.apply_reconcile(self.config, self.store, before, writers, views, topo)
         warnings = problems + warnings
         for action in done:
             self.log("reconcile: %s" % action.line())
@@ -200,20 +169,19 @@ class Watcher:
         return len(times) > LOOP_LIMIT
 
     def defined(self, uuid, name):
-        lv = self.lv
         try:
-            dom = self.conn.lookupByUUIDString(uuid)
+            dom = virt.by_uuid(self.conn, uuid)
             if not dom.isPersistent():
                 return
             data = virt.inactive_xml(dom)
-        except lv.libvirtError:
+        except self.lv_error:
             return  # gone again: its UNDEFINED event follows
         facts = domscan.scan(data)
         name = facts.name or name
         pools = sorted({n for n, _ in facts.networks if n in self.config.pools})
         if not pools:
             self.rename_claims(uuid, name)
-            exists = virt.network_checker(self.config, self.conn)
+            exists = define.network_checker(self.config, self.conn)
             unknown = sorted({n for n, _ in facts.networks if n and not exists(n)})
             if unknown:  # a mistyped pool name: libvirt itself will refuse the start
                 self.log("domain '%s' (%s): network %s is neither a vfpick pool (pools: %s) nor a "
@@ -225,13 +193,13 @@ class Watcher:
                      "leaving it alone (libvirt rewrites it?)" % (name, uuid, LOOP_LIMIT, LOOP_WINDOW))
             return
         try:
-            result = virt.define_resolved(self.config, self.conn, data)
+            result = define.define_resolved(self.config, self.conn, data)
         except VfpickError as e:
             self.log("cannot resolve domain '%s' (%s): %s; left unresolved (its start is refused); "
                      "fix it, then `vfpick repick %s`" % (name, uuid, e, name))
             return
         self.log("resolved domain '%s' (%s): %s" % (result.name, result.uuid, "; ".join(
-            "%s -> %s (PF %s, link %s)" % (mac, p.vf, p.pf, p.link) for mac, p in sorted(result.picks.items()))))
+            "%s -> %s" % (mac, placement(p.vf, p.link, p.pf, word="")) for mac, p in sorted(result.picks.items()))))
         for w in result.warnings:
             self.log("warning: %s" % w)
 
@@ -245,14 +213,14 @@ class Watcher:
 
     def undefined(self, uuid, name):
         try:
-            dom = self.conn.lookupByUUIDString(uuid)
+            dom = virt.by_uuid(self.conn, uuid)
             if dom.isPersistent():
                 return  # defined again since
             if dom.isActive():
                 self.log("domain '%s' (%s) undefined while running: its claims stay until it stops "
                          "(the release hook drops them)" % (name, uuid))
                 return
-        except self.lv.libvirtError:
+        except self.lv_error:
             pass
         with self.store.transaction() as claims:
             dropped = claims.drop_uuid(uuid)
@@ -267,8 +235,9 @@ class Watcher:
 _REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client closed"}
 
 
-def cmd_watch(config, uri, metrics_listen=None):
-    watcher = Watcher(config, uri)
+def cmd_watch(config, uri, log, metrics_listen=None):
+    """Runs until SIGTERM/SIGINT; returns the exit status. log(message): one line per action."""
+    watcher = Watcher(config, uri, log)
     server = None
     if metrics_listen:
         from vfpick import metrics  # prometheus_client: only when asked for
