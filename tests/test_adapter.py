@@ -42,3 +42,22 @@ def test_nobody_reaches_into_the_adapter(path):
                       if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                       and node.value.id == "virt" and node.attr.startswith("_")})
     assert private == [], "%s uses virt.%s" % (path.name, ", virt.".join(private))
+
+
+# The methods of libvirt's virConnect / virDomain objects vfpick calls: only the adapter may.
+BINDING_CALLS = frozenset((
+    "open", "openReadOnly", "lookupByName", "lookupByUUIDString", "listAllDomains", "defineXML",
+    "networkLookupByName", "registerCloseCallback", "unregisterCloseCallback", "setKeepAlive",
+    "domainEventRegisterAny", "XMLDesc", "UUIDString", "isActive", "isPersistent", "create",
+    "undefine", "attachDeviceFlags", "detachDeviceFlags", "setMetadata", "getVersion",
+    "registerErrorHandler", "virEventRegisterDefaultImpl", "virEventRunDefaultImpl"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_nobody_else_calls_the_binding(path):
+    tree = ast.parse(path.read_text(), str(path))
+    calls = sorted({node.func.attr for node in ast.walk(tree)
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in BINDING_CALLS
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("os", "io"))})
+    assert calls == [], "%s calls libvirt's %s itself: go through vfpick/virt.py" % (path.name, calls)

@@ -201,7 +201,7 @@ def _settle(config, store, move, previous):
 def stopped_definition(dom, name):
     """The persistent XML of *dom*; DomainRunning when it runs. libvirt's own error when it
     cannot tell (gone meanwhile): the caller says what that means for it."""
-    if dom.isActive():
+    if virt.is_running(dom):
         raise DomainRunning(running_message(name))
     return virt.inactive_xml(dom)
 

@@ -232,6 +232,15 @@ def identity(dom):
     return dom.name(), dom.UUIDString()
 
 
+def is_running(dom):
+    return bool(dom.isActive())
+
+
+def is_persistent(dom):
+    """Whether *dom* has a persistent definition (else it is transient)."""
+    return bool(dom.isPersistent())
+
+
 class Devices(object):
     """The libvirt calls of a live NIC move (vfpick/livemove.py), on one domain.
 

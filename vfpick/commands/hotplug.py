@@ -26,15 +26,15 @@ _POLL = 0.2
 
 def _targets(dom, live, config):
     """[side] (virt.LIVE, virt.PERSISTENT) to change; virsh's defaults when neither is asked."""
-    active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
+    active, persistent = virt.is_running(dom), virt.is_persistent(dom)
     if not live and not config:
         live, config = active, not active
     if live and not active:
         raise VfpickError("domain '%s' is not running: use --config to change its definition"
-                          % dom.name())
+                          % virt.identity(dom)[0])
     if config and not persistent:
         raise VfpickError("domain '%s' is transient (no persistent definition): drop --config"
-                          % dom.name())
+                          % virt.identity(dom)[0])
     return ([virt.LIVE] if live else []) + ([virt.PERSISTENT] if config else [])
 
 
@@ -152,7 +152,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None):
 def _definitions(dom, xmls):
     """The live XML (when running) and the persistent one (when defined), reusing *xmls*."""
     out = []
-    for side, wanted in ((virt.LIVE, dom.isActive()), (virt.PERSISTENT, dom.isPersistent())):
+    for side, wanted in ((virt.LIVE, virt.is_running(dom)), (virt.PERSISTENT, virt.is_persistent(dom))):
         if wanted:
             out.append(xmls[side] if side in xmls else virt.side_xml(dom, side))
     return out
@@ -244,9 +244,9 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
                     pass  # the NIC is gone; a stale entry for a MAC with no interface is ignored
         # After the device is gone: the VF is free unless the other side still uses it.
         still = set()
-        live_now = dom.isActive()
+        live_now = virt.is_running(dom)
         for side in ([virt.LIVE] if live_now else []) + (
-                [virt.PERSISTENT] if dom.isPersistent() else []):
+                [virt.PERSISTENT] if virt.is_persistent(dom) else []):
             still.update(vf for vf, m in domscan.scan(virt.side_xml(dom, side)).hostdev_vfs if m == wanted)
         running_vfs = {vf for vf, m in domscan.scan(virt.live_xml(dom)).hostdev_vfs} \
             if live_now else set()

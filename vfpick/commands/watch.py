@@ -171,7 +171,7 @@ class Watcher:
     def defined(self, uuid, name):
         try:
             dom = virt.by_uuid(self.conn, uuid)
-            if not dom.isPersistent():
+            if not virt.is_persistent(dom):
                 return
             data = virt.inactive_xml(dom)
         except self.lv_error:
@@ -214,9 +214,9 @@ class Watcher:
     def undefined(self, uuid, name):
         try:
             dom = virt.by_uuid(self.conn, uuid)
-            if dom.isPersistent():
+            if virt.is_persistent(dom):
                 return  # defined again since
-            if dom.isActive():
+            if virt.is_running(dom):
                 self.log("domain '%s' (%s) undefined while running: its claims stay until it stops "
                          "(the release hook drops them)" % (name, uuid))
                 return
