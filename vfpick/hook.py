@@ -83,7 +83,7 @@ def _domain_vfs(config, facts):
     from vfpick import config as configmod, pci
 
     meta = {n.mac: n for n in facts.meta_nics}
-    pool_of_pf = configmod.pool_of_pf(config)
+    pool_of_pf = configmod.pool_of_pf(config.pools)
     out = []
     for vf, mac in facts.hostdev_vfs:
         nic = meta.get(mac) if mac else None
@@ -355,13 +355,6 @@ def _one_line(e):
     return " ".join(str(e).split())
 
 
-def _libvirt_network(name):
-    """A libvirt network of this host at libvirt's default paths (the config is unreadable)."""
-    if not name or "/" in name or name.startswith("."):
-        return False
-    return any(os.path.exists(os.path.join(d, name + ".xml")) for d in NETWORK_DIRS)
-
-
 def whose(config, facts, data, marks):
     """Why the domain is vfpick's (a short phrase), or None when it is not.
 
@@ -381,8 +374,10 @@ def whose(config, facts, data, marks):
     if config is None:
         # Pools cannot be told from libvirt networks: a network libvirt does not have may be
         # an unresolved pool (and libvirt would refuse the start anyway).
+        from vfpick.config import network_file_exists
+
         for net, _ in facts.networks:
-            if not _libvirt_network(net):
+            if not network_file_exists(NETWORK_DIRS, net):
                 return "network '%s' is not a libvirt network, so it may be a vfpick pool" % net
         return None
     for net, _ in facts.networks:

@@ -21,6 +21,7 @@ import xml.parsers.expat as expat
 from lxml import etree
 
 from vfpick import bandwidth as bandwidthmod, cpulist, pci
+from vfpick.config import DISTINCT, NUMA
 from vfpick.domscan import MAX_BYTES, MAX_DEPTH, NS, canonical_uuid, normalize_mac, pci_source
 from vfpick.errors import XmlError
 
@@ -50,8 +51,6 @@ _CARRIED = frozenset(["vlan", "alias", "boot", "address", "rom", "teaming", "acp
 # hostdev flavours survive (a virtio <driver name='vhost' queues=..> would make libvirt refuse).
 _CARRIED_IF = {"driver": ("name", ("vfio",)), "virtualport": ("type", ("802.1Qbg", "802.1Qbh"))}
 
-_DISTINCT = ("card", "link", "pf", "none")
-_NUMA = ("required", "preferred", "ignore")
 _STRICT = {"yes": True, "no": False}
 _HEAD = ("name", "uuid", "genid", "title", "description")  # libvirt's order before <metadata>
 _ENCODINGS = ("utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1")
@@ -310,7 +309,7 @@ class DomainXml(object):
             for el in policies:
                 if el.get("pool") != wanted:
                     continue
-                for key, allowed in (("distinct", _DISTINCT), ("strict", _STRICT), ("numa", _NUMA)):
+                for key, allowed in (("distinct", DISTINCT), ("strict", _STRICT), ("numa", NUMA)):
                     raw = el.get(key)
                     if raw is None:
                         continue

@@ -29,7 +29,7 @@ load reachable within it. Which VF on the target PF: the lowest free address.
 from collections import namedtuple
 from fractions import Fraction
 
-from vfpick import optimum, pci, policy
+from vfpick import config as configmod, optimum, pci, policy
 
 SLACK = Fraction(21, 20)  # "within 5 % of the optimum"
 
@@ -70,19 +70,11 @@ def over(figure, reference):
     return float(figure / reference) - 1
 
 
-def _pool_of_pf(pools):
-    out = {}
-    for pool in pools.values():
-        for addr in pool.pfs:
-            out.setdefault(addr, pool.name)
-    return out
-
-
 def host_for(topology, pools):
     """optimum.Host of the pools' PFs on up links."""
     pf_link, pf_vfs, speed = {}, {}, {}
     for pool in pools.values():
-        speeds = policy._speeds(topology, pool.pfs)
+        speeds = policy.link_speeds(topology, pool.pfs)
         for addr in pool.pfs:
             pf = topology.pfs.get(addr)
             link = topology.link_of.get(addr)
@@ -98,20 +90,13 @@ def _unit(topology, distinct, pf):
     return policy.unit_of(topology, distinct, pf) if distinct != "none" else "*"
 
 
-def _pf_local(topology, pf, nodes):
-    node = topology.pfs[pf].numa_node
-    if node is None or node < 0:
-        return len(topology.node_cpus) <= 1
-    return node in nodes
-
-
 class _Population:
     """The claims on the host's up links, grouped into demands (one per domain and pool)."""
 
     def __init__(self, topology, pools, claims, busy, domains, avoid=frozenset()):
         self.topology = topology
         self.host = host_for(topology, pools)
-        pool_of_pf = _pool_of_pf(pools)
+        pool_of_pf = configmod.pool_of_pf(pools)
         self.counts = {}      # {pf: claims + busy VFs} on the host
         self.foreign = {}     # {pf: busy VFs nobody claimed}
         self.claims_of = {}   # {(uuid, pool): [Claim on the host]}
@@ -122,7 +107,8 @@ class _Population:
                 self.foreign[record.pf] = self.foreign.get(record.pf, 0) + 1
                 self.counts[record.pf] = self.counts.get(record.pf, 0) + 1
         for claim in claims.values():
-            if claim.pf in self.host.pf_link and pool_of_pf.get(claim.pf) == claim.pool:
+            owner = pool_of_pf.get(claim.pf)
+            if claim.pf in self.host.pf_link and owner is not None and owner.name == claim.pool:
                 self.claims_of.setdefault((claim.uuid, claim.pool), []).append(claim)
                 self.counts[claim.pf] = self.counts.get(claim.pf, 0) + 1
             else:
@@ -153,7 +139,7 @@ class _Population:
                     if pf in avoid or (rule.distinct != "none" and unit in elsewhere):
                         continue
                     if rule.numa in ("required", "preferred") and nodes is not None \
-                            and not _pf_local(topology, pf, nodes):
+                            and not policy.numa_local(topology, topology.pfs[pf].numa_node, nodes):
                         continue
                 units[pf] = unit
             n = len(held)
@@ -184,10 +170,10 @@ class _Population:
                 self.weights[c.vf] = policy.weight(c.rate_mbps, pool.nic_rate)
                 self.reserve[c.vf] = policy.reserved(c.rate_mbps, c.min_rate_mbps)
                 self.where[c.vf] = c.pf
-        self.foreign_weight = {pf: n * pools[pool_of_pf[pf]].nic_rate
+        self.foreign_weight = {pf: n * pool_of_pf[pf].nic_rate
                                for pf, n in self.foreign.items()}
         self.guarded = frozenset(name for name, pool in pools.items() if pool.guarantee)
-        unit = set(self.weights.values()) | {pools[pool_of_pf[pf]].nic_rate for pf in self.foreign}
+        unit = set(self.weights.values()) | {pool_of_pf[pf].nic_rate for pf in self.foreign}
         # Every NIC weighs the same and no guarantee holds room back: claims/speed ranks
         # placements exactly as Mb/s over speed, and the exact count planner applies.
         self.unit_weight = unit.pop() if len(unit) == 1 else (1000 if not unit else None)

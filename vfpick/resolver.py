@@ -21,11 +21,8 @@ domain's claims before (for rollback). changed: the XML differs from the input."
 
 
 def libvirt_network_exists(config, name):
-    """A libvirt network of this host, found without calling libvirt (the hook may not)."""
-    if "/" in name or name.startswith("."):
-        return False
-    networks_dir = os.path.join(config.libvirt_config_dir, "networks")
-    return os.path.exists(os.path.join(networks_dir, name + ".xml"))
+    """A libvirt network of this host (in the config's libvirt_config_dir)."""
+    return configmod.network_file_exists((os.path.join(config.libvirt_config_dir, "networks"),), name)
 
 
 def _unicast_mac(text):
