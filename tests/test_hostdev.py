@@ -16,7 +16,8 @@ from lxml import etree
 import domgen
 from test_domscan import HOSTILE, SECRET_MARKERS  # one hostile table for both parsers
 from vfpick.errors import XmlError
-from vfpick.hostdev import NS, Assignment, DomainXml, ManagedIface, NetIface, Overrides
+from vfpick.hostdev import NS, DomainXml, ManagedIface, NetIface, Overrides
+from vfpick.records import Assignment
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xml")
 

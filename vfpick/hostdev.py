@@ -24,10 +24,8 @@ from vfpick import bandwidth as bandwidthmod, cpulist, pci
 from vfpick.config import DISTINCT, NUMA
 from vfpick.domscan import MAX_BYTES, MAX_DEPTH, NS, canonical_uuid, normalize_mac, pci_source
 from vfpick.errors import XmlError
+from vfpick.records import Assignment
 
-Assignment = collections.namedtuple("Assignment", "mac pool vf pf link bandwidth", defaults=(None,))
-Assignment.__doc__ = """The VF chosen for one interface: recorded in vfpick's metadata.
-bandwidth: the NIC's bandwidth.Bandwidth, or None."""
 NetIface = collections.namedtuple("NetIface", "index network mac bandwidth", defaults=(None,))
 NetIface.__doc__ = """An <interface type='network'>. index: position among <devices>'s
 <interface> elements (stable across apply). mac: normalized or None. bandwidth: its
@@ -223,15 +221,16 @@ class DomainXml(object):
         return meta, (found[0] if found else None)
 
     def _entries(self):
-        """{mac: (pool, vf, pf, link, Bandwidth|None)} from vfpick:nic entries (first entry per
+        """{mac: Assignment} from vfpick:nic entries, attributes as written (first entry per
         MAC wins)."""
         entries = {}
         dom = self._meta_domain()[1]
         for nic in ([] if dom is None else dom.findall("{%s}nic" % NS)):
             mac = normalize_mac(nic.get("mac"))
             if mac and mac not in entries:
-                entries[mac] = (nic.get("pool"), nic.get("vf"), nic.get("pf"), nic.get("link"),
-                                bandwidthmod.from_attrs(nic.get))
+                entries[mac] = Assignment(mac=mac, pool=nic.get("pool"), vf=nic.get("vf"),
+                                          pf=nic.get("pf"), link=nic.get("link"),
+                                          bandwidth=bandwidthmod.from_attrs(nic.get))
         return entries
 
     def network_interfaces(self, pools=None):
@@ -268,9 +267,9 @@ class DomainXml(object):
             if iface.get("type") == "hostdev" and mac in entries:
                 address = iface.find("source/address")
                 vf = None if address is None else pci_source(address.attrib)
-                pool, recorded, pf, _link, bw = entries[mac]
-                out.append(ManagedIface(index, mac, pool, vf, pci.normalize(recorded or ""),
-                                        pci.normalize(pf or ""), bw))
+                entry = entries[mac]
+                out.append(ManagedIface(index, mac, entry.pool, vf, pci.normalize(entry.vf or ""),
+                                        pci.normalize(entry.pf or ""), entry.bandwidth))
         return out
 
     def macs(self):
@@ -479,25 +478,23 @@ class DomainXml(object):
     def _rewrite_metadata(self, ifaces, assignments):
         entries, wanted, seen = self._entries(), [], set()
         for index, iface in enumerate(ifaces):
-            a = assignments.get(index)
-            if a is not None:
-                mac, values = a.mac, (a.pool, a.vf, a.pf, a.link, a.bandwidth)
-            else:
+            entry = assignments.get(index)
+            if entry is None:
                 mac = self._mac(iface)
                 if iface.get("type") != "hostdev" or mac not in entries:
                     continue
-                values = entries[mac]
-            if mac not in seen:
-                seen.add(mac)
-                wanted.append((mac,) + tuple(values))
+                entry = entries[mac]
+            if entry.mac not in seen:
+                seen.add(entry.mac)
+                wanted.append(entry)
         names = ("mac", "pool", "vf", "pf", "link")
         meta, dom = self._meta_domain()
         if dom is None and not wanted:
             return []
         prefix = (dom.prefix if dom is not None else "vfpick") or ""
         nic_tag = prefix + ":nic" if prefix else "nic"
-        nics = [_tag(nic_tag, list(zip(names, w)) + bandwidthmod.to_attrs(w[-1]), quote='"')
-                for w in wanted]
+        nics = [_tag(nic_tag, [(n, getattr(w, n)) for n in names] + bandwidthmod.to_attrs(w.bandwidth),
+                     quote='"') for w in wanted]
         if dom is not None:
             kept = [self._bytes(c) for c in dom if c.tag != "{%s}nic" % NS]
             start, stag_end, etag_start, end = self._span[dom]

@@ -287,7 +287,7 @@ class _State:
 
 
 def plan(population, claims, busy, max_moves=None, slack=rebalance.SLACK):
-    """rebalance.Plan by rate for *population* (a rebalance._Population): the same steps and
+    """rebalance.Plan by rate for *population* (a rebalance.Population): the same steps and
     notes as the count planner, with the bound above for the optimum."""
     p = population
     movable = sorted(p.movable)

@@ -30,21 +30,20 @@ from collections import namedtuple
 from fractions import Fraction
 
 from vfpick import config as configmod, optimum, pci, policy
+from vfpick.records import Rule
 
 SLACK = Fraction(21, 20)  # "within 5 % of the optimum"
 
-Rule = namedtuple("Rule", "distinct strict numa")
-Rule.__doc__ = """A domain's effective distinct/strict/numa for one pool (its overrides or the pool's)."""
-
 Domain = namedtuple("Domain", "uuid name movable rules numa_nodes")
 Domain.__doc__ = """What the planner knows of one domain with claims. movable: defined and
-stopped (libvirt says so, and none of its claims is active). rules: {pool: Rule}; a pool
+stopped (libvirt says so, and none of its claims is active). rules: {pool: records.Rule}; a pool
 missing there uses the pool's own settings. numa_nodes: frozenset, or None (not placed)."""
 
-Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link repair",
-                  defaults=(False,))
-Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link).
-repair: it leaves a unit it shared with another NIC of its domain (redundancy restored)."""
+Relocation = namedtuple("Relocation", "uuid domain pool mac vf pf link to_vf to_pf to_link repair",
+                        defaults=(False,))
+Relocation.__doc__ = """One NIC the plan moves, from VF vf (on pf, link) to to_vf (on to_pf,
+to_link); moves.Move is a whole domain's move as applied. repair: it leaves a unit it shared
+with another NIC of its domain (redundancy restored)."""
 
 Figures = namedtuple("Figures", "load busiest claims speed optimum mbps by_rate",
                      defaults=(None, False))
@@ -57,8 +56,8 @@ exact), or by rate a lower bound no placement beats; None when no placement keep
 Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes unrepaired")
 Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
 Figures. reachable: the lowest busiest load moving only the movable domains. goal: the load
-the moves aim at (None: nothing to do). moves: tuple of Move, grouped by domain, in the order
-to apply them (Move.repair: restores distinctness). skipped: domains whose moves could not be
+the moves aim at (None: nothing to do). moves: tuple of Relocation, grouped by domain, in the order
+to apply them (Relocation.repair: restores distinctness). skipped: domains whose moves could not be
 ordered (a cycle of full PFs). notes: one-line remarks for the user. unrepaired: one line per
 domain that shares a unit and stays so, with why."""
 
@@ -90,8 +89,13 @@ def _unit(topology, distinct, pf):
     return policy.unit_of(topology, distinct, pf) if distinct != "none" else "*"
 
 
-class _Population:
-    """The claims on the host's up links, grouped into demands (one per domain and pool)."""
+class Population:
+    """The claims on the host's up links, grouped into demands (one per domain and pool).
+
+    Public for vfpick.rateplan, which plans on the same population when NICs weigh
+    differently: host (optimum.Host), counts {pf: claims + busy VFs}, foreign {pf: busy VFs
+    nobody claimed}, claims_of {(uuid, pool): [Claim]}, demands {key: optimum.Demand},
+    movable, names {uuid: domain name}, rules {key: Rule}, overlap, and the weights of _weigh."""
 
     def __init__(self, topology, pools, claims, busy, domains, avoid=frozenset()):
         self.topology = topology
@@ -252,7 +256,7 @@ class _Population:
 
 def figures(topology, pools, claims, busy, domains=None, avoid=frozenset()):
     """Figures of the current placement (the benchmark's and the command's "before")."""
-    population = _Population(topology, pools, claims, busy, domains or {}, avoid)
+    population = Population(topology, pools, claims, busy, domains or {}, avoid)
     return population.figures(population.counts, population.optimum())
 
 
@@ -264,7 +268,7 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
     claims: {vf: Claim}; busy: {vf: uuid} VFs running domains use; domains: {uuid: Domain}
     (a uuid missing there is not movable); avoid: PF addresses no NIC may move to (drained).
     Returns Plan."""
-    population = _Population(topology, pools, claims, busy, domains, avoid)
+    population = Population(topology, pools, claims, busy, domains, avoid)
     if population.unit_weight is None:
         from vfpick import rateplan
         return rateplan.plan(population, claims, busy, max_moves, slack)
@@ -345,7 +349,7 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
 def _concretize(population, claims, busy, placement, repairs=()):
     """Moves per domain from a {key: {pf: NICs}} placement; VFs: lowest free address, VFs free
     now before VFs another move frees. A NIC of a *repairs* demand leaving a unit it shared
-    is a repair (Move.repair). Returns (moves in apply order, skipped uuids)."""
+    is a repair (Relocation.repair). Returns (moves in apply order, skipped uuids)."""
     pending = {}  # uuid -> [(claim leaving, target pf, repair)]
     for key, target in sorted(placement.items()):
         demand = population.demands[key]
@@ -398,8 +402,9 @@ def order(population, claims, busy, pending):
             for claim, pf, repair in pending.pop(uuid):
                 source = free[pf] if free[pf] else vacated[pf]
                 vf = source.pop(0)
-                moves.append(Move(uuid, claim.domain, claim.pool, claim.mac, claim.vf, claim.pf,
-                                  claim.link, vf, pf, population.host.pf_link[pf], repair))
+                moves.append(Relocation(uuid=uuid, domain=claim.domain, pool=claim.pool, mac=claim.mac,
+                                        vf=claim.vf, pf=claim.pf, link=claim.link, to_vf=vf, to_pf=pf,
+                                        to_link=population.host.pf_link[pf], repair=repair))
                 vacated[claim.pf].append(claim.vf)
                 vacated[claim.pf].sort(key=pci.sort_key)
             progress = True

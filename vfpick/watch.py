@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections import namedtuple
 
 from vfpick import domscan, hostevents, resolver, topology, vfsettings, virt
 from vfpick.errors import VfpickError
@@ -21,6 +22,10 @@ KEEPALIVE = (5, 3)                     # interval s, missed replies: a hung daem
 LOOP_LIMIT, LOOP_WINDOW = 3, 10.0      # more resolves of one domain than this in the window: a loop
 
 _event_impl = []                       # virEventRegisterDefaultImpl: once per process
+
+Work = namedtuple("Work", "kind generation uuid name reason event", defaults=(None,) * 5)
+Work.__doc__ = """One item of the watcher's queue. kind: defined | undefined (uuid, name) |
+closed (reason) | host (event: a hostevents record); generation: the connection's."""
 
 
 def log_line(message, stream=None):
@@ -51,12 +56,12 @@ class Watcher:
     # ------------------------------------------------ event loop thread: queue only, never block
     def on_lifecycle(self, _conn, dom, event, _detail, generation):
         if event == self.lv.VIR_DOMAIN_EVENT_DEFINED:
-            self.queue.put(("defined", generation, dom.UUIDString(), dom.name()))
+            self.queue.put(Work("defined", generation, dom.UUIDString(), dom.name()))
         elif event == self.lv.VIR_DOMAIN_EVENT_UNDEFINED:
-            self.queue.put(("undefined", generation, dom.UUIDString(), dom.name()))
+            self.queue.put(Work("undefined", generation, dom.UUIDString(), dom.name()))
 
     def on_close(self, _conn, reason, generation):
-        self.queue.put(("closed", generation, reason, None))
+        self.queue.put(Work("closed", generation, reason=reason))
 
     def start_event_loop(self):
         lv = self.lv
@@ -82,7 +87,7 @@ class Watcher:
             try:
                 self.monitor = hostevents.HostMonitor(
                     lambda: self.store.snapshot().all(), lambda: topology.for_config(self.config), self.log)
-                hostevents.start(self.queue.put, self.stop, self.log)
+                hostevents.start(lambda event: self.queue.put(Work("host", event=event)), self.stop, self.log)
             except VfpickError as e:
                 self.log("host events off: %s" % e)
         self.log("watching %s (config %s)" % (self.uri, self.config.path))
@@ -119,18 +124,17 @@ class Watcher:
             self.log("internal error on %s: %r" % (what, e))
 
     def dispatch(self, item):
-        kind = item[0]
+        kind = item.kind
         if kind == "host":
             if self.monitor is not None:
-                self.guarded("host event", self.monitor.handle, item[1])
+                self.guarded("host event", self.monitor.handle, item.event)
         elif kind == "closed":
-            self.guarded("connection closed", self.closed, item[1], item[2])
+            self.guarded("connection closed", self.closed, item.generation, item.reason)
         elif self.conn is None:
             return  # disconnected: the reconcile after reconnecting covers it
         elif kind in ("defined", "undefined"):
-            _kind, _generation, uuid, name = item
             handler = self.defined if kind == "defined" else self.undefined
-            self.guarded("%s %s" % (kind, name or uuid), handler, uuid, name)
+            self.guarded("%s %s" % (kind, item.name or item.uuid), handler, item.uuid, item.name)
 
     def connect(self):
         lv = self.lv
