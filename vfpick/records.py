@@ -2,7 +2,7 @@
 
 collections.namedtuple rather than dataclasses or typing.NamedTuple: the qemu
 hook imports these on every VM start, and ``dataclasses`` (via ``inspect``) or
-``typing`` would cost it more than the rest of its work.
+``typing`` would cost it more than the rest of its work (the rule: docs/DESIGN.md, "Records").
 """
 
 from collections import namedtuple
