@@ -117,7 +117,7 @@ class Sim:
         pl = self.policy
         self.all_vfs = pl.pool_vfs(topo, self.pfs)
         self.up_links = [n for n, l in topo.links.items() if l.up]
-        self.speed = pl._speeds(topo, self.pfs)
+        self.speed = pl.link_speeds(topo, self.pfs)
         self.cap = {n: sum(1 for v in self.all_vfs if self.link_of_vf(v) == n) for n in self.up_links}
         self.stats = {"multi": 0, "redundant": 0, "nics": 0, "down": 0}
         config, _ = _rebalance()

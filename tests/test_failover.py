@@ -14,7 +14,8 @@ from lxml import etree
 from vfpick import failover, resolver
 from vfpick.config import Failover
 from vfpick.errors import ConfigError, UnknownPool
-from vfpick.hostdev import Assignment, DomainXml
+from vfpick.hostdev import DomainXml
+from vfpick.records import Assignment
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xml")
 

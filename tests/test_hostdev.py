@@ -16,7 +16,8 @@ from lxml import etree
 import domgen
 from test_domscan import HOSTILE, SECRET_MARKERS  # one hostile table for both parsers
 from vfpick.errors import XmlError
-from vfpick.hostdev import NS, Assignment, DomainXml, ManagedIface, NetIface, Overrides
+from vfpick.hostdev import NS, DomainXml, ManagedIface, NetIface, Overrides
+from vfpick.records import Assignment
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "xml")
 
@@ -298,11 +299,11 @@ DTD_CASES = ["billion-laughs", "external-entity", "parameter-entity", "external-
 @pytest.mark.parametrize("bypass", ["raw-scan", "raw-scan+expat"])
 def test_each_dtd_defence_holds_alone(monkeypatch, name, bypass):
     """The raw byte scan, the expat pass and the hardened lxml parser each refuse a DTD."""
-    from vfpick import hostdev
+    from vfpick import xmlsplice
 
-    monkeypatch.setattr(hostdev, "_check_raw", lambda data: None)
+    monkeypatch.setattr(xmlsplice, "_check_raw", lambda data: None)
     if bypass == "raw-scan+expat":
-        monkeypatch.setattr(hostdev, "_node_spans", lambda data: [])
+        monkeypatch.setattr(xmlsplice, "_node_spans", lambda data: [])
     with pytest.raises(XmlError) as info:
         DomainXml.parse(HOSTILE[name])
     for marker in SECRET_MARKERS:

@@ -7,7 +7,8 @@ import pytest
 import memtopo
 from vfpick import rebalance
 from vfpick.config import Pool
-from vfpick.rebalance import Domain, Rule
+from vfpick.rebalance import Domain
+from vfpick.records import Rule
 from vfpick.records import Claim
 
 FOUR_LINKS = [[{"vfs": 8}, {"vfs": 8}], [{"vfs": 8}, {"vfs": 8}]]  # 2 cards x 2 ports, 25G, node 0

@@ -13,7 +13,8 @@ import pytest
 import memtopo
 from vfpick import rebalance
 from vfpick.config import Pool
-from vfpick.rebalance import Domain, Rule
+from vfpick.rebalance import Domain
+from vfpick.records import Rule
 from vfpick.records import Claim
 
 FOUR_25G = [[{"vfs": 16}, {"vfs": 16}], [{"vfs": 16}, {"vfs": 16}]]

@@ -63,13 +63,22 @@ LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-def pool_of_pf(config):
-    """{PF address: Pool}; a PF in several pools belongs to the first one listed."""
-    pools = {}
-    for pool in config.pools.values():
+def pool_of_pf(pools):
+    """{PF address: Pool} of *pools* ({name: Pool}, as Config.pools); a PF in several pools
+    belongs to the first one listed."""
+    out = {}
+    for pool in pools.values():
         for addr in pool.pfs:
-            pools.setdefault(addr, pool)
-    return pools
+            out.setdefault(addr, pool)
+    return out
+
+
+def network_file_exists(dirs, name):
+    """Whether *name* is a libvirt network of this host: ``NAME.xml`` in one of *dirs*, found
+    without calling libvirt (the hook may not). A name that is no plain file name never is."""
+    if not name or "/" in name or name.startswith("."):
+        return False
+    return any(os.path.exists(os.path.join(d, name + ".xml")) for d in dirs)
 
 
 def running_cache_path(config):

@@ -46,6 +46,12 @@ MetaNic = collections.namedtuple("MetaNic", "mac pool vf pf link")
 MetaNic.__doc__ = """One <vfpick:nic> entry: mac normalized, vf/pf canonical PCI or None."""
 
 
+DomainVf = collections.namedtuple("DomainVf", "vf mac pf pool managed")
+DomainVf.__doc__ = """A VF of a domain, as the hook judges it (here, not in the hook module, which
+imports nothing before it must): vf and its pf (canonical PCI; pf None when the VF is gone), mac
+(or None), pool (the config.Pool it belongs to, or None), managed: it has a vfpick:nic entry."""
+
+
 RunningOwner = collections.namedtuple("RunningOwner", "uuid name")
 RunningOwner.__doc__ = """The running domain that uses a VF, from its status file."""
 

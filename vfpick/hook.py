@@ -79,11 +79,12 @@ def _running_others(config, uuid):
 
 
 def _domain_vfs(config, facts):
-    """(vf, mac, pf, pool, managed) for every VF of the domain vfpick manages or must guard."""
+    """domscan.DomainVf of every VF of the domain vfpick manages or must guard."""
     from vfpick import config as configmod, pci
+    from vfpick.domscan import DomainVf
 
     meta = {n.mac: n for n in facts.meta_nics}
-    pool_of_pf = configmod.pool_of_pf(config)
+    pool_of_pf = configmod.pool_of_pf(config.pools)
     out = []
     for vf, mac in facts.hostdev_vfs:
         nic = meta.get(mac) if mac else None
@@ -91,7 +92,7 @@ def _domain_vfs(config, facts):
         pool = pool_of_pf.get(pf) if pf else None
         if nic is not None and nic.pool in config.pools:
             pool = config.pools[nic.pool]
-        out.append((vf, mac, pf, pool, nic is not None))
+        out.append(DomainVf(vf=vf, mac=mac, pf=pf, pool=pool, managed=nic is not None))
     return out
 
 
@@ -126,17 +127,18 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
         warnings.append(message)
 
     with StateStore.for_config(config).transaction() as claims:
-        for vf, mac, pf, pool, managed in vfs:
+        for dvf in vfs:
+            vf, mac, pf, pool = dvf.vf, dvf.mac, dvf.pf, dvf.pool
             held = claims.get(vf)
             if held is not None and held.uuid != uuid:
                 conflict("VF %s of domain '%s' is held by domain '%s' (%s); %s, or free it with "
                          "'vfpick release %s' if '%s' no longer needs it"
-                         % (vf, name, held.domain, held.uuid, _fix(name, managed, pool),
+                         % (vf, name, held.domain, held.uuid, _fix(name, dvf.managed, pool),
                             _shell_word(held.uuid), held.domain))
                 continue
             if vf in running:
                 conflict("VF %s of domain '%s' is in use by running domain '%s'; %s"
-                         % (vf, name, running[vf].name, _fix(name, managed, pool)))
+                         % (vf, name, running[vf].name, _fix(name, dvf.managed, pool)))
                 continue
             if pool is None and held is None:
                 continue  # a passthrough device that is not vfpick's business
@@ -355,13 +357,6 @@ def _one_line(e):
     return " ".join(str(e).split())
 
 
-def _libvirt_network(name):
-    """A libvirt network of this host at libvirt's default paths (the config is unreadable)."""
-    if not name or "/" in name or name.startswith("."):
-        return False
-    return any(os.path.exists(os.path.join(d, name + ".xml")) for d in NETWORK_DIRS)
-
-
 def whose(config, facts, data, marks):
     """Why the domain is vfpick's (a short phrase), or None when it is not.
 
@@ -381,17 +376,19 @@ def whose(config, facts, data, marks):
     if config is None:
         # Pools cannot be told from libvirt networks: a network libvirt does not have may be
         # an unresolved pool (and libvirt would refuse the start anyway).
+        from vfpick.config import network_file_exists
+
         for net, _ in facts.networks:
-            if not _libvirt_network(net):
+            if not network_file_exists(NETWORK_DIRS, net):
                 return "network '%s' is not a libvirt network, so it may be a vfpick pool" % net
         return None
     for net, _ in facts.networks:
         if net in config.pools:
             return "it asks for pool '%s'" % net
     # No vfpick metadata here, so a VF's pool can only come from its PF: prepare's own reading.
-    for vf, _mac, pf, pool, _managed in _domain_vfs(config, facts):
-        if pool is not None:
-            return "VF %s is on PF %s of pool '%s'" % (vf, pf, pool.name)
+    for dvf in _domain_vfs(config, facts):
+        if dvf.pool is not None:
+            return "VF %s is on PF %s of pool '%s'" % (dvf.vf, dvf.pf, dvf.pool.name)
     return None
 
 

@@ -4,9 +4,9 @@ lxml is used to parse (hardened parser) and to query the tree, but the output is
 serialization: libxml2 rewrites every attribute with double quotes (libvirt writes single),
 turns ``<a></a>`` into ``<a/>``, drops the whitespace after the root, and so on. The contract
 says everything else in the domain stays byte for byte, so edits are spliced into the original
-bytes at element offsets taken from an expat pass over the same document. Each mutation
-(``ensure_uuid``, ``apply``) splices, then re-parses the result, so queries always describe
-exactly the bytes ``to_bytes()`` returns.
+bytes at element offsets taken from an expat pass over the same document (that parse and the
+text inserted: vfpick/xmlsplice.py). Each mutation (``ensure_uuid``, ``apply``) splices, then
+re-parses the result, so queries always describe exactly the bytes ``to_bytes()`` returns.
 
 Only UTF-8 / ASCII / ISO-8859-1 documents are accepted (libvirt only ever writes UTF-8): byte
 offsets and the ASCII-only text we insert (non-ASCII goes in as character references) are
@@ -14,19 +14,14 @@ then valid in the document's own encoding.
 """
 
 import collections
-import re
 import uuid as uuidmod
-import xml.parsers.expat as expat
 
-from lxml import etree
-
-from vfpick import bandwidth as bandwidthmod, cpulist, pci
-from vfpick.domscan import MAX_BYTES, MAX_DEPTH, NS, canonical_uuid, normalize_mac, pci_source
+from vfpick import bandwidth as bandwidthmod, cpulist, pci, xmlsplice
+from vfpick.config import DISTINCT, NUMA
+from vfpick.domscan import NS, canonical_uuid, normalize_mac, pci_source
 from vfpick.errors import XmlError
+from vfpick.records import Assignment
 
-Assignment = collections.namedtuple("Assignment", "mac pool vf pf link bandwidth", defaults=(None,))
-Assignment.__doc__ = """The VF chosen for one interface: recorded in vfpick's metadata.
-bandwidth: the NIC's bandwidth.Bandwidth, or None."""
 NetIface = collections.namedtuple("NetIface", "index network mac bandwidth", defaults=(None,))
 NetIface.__doc__ = """An <interface type='network'>. index: position among <devices>'s
 <interface> elements (stable across apply). mac: normalized or None. bandwidth: its
@@ -50,105 +45,8 @@ _CARRIED = frozenset(["vlan", "alias", "boot", "address", "rom", "teaming", "acp
 # hostdev flavours survive (a virtio <driver name='vhost' queues=..> would make libvirt refuse).
 _CARRIED_IF = {"driver": ("name", ("vfio",)), "virtualport": ("type", ("802.1Qbg", "802.1Qbh"))}
 
-_DISTINCT = ("card", "link", "pf", "none")
-_NUMA = ("required", "preferred", "ignore")
 _STRICT = {"yes": True, "no": False}
 _HEAD = ("name", "uuid", "genid", "title", "description")  # libvirt's order before <metadata>
-_ENCODINGS = ("utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1")
-
-_TAG_END = re.compile(rb"""(?:[^'">]|'[^']*'|"[^"]*")*>""")
-_ENCODING_DECL = re.compile(rb"""\A(?:\xef\xbb\xbf)?<\?xml[^>]*?\sencoding\s*=\s*(?:'([^']*)'|"([^"]*)")""")
-
-
-def _hardened_parser():
-    # A fresh parser per document: lxml parsers are not thread safe.
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           dtd_validation=False, huge_tree=False, remove_blank_text=False)
-
-
-def _check_raw(data):
-    """Refusals that need no parser: size, encoding, any DTD at all."""
-    if len(data) > MAX_BYTES:
-        raise XmlError("domain XML is larger than %d bytes" % MAX_BYTES)
-    if not data.strip():
-        raise XmlError("domain XML is empty")
-    if data[:2] in (b"\xfe\xff", b"\xff\xfe") or b"\x00" in data:
-        raise XmlError("domain XML must be UTF-8 (UTF-16/32 is not supported)")
-    match = _ENCODING_DECL.match(data)
-    if match:
-        declared = (match.group(1) or match.group(2) or b"").decode("ascii", "replace").lower()
-        if declared not in _ENCODINGS:
-            raise XmlError("domain XML must be UTF-8, not %r" % declared[:32])
-    # libvirt never writes a DTD; refusing one outright leaves nothing to expand or fetch.
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise XmlError("domain XML must not contain a DOCTYPE or entity declaration")
-
-
-def _refuse_dtd(*_args):
-    raise XmlError("domain XML must not contain a DOCTYPE or entity declaration")
-
-
-def _node_spans(data):
-    """[(start, stag_end, etag_start|None, end)] for every element, comment and PI inside the
-    root, in document order (the order lxml's ``root.iter()`` yields them)."""
-    spans, open_ = [], []
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = _refuse_dtd
-    parser.EntityDeclHandler = _refuse_dtd
-    parser.UnparsedEntityDeclHandler = _refuse_dtd
-    parser.ExternalEntityRefHandler = _refuse_dtd
-
-    def start(_tag, _attrs):
-        if len(open_) >= MAX_DEPTH:
-            raise XmlError("domain XML is nested deeper than %d elements" % MAX_DEPTH)
-        begin = parser.CurrentByteIndex
-        stag_end = _TAG_END.match(data, begin).end()
-        spans.append([begin, stag_end, None, stag_end])
-        open_.append(len(spans) - 1)
-
-    def end(_tag):
-        span = spans[open_.pop()]
-        if data[span[1] - 2:span[1]] != b"/>":
-            at = parser.CurrentByteIndex
-            span[2], span[3] = at, data.index(b">", at) + 1
-
-    def comment(_text):
-        if open_:
-            at = parser.CurrentByteIndex
-            end_at = data.index(b"-->", at + 4) + 3
-            spans.append([at, end_at, None, end_at])
-
-    def pi(_target, _text):
-        if open_:
-            at = parser.CurrentByteIndex
-            end_at = data.index(b"?>", at + 2) + 2
-            spans.append([at, end_at, None, end_at])
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CommentHandler = comment
-    parser.ProcessingInstructionHandler = pi
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise XmlError("malformed domain XML: %s, line %d, column %d"
-                       % (expat.ErrorString(exc.code), exc.lineno, exc.offset))
-    return [tuple(s) for s in spans]
-
-
-def _attr(value, quote="'"):
-    # Character references for non-ASCII: valid in every encoding we accept.
-    text = (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace(quote, "&apos;" if quote == "'" else "&quot;")
-            .replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;"))
-    return quote + text + quote
-
-
-def _tag(name, attrs, quote="'", empty=True):
-    body = "".join(" %s=%s" % (k, _attr(v, quote)) for k, v in attrs if v is not None)
-    return ("<%s%s%s>" % (name, body, "/" if empty else "")).encode("ascii", "xmlcharrefreplace")
-
 
 class DomainXml(object):
     """One domain definition; construct with ``DomainXml.parse(data)``."""
@@ -163,24 +61,8 @@ class DomainXml(object):
         """Parses domain XML bytes. XmlError for malformed, hostile or non-<domain> input."""
         if isinstance(data, str):
             data = data.encode("utf-8")
-        _check_raw(data)
-        spans = _node_spans(data)
-        try:
-            root = etree.fromstring(data, _hardened_parser())
-        except etree.XMLSyntaxError as exc:
-            raise XmlError("malformed domain XML: %s" % (str(exc).splitlines() or ["?"])[0])
-        docinfo = root.getroottree().docinfo
-        if docinfo.internalDTD is not None or docinfo.doctype:
-            raise XmlError("domain XML must not contain a DOCTYPE or entity declaration")
-        if root.tag != "domain":
-            raise XmlError("not a libvirt domain: the root element is <%s>"
-                           % etree.QName(root).localname)
-        nodes = list(root.iter())
-        if len(nodes) != len(spans) or any(
-                not isinstance(n.tag, str) and n.tag not in (etree.Comment, etree.PI) for n in nodes):
-            raise XmlError("domain XML holds nodes vfpick cannot rewrite safely")
-        # The dict keeps every proxy alive, so lxml hands back these same objects later.
-        return cls(data, root, dict(zip(nodes, spans)))
+        root, spans = xmlsplice.parse(data)
+        return cls(data, root, spans)
 
     def to_bytes(self):
         return self._data
@@ -224,15 +106,16 @@ class DomainXml(object):
         return meta, (found[0] if found else None)
 
     def _entries(self):
-        """{mac: (pool, vf, pf, link, Bandwidth|None)} from vfpick:nic entries (first entry per
+        """{mac: Assignment} from vfpick:nic entries, attributes as written (first entry per
         MAC wins)."""
         entries = {}
         dom = self._meta_domain()[1]
         for nic in ([] if dom is None else dom.findall("{%s}nic" % NS)):
             mac = normalize_mac(nic.get("mac"))
             if mac and mac not in entries:
-                entries[mac] = (nic.get("pool"), nic.get("vf"), nic.get("pf"), nic.get("link"),
-                                bandwidthmod.from_attrs(nic.get))
+                entries[mac] = Assignment(mac=mac, pool=nic.get("pool"), vf=nic.get("vf"),
+                                          pf=nic.get("pf"), link=nic.get("link"),
+                                          bandwidth=bandwidthmod.from_attrs(nic.get))
         return entries
 
     def network_interfaces(self, pools=None):
@@ -269,9 +152,9 @@ class DomainXml(object):
             if iface.get("type") == "hostdev" and mac in entries:
                 address = iface.find("source/address")
                 vf = None if address is None else pci_source(address.attrib)
-                pool, recorded, pf, _link, bw = entries[mac]
-                out.append(ManagedIface(index, mac, pool, vf, pci.normalize(recorded or ""),
-                                        pci.normalize(pf or ""), bw))
+                entry = entries[mac]
+                out.append(ManagedIface(index, mac, entry.pool, vf, pci.normalize(entry.vf or ""),
+                                        pci.normalize(entry.pf or ""), entry.bandwidth))
         return out
 
     def macs(self):
@@ -310,7 +193,7 @@ class DomainXml(object):
             for el in policies:
                 if el.get("pool") != wanted:
                     continue
-                for key, allowed in (("distinct", _DISTINCT), ("strict", _STRICT), ("numa", _NUMA)):
+                for key, allowed in (("distinct", DISTINCT), ("strict", _STRICT), ("numa", NUMA)):
                     raw = el.get(key)
                     if raw is None:
                         continue
@@ -442,9 +325,9 @@ class DomainXml(object):
         if old_mac is not None and normalize_mac(old_mac.get("address")) == a.mac:
             mac = self._bytes(old_mac)  # keeps extra attributes (type, check) and spelling
         else:
-            mac = _tag("mac", [("address", a.mac)])
+            mac = xmlsplice.tag("mac", [("address", a.mac)])
         where = pci.libvirt_attrs(a.vf)
-        address = _tag("address", [("type", "pci")] + [
+        address = xmlsplice.tag("address", [("type", "pci")] + [
             (k, where[k]) for k in ("domain", "bus", "slot", "function")])
         source = b"".join((b"<source>", sep + unit if own is not None else b"", address, sep,
                            b"</source>"))
@@ -480,25 +363,23 @@ class DomainXml(object):
     def _rewrite_metadata(self, ifaces, assignments):
         entries, wanted, seen = self._entries(), [], set()
         for index, iface in enumerate(ifaces):
-            a = assignments.get(index)
-            if a is not None:
-                mac, values = a.mac, (a.pool, a.vf, a.pf, a.link, a.bandwidth)
-            else:
+            entry = assignments.get(index)
+            if entry is None:
                 mac = self._mac(iface)
                 if iface.get("type") != "hostdev" or mac not in entries:
                     continue
-                values = entries[mac]
-            if mac not in seen:
-                seen.add(mac)
-                wanted.append((mac,) + tuple(values))
+                entry = entries[mac]
+            if entry.mac not in seen:
+                seen.add(entry.mac)
+                wanted.append(entry)
         names = ("mac", "pool", "vf", "pf", "link")
         meta, dom = self._meta_domain()
         if dom is None and not wanted:
             return []
         prefix = (dom.prefix if dom is not None else "vfpick") or ""
         nic_tag = prefix + ":nic" if prefix else "nic"
-        nics = [_tag(nic_tag, list(zip(names, w)) + bandwidthmod.to_attrs(w[-1]), quote='"')
-                for w in wanted]
+        nics = [xmlsplice.tag(nic_tag, [(n, getattr(w, n)) for n in names]
+                              + bandwidthmod.to_attrs(w.bandwidth), quote='"') for w in wanted]
         if dom is not None:
             kept = [self._bytes(c) for c in dom if c.tag != "{%s}nic" % NS]
             start, stag_end, etag_start, end = self._span[dom]

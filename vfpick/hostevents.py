@@ -155,7 +155,7 @@ class HostMonitor:
 
 
 def start(put, stop, log, open_netlink=None, udev=udev_events):
-    """Daemon threads feeding ("host", event) to *put*; a source that fails logs one line.
+    """Daemon threads feeding each event (a HostEvent or LinkEvent) to *put*; a source that fails logs one line.
 
     Returns the threads (they end when *stop* is set)."""
     if open_netlink is None:
@@ -164,7 +164,7 @@ def start(put, stop, log, open_netlink=None, udev=udev_events):
     def pump(label, subscribe):
         try:
             for event in subscribe():
-                put(("host", event))
+                put(event)
         except Exception as e:  # noqa: BLE001 - an optional source: the watcher carries on without it
             if not stop.is_set():
                 log("host events: %s stopped: %s" % (label, " ".join(str(e).split()) or repr(e)))

@@ -35,10 +35,10 @@ Host = namedtuple("Host", "pf_link pf_vfs speed")
 Host.__doc__ = """pf_link: {pf: link}; pf_vfs: {pf: VFs}; speed: {link: positive number}
 (the load of a link is NICs/speed). Only the PFs and links a placement may use."""
 
-_INF = 1 << 60
+INF = 1 << 60
 
 
-class _Net:
+class Net:
     """Adjacency-list flow network; edge e's reverse is e ^ 1."""
 
     def __init__(self):
@@ -99,7 +99,7 @@ class _Net:
                 return 0
 
             while True:
-                got = dfs(s, _INF)
+                got = dfs(s, INF)
                 if not got:
                     break
                 total += got
@@ -109,7 +109,7 @@ class _Net:
         (reverse edges), never in a cycle (successive shortest paths keep it so).
         Returns (source, edge list) of a cheapest path to *t*, or None."""
         n = len(self.adj)
-        dist = [_INF] * n
+        dist = [INF] * n
         via = [-1] * n
         inq = [False] * n
         queue = deque()
@@ -131,7 +131,7 @@ class _Net:
                         if not inq[v]:
                             queue.append(v)
                             inq[v] = True
-        if dist[t] >= _INF:
+        if dist[t] >= INF:
             return None
         path, v = [], t
         while via[v] >= 0:
@@ -173,7 +173,7 @@ _Graph = namedtuple("_Graph", "net s t stay move pf_out link_sink source unit")
 def _build(demands, host, caps, fixed, movable_cost):
     """The network at link capacities *caps*. Edges by what they join: stay/move
     {(key, pf)}, pf_out {pf}, link_sink {link}, source {key}, unit {(key, unit)}."""
-    net = _Net()
+    net = Net()
     s, t = net.node(), net.node()
     link_node = {link: net.node() for link in host.speed}
     link_sink = {link: net.edge(link_node[link], t, max(0, caps[link])) for link in host.speed}
@@ -198,7 +198,7 @@ def _build(demands, host, caps, fixed, movable_cost):
             here = d.current.get(pf, 0) if movable_cost else 0
             if here:
                 stay[(d.key, pf)] = net.edge(unit_nodes[unit], pf_node[pf], here, 0)
-            move[(d.key, pf)] = net.edge(unit_nodes[unit], pf_node[pf], _INF, movable_cost)
+            move[(d.key, pf)] = net.edge(unit_nodes[unit], pf_node[pf], INF, movable_cost)
     return _Graph(net, s, t, stay, move, pf_out, link_sink, source_edge, unit_edge)
 
 

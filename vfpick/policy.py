@@ -43,15 +43,16 @@ def pool_vfs(topology, pool_pfs):
     return out
 
 
-def _numa_ok(topology, vf, nodes):
-    node = topology.vfs[vf].numa_node
+def numa_local(topology, node, nodes):
+    """Whether a device on NUMA *node* (a VF's or PF's numa_node) is local to *nodes* (the
+    domain's). The one rule of locality for the policy and the rebalance planner."""
     if node is None or node < 0:
         # An unknown node is local only where there is no other node to be on.
         return len(topology.node_cpus) <= 1
     return node in nodes
 
 
-def _speeds(topology, pool_pfs):
+def link_speeds(topology, pool_pfs):
     """Link speed for load weighting; an unknown speed counts as the slowest known one."""
     links = {topology.link_of[a] for a in pool_pfs if a in topology.pfs}
     known = [topology.links[n].speed for n in links if topology.links[n].speed]
@@ -124,7 +125,7 @@ def pick(topology, pool_pfs, claims, busy, request):
     taken.update(vf for vf, uuid in busy.items() if uuid != request.uuid)
     held = [vf for vf in request.held if vf in topology.vfs]
     ledger = _Ledger(topology, taken | set(held), claims, request.nic_rate)
-    speeds = _speeds(topology, pool_pfs)
+    speeds = link_speeds(topology, pool_pfs)
     nodes = request.numa_nodes
     numa_filter = request.numa == "required" and nodes is not None
     numa_prefer = request.numa == "preferred" and nodes is not None
@@ -161,7 +162,7 @@ def pick(topology, pool_pfs, claims, busy, request):
                 "release a domain or add PFs to the pool"
                 % (request.pool, i + 1, len(request.nics), len(candidates_all)))
         if numa_filter:
-            free = [vf for vf in free if _numa_ok(topology, vf, nodes)]
+            free = [vf for vf in free if numa_local(topology, topology.vfs[vf].numa_node, nodes)]
             if not free:
                 raise PoolExhausted(
                     "pool '%s' has no free VF on NUMA node(s) %s for NIC %d of %d (numa=required); "
@@ -200,7 +201,7 @@ def pick(topology, pool_pfs, claims, busy, request):
                 return (
                     not topology.links[link].up,
                     used.count(unit) if unit is not None else 0,
-                    numa_prefer and not _numa_ok(topology, vf, nodes),
+                    numa_prefer and not numa_local(topology, topology.vfs[vf].numa_node, nodes),
                     -depth.get(pf_addr, 0),
                     Fraction(ledger.link.get(link, 0) + nic_weight, speeds[link]),
                     ledger.pf.get(pf_addr, 0),

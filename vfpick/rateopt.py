@@ -21,7 +21,7 @@ weights (vfpick.rateplan, README "Rebalancing", "By rate").
 from collections import namedtuple
 from fractions import Fraction
 
-from vfpick import policy, rebalance
+from vfpick import config as configmod, policy, rebalance
 
 RateFigures = namedtuple("RateFigures", "load busiest mbps speed optimum exact")
 RateFigures.__doc__ = """load: the busiest up link's Mb/s over its speed (Fraction; 0 when
@@ -30,7 +30,7 @@ optimum (Fraction) or None when no placement keeps the domains apart; exact: see
 
 def _weights(pools, claims, busy, topology):
     """{vf: Mb/s} of every claim and unclaimed busy VF of the pools' PFs."""
-    pool_of_pf = rebalance._pool_of_pf(pools)
+    pool_of_pf = configmod.pool_of_pf(pools)
     out = {}
     for vf, claim in claims.items():
         pool = pools.get(claim.pool)
@@ -38,7 +38,7 @@ def _weights(pools, claims, busy, topology):
     for vf in busy:
         record = topology.vfs.get(vf)
         if vf not in out and record is not None and record.pf in pool_of_pf:
-            out[vf] = pools[pool_of_pf[record.pf]].nic_rate
+            out[vf] = pool_of_pf[record.pf].nic_rate
     return out
 
 

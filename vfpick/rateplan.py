@@ -76,7 +76,7 @@ def bound(population, demands):
                  for key, d in demands.items() if d.units)
 
     def feasible(threshold):
-        net = optimum._Net()
+        net = optimum.Net()
         s, t = net.node(), net.node()
         link_node = {}
         for link, speed in host.speed.items():
@@ -101,7 +101,7 @@ def bound(population, demands):
                 if unit not in units:
                     units[unit] = net.node()
                     net.edge(dn, units[unit], d.share.get(unit, 1) * max(ws[key]))
-                net.edge(units[unit], pf_node[pf], optimum._INF)
+                net.edge(units[unit], pf_node[pf], optimum.INF)
         return net.max_flow(s, t) == need
 
     total = sum(weights.values()) + sum(fixed.values())
@@ -287,7 +287,7 @@ class _State:
 
 
 def plan(population, claims, busy, max_moves=None, slack=rebalance.SLACK):
-    """rebalance.Plan by rate for *population* (a rebalance._Population): the same steps and
+    """rebalance.Plan by rate for *population* (a rebalance.Population): the same steps and
     notes as the count planner, with the bound above for the optimum."""
     p = population
     movable = sorted(p.movable)

@@ -29,22 +29,21 @@ load reachable within it. Which VF on the target PF: the lowest free address.
 from collections import namedtuple
 from fractions import Fraction
 
-from vfpick import optimum, pci, policy
+from vfpick import config as configmod, optimum, pci, policy
+from vfpick.records import Rule
 
 SLACK = Fraction(21, 20)  # "within 5 % of the optimum"
 
-Rule = namedtuple("Rule", "distinct strict numa")
-Rule.__doc__ = """A domain's effective distinct/strict/numa for one pool (its overrides or the pool's)."""
-
 Domain = namedtuple("Domain", "uuid name movable rules numa_nodes")
 Domain.__doc__ = """What the planner knows of one domain with claims. movable: defined and
-stopped (libvirt says so, and none of its claims is active). rules: {pool: Rule}; a pool
+stopped (libvirt says so, and none of its claims is active). rules: {pool: records.Rule}; a pool
 missing there uses the pool's own settings. numa_nodes: frozenset, or None (not placed)."""
 
-Move = namedtuple("Move", "uuid domain pool mac vf pf link to_vf to_pf to_link repair",
-                  defaults=(False,))
-Move.__doc__ = """One NIC to move: from VF vf (on pf, link) to to_vf (on to_pf, to_link).
-repair: it leaves a unit it shared with another NIC of its domain (redundancy restored)."""
+Relocation = namedtuple("Relocation", "uuid domain pool mac vf pf link to_vf to_pf to_link repair",
+                        defaults=(False,))
+Relocation.__doc__ = """One NIC the plan moves, from VF vf (on pf, link) to to_vf (on to_pf,
+to_link); moves.Move is a whole domain's move as applied. repair: it leaves a unit it shared
+with another NIC of its domain (redundancy restored)."""
 
 Figures = namedtuple("Figures", "load busiest claims speed optimum mbps by_rate",
                      defaults=(None, False))
@@ -57,8 +56,8 @@ exact), or by rate a lower bound no placement beats; None when no placement keep
 Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes unrepaired")
 Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
 Figures. reachable: the lowest busiest load moving only the movable domains. goal: the load
-the moves aim at (None: nothing to do). moves: tuple of Move, grouped by domain, in the order
-to apply them (Move.repair: restores distinctness). skipped: domains whose moves could not be
+the moves aim at (None: nothing to do). moves: tuple of Relocation, grouped by domain, in the order
+to apply them (Relocation.repair: restores distinctness). skipped: domains whose moves could not be
 ordered (a cycle of full PFs). notes: one-line remarks for the user. unrepaired: one line per
 domain that shares a unit and stays so, with why."""
 
@@ -70,19 +69,11 @@ def over(figure, reference):
     return float(figure / reference) - 1
 
 
-def _pool_of_pf(pools):
-    out = {}
-    for pool in pools.values():
-        for addr in pool.pfs:
-            out.setdefault(addr, pool.name)
-    return out
-
-
 def host_for(topology, pools):
     """optimum.Host of the pools' PFs on up links."""
     pf_link, pf_vfs, speed = {}, {}, {}
     for pool in pools.values():
-        speeds = policy._speeds(topology, pool.pfs)
+        speeds = policy.link_speeds(topology, pool.pfs)
         for addr in pool.pfs:
             pf = topology.pfs.get(addr)
             link = topology.link_of.get(addr)
@@ -98,20 +89,18 @@ def _unit(topology, distinct, pf):
     return policy.unit_of(topology, distinct, pf) if distinct != "none" else "*"
 
 
-def _pf_local(topology, pf, nodes):
-    node = topology.pfs[pf].numa_node
-    if node is None or node < 0:
-        return len(topology.node_cpus) <= 1
-    return node in nodes
+class Population:
+    """The claims on the host's up links, grouped into demands (one per domain and pool).
 
-
-class _Population:
-    """The claims on the host's up links, grouped into demands (one per domain and pool)."""
+    Public for vfpick.rateplan, which plans on the same population when NICs weigh
+    differently: host (optimum.Host), counts {pf: claims + busy VFs}, foreign {pf: busy VFs
+    nobody claimed}, claims_of {(uuid, pool): [Claim]}, demands {key: optimum.Demand},
+    movable, names {uuid: domain name}, rules {key: Rule}, overlap, and the weights of _weigh."""
 
     def __init__(self, topology, pools, claims, busy, domains, avoid=frozenset()):
         self.topology = topology
         self.host = host_for(topology, pools)
-        pool_of_pf = _pool_of_pf(pools)
+        pool_of_pf = configmod.pool_of_pf(pools)
         self.counts = {}      # {pf: claims + busy VFs} on the host
         self.foreign = {}     # {pf: busy VFs nobody claimed}
         self.claims_of = {}   # {(uuid, pool): [Claim on the host]}
@@ -122,7 +111,8 @@ class _Population:
                 self.foreign[record.pf] = self.foreign.get(record.pf, 0) + 1
                 self.counts[record.pf] = self.counts.get(record.pf, 0) + 1
         for claim in claims.values():
-            if claim.pf in self.host.pf_link and pool_of_pf.get(claim.pf) == claim.pool:
+            owner = pool_of_pf.get(claim.pf)
+            if claim.pf in self.host.pf_link and owner is not None and owner.name == claim.pool:
                 self.claims_of.setdefault((claim.uuid, claim.pool), []).append(claim)
                 self.counts[claim.pf] = self.counts.get(claim.pf, 0) + 1
             else:
@@ -153,7 +143,7 @@ class _Population:
                     if pf in avoid or (rule.distinct != "none" and unit in elsewhere):
                         continue
                     if rule.numa in ("required", "preferred") and nodes is not None \
-                            and not _pf_local(topology, pf, nodes):
+                            and not policy.numa_local(topology, topology.pfs[pf].numa_node, nodes):
                         continue
                 units[pf] = unit
             n = len(held)
@@ -184,10 +174,10 @@ class _Population:
                 self.weights[c.vf] = policy.weight(c.rate_mbps, pool.nic_rate)
                 self.reserve[c.vf] = policy.reserved(c.rate_mbps, c.min_rate_mbps)
                 self.where[c.vf] = c.pf
-        self.foreign_weight = {pf: n * pools[pool_of_pf[pf]].nic_rate
+        self.foreign_weight = {pf: n * pool_of_pf[pf].nic_rate
                                for pf, n in self.foreign.items()}
         self.guarded = frozenset(name for name, pool in pools.items() if pool.guarantee)
-        unit = set(self.weights.values()) | {pools[pool_of_pf[pf]].nic_rate for pf in self.foreign}
+        unit = set(self.weights.values()) | {pool_of_pf[pf].nic_rate for pf in self.foreign}
         # Every NIC weighs the same and no guarantee holds room back: claims/speed ranks
         # placements exactly as Mb/s over speed, and the exact count planner applies.
         self.unit_weight = unit.pop() if len(unit) == 1 else (1000 if not unit else None)
@@ -266,7 +256,7 @@ class _Population:
 
 def figures(topology, pools, claims, busy, domains=None, avoid=frozenset()):
     """Figures of the current placement (the benchmark's and the command's "before")."""
-    population = _Population(topology, pools, claims, busy, domains or {}, avoid)
+    population = Population(topology, pools, claims, busy, domains or {}, avoid)
     return population.figures(population.counts, population.optimum())
 
 
@@ -278,7 +268,7 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
     claims: {vf: Claim}; busy: {vf: uuid} VFs running domains use; domains: {uuid: Domain}
     (a uuid missing there is not movable); avoid: PF addresses no NIC may move to (drained).
     Returns Plan."""
-    population = _Population(topology, pools, claims, busy, domains, avoid)
+    population = Population(topology, pools, claims, busy, domains, avoid)
     if population.unit_weight is None:
         from vfpick import rateplan
         return rateplan.plan(population, claims, busy, max_moves, slack)
@@ -359,7 +349,7 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
 def _concretize(population, claims, busy, placement, repairs=()):
     """Moves per domain from a {key: {pf: NICs}} placement; VFs: lowest free address, VFs free
     now before VFs another move frees. A NIC of a *repairs* demand leaving a unit it shared
-    is a repair (Move.repair). Returns (moves in apply order, skipped uuids)."""
+    is a repair (Relocation.repair). Returns (moves in apply order, skipped uuids)."""
     pending = {}  # uuid -> [(claim leaving, target pf, repair)]
     for key, target in sorted(placement.items()):
         demand = population.demands[key]
@@ -412,8 +402,9 @@ def order(population, claims, busy, pending):
             for claim, pf, repair in pending.pop(uuid):
                 source = free[pf] if free[pf] else vacated[pf]
                 vf = source.pop(0)
-                moves.append(Move(uuid, claim.domain, claim.pool, claim.mac, claim.vf, claim.pf,
-                                  claim.link, vf, pf, population.host.pf_link[pf], repair))
+                moves.append(Relocation(uuid=uuid, domain=claim.domain, pool=claim.pool, mac=claim.mac,
+                                        vf=claim.vf, pf=claim.pf, link=claim.link, to_vf=vf, to_pf=pf,
+                                        to_link=population.host.pf_link[pf], repair=repair))
                 vacated[claim.pf].append(claim.vf)
                 vacated[claim.pf].sort(key=pci.sort_key)
             progress = True

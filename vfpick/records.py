@@ -2,7 +2,7 @@
 
 collections.namedtuple rather than dataclasses or typing.NamedTuple: the qemu
 hook imports these on every VM start, and ``dataclasses`` (via ``inspect``) or
-``typing`` would cost it more than the rest of its work.
+``typing`` would cost it more than the rest of its work (the rule: docs/DESIGN.md, "Records").
 """
 
 from collections import namedtuple
@@ -89,3 +89,13 @@ ignore. near: PCIe paths (tuples, as PF.pcie) of the domain's other PCI hostdevs
 
 Pick = namedtuple("Pick", "mac vf pf link card")
 Pick.__doc__ = """The VF chosen for one NIC."""
+
+Rule = namedtuple("Rule", "distinct strict numa")
+Rule.__doc__ = """A domain's effective distinct/strict/numa for one pool: its overrides
+(``<vfpick:policy>``) where set, else the pool's (resolver.effective)."""
+
+Assignment = namedtuple("Assignment", "mac pool vf pf link bandwidth", defaults=(None,))
+Assignment.__doc__ = """One ``<vfpick:nic>`` entry of a domain's metadata: the VF chosen for the
+interface with that MAC, and what vfpick recorded with it. As read back by hostdev the values
+are the attributes as written (vf/pf not normalized). bandwidth: the NIC's bandwidth.Bandwidth
+(``average``/``peak``/``floor``), or None."""

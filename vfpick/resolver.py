@@ -12,7 +12,7 @@ from collections import namedtuple
 
 from vfpick import bandwidth, config as configmod, domscan, policy, topology, vfsettings
 from vfpick.errors import ClaimConflict, PoolError, UnknownPool, XmlError
-from vfpick.records import Claim, Nic, Request
+from vfpick.records import Assignment, Claim, Nic, Request, Rule
 from vfpick.state import StateStore
 
 Result = namedtuple("Result", "xml uuid name picks previous changed warnings")
@@ -21,11 +21,8 @@ domain's claims before (for rollback). changed: the XML differs from the input."
 
 
 def libvirt_network_exists(config, name):
-    """A libvirt network of this host, found without calling libvirt (the hook may not)."""
-    if "/" in name or name.startswith("."):
-        return False
-    networks_dir = os.path.join(config.libvirt_config_dir, "networks")
-    return os.path.exists(os.path.join(networks_dir, name + ".xml"))
+    """A libvirt network of this host (in the config's libvirt_config_dir)."""
+    return configmod.network_file_exists((os.path.join(config.libvirt_config_dir, "networks"),), name)
 
 
 def _unicast_mac(text):
@@ -46,10 +43,11 @@ def _new_mac(taken, rng):
 
 
 def effective(pool, overrides):
-    return (
-        overrides.distinct or pool.distinct,
-        pool.strict if overrides.strict is None else overrides.strict,
-        overrides.numa or pool.numa,
+    """The Rule for *pool* given the domain's hostdev.Overrides for it."""
+    return Rule(
+        distinct=overrides.distinct or pool.distinct,
+        strict=pool.strict if overrides.strict is None else overrides.strict,
+        numa=overrides.numa or pool.numa,
     )
 
 
@@ -129,12 +127,13 @@ def macs_in_use(doc, claims):
     return set(doc.macs()) | {c.mac for c in claims.values() if c.mac}
 
 
-Plan = namedtuple("Plan", "assignments picks warnings")
-Plan.__doc__ = """assignments: {interface index: hostdev.Assignment}; picks: {mac: Pick}."""
+Placement = namedtuple("Placement", "assignments picks warnings")
+Placement.__doc__ = """Where a domain's NICs go: assignments {interface index: records.Assignment};
+picks {mac: Pick}; warnings: one-line remarks (best-effort distinct, missing PFs)."""
 
 
 def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), targets=None):
-    """Places every NIC of *ifaces* (Interfaces of *doc*, its uuid set); returns Plan.
+    """Places every NIC of *ifaces* (Interfaces of *doc*, its uuid set); returns Placement.
 
     No I/O but sysfs links of the domain's other PCI hostdevs (PCIe affinity): claims is
     {vf: Claim} (a transaction's mapping, or an overlay for a dry run).
@@ -143,7 +142,6 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
     free for this domain in its pool); other managed NICs keep their valid VFs.
     Raises a VfpickError when any pool cannot be met: then nothing is placed.
     """
-    from vfpick.hostdev import Assignment
 
     targets = targets or {}
     uuid, name = doc.uuid, doc.name
@@ -173,10 +171,11 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
         pool = config.pools[pool_name]
         warnings += _missing_pfs(config, pool)
         entries = sorted(by_pool[pool_name])
-        distinct, strict, numa = effective(pool, doc.overrides(pool_name))
+        rule = effective(pool, doc.overrides(pool_name))
+        distinct = rule.distinct
         request = Request(
             uuid=uuid, pool=pool_name, nics=tuple(nic for _, nic in entries),
-            distinct=distinct, strict=strict, numa=numa, policy=pool.policy,
+            distinct=distinct, strict=rule.strict, numa=rule.numa, policy=pool.policy,
             numa_nodes=numa_nodes, held=tuple(held), nic_rate=pool.nic_rate,
             guarantee=pool.guarantee, pcie_affinity=pool.pcie_affinity, near=near,
         )
@@ -195,7 +194,7 @@ def plan(config, doc, ifaces, claims, busy, topo, rng, avoid=frozenset(), target
                                             bandwidth=bandwidths.get(p.mac))
             picks[p.mac] = p
             held.append(p.vf)
-    return Plan(assignments, picks, warnings)
+    return Placement(assignments, picks, warnings)
 
 
 def near_devices(config, doc):
@@ -333,7 +332,7 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
                        % mac)
     topo = topology.for_config(config)
     busy = running_vfs(config)
-    distinct, strict, numa = effective(pool, doc.overrides(pool_name))
+    rule = effective(pool, doc.overrides(pool_name))
     domain_vfs = {vf for facts in definitions for vf, _mac in facts.hostdev_vfs + facts.actual_vfs}
     store = store or store_for(config)
     with store.transaction() as claims:
@@ -345,14 +344,15 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
         mine = claims.for_uuid(uuid)
         unused = {c.vf: c for c in stale.unused_claims(mine, definitions)}
         held = domain_vfs | {c.vf for c in mine if c.vf not in unused}
-        request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),), distinct=distinct,
-                          strict=strict, numa=numa, policy=pool.policy,
+        request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),),
+                          distinct=rule.distinct, strict=rule.strict, numa=rule.numa, policy=pool.policy,
                           numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)),
                           nic_rate=pool.nic_rate, guarantee=pool.guarantee,
                           pcie_affinity=pool.pcie_affinity, near=near_devices(config, doc))
         [p] = policy.pick(topo, policy.in_service(pool.pfs, claims.drained()), claims.mapping(),
                           busy, request)
         warnings = _missing_pfs(config, pool)
+        distinct = rule.distinct
         units = {policy.unit_of(topo, distinct, topo.vfs[vf].pf) for vf in held if vf in topo.vfs}
         if distinct != "none" and policy.unit_of(topo, distinct, p.pf) in units:
             warnings.append("pool '%s': NIC %s of domain '%s' shares a %s with another of its NICs "

@@ -114,7 +114,8 @@ def _valid_mac(mac):
 
 def rewriter(data):
     """DomainXml and domscan on arbitrary bytes: refuse with XmlError or rewrite consistently."""
-    from vfpick.hostdev import Assignment, DomainXml
+    from vfpick.hostdev import DomainXml
+    from vfpick.records import Assignment
 
     try:
         facts = domscan.scan(data)

@@ -34,8 +34,7 @@ def _domains(config, conn, claims, topo, live=False, allow_gap=False):
             continue  # gone or unreadable: not ours to move now (the planner keeps it fixed)
         rules = {}
         for name, pool in config.pools.items():
-            distinct, strict, numa = resolver.effective(pool, doc.overrides(name))
-            rules[name] = rebalance.Rule(distinct, strict, numa)
+            rules[name] = resolver.effective(pool, doc.overrides(name))
         held = [c for c in claims.values() if c.uuid == uuid]
         movable = persistent and not active and not any(c.active for c in held)
         if live and active:

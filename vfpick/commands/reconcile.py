@@ -43,7 +43,7 @@ def live_writers(snapshot):
 
 
 def _plan(config, claims, views, topo, unsettled):
-    pool_of_pf = {addr: pool.name for addr, pool in configmod.pool_of_pf(config).items()}
+    pool_of_pf = {addr: pool.name for addr, pool in configmod.pool_of_pf(config.pools).items()}
     return reconcile.plan(frozenset(config.pools), pool_of_pf, claims, views, topo, unsettled)
 
 

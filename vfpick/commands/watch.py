@@ -12,6 +12,7 @@ import queue
 import signal
 import threading
 import time
+from collections import namedtuple
 
 from vfpick import domscan, hostevents, resolver, topology, vfsettings, virt
 from vfpick.commands import define, reconcile
@@ -21,6 +22,10 @@ from vfpick.placement import placement
 BACKOFF = (0.5, 1, 2, 5, 10, 30)       # seconds between reconnect attempts
 KEEPALIVE = (5, 3)                     # interval s, missed replies: a hung daemon closes in ~20 s
 LOOP_LIMIT, LOOP_WINDOW = 3, 10.0      # more resolves of one domain than this in the window: a loop
+
+Work = namedtuple("Work", "kind generation uuid name reason event", defaults=(None,) * 5)
+Work.__doc__ = """One item of the watcher's queue. kind: defined | undefined (uuid, name) |
+closed (reason) | host (event: a hostevents record); generation: the connection's."""
 
 
 class Watcher:
@@ -45,10 +50,10 @@ class Watcher:
         kind = virt.lifecycle_kind(event)
         if kind is not None:
             name, uuid = virt.identity(dom)
-            self.queue.put((kind, generation, uuid, name))
+            self.queue.put(Work(kind, generation, uuid, name))
 
     def on_close(self, _conn, reason, generation):
-        self.queue.put(("closed", generation, reason, None))
+        self.queue.put(Work("closed", generation, reason=reason))
 
     def start_event_loop(self):
         self._loop_thread = virt.start_event_loop(self.stop)
@@ -61,7 +66,7 @@ class Watcher:
             try:
                 self.monitor = hostevents.HostMonitor(
                     lambda: self.store.snapshot().all(), lambda: topology.for_config(self.config), self.log)
-                hostevents.start(self.queue.put, self.stop, self.log)
+                hostevents.start(lambda event: self.queue.put(Work("host", event=event)), self.stop, self.log)
             except VfpickError as e:
                 self.log("host events off: %s" % e)
         self.log("watching %s (config %s)" % (self.uri, self.config.path))
@@ -98,18 +103,17 @@ class Watcher:
             self.log("internal error on %s: %r" % (what, e))
 
     def dispatch(self, item):
-        kind = item[0]
+        kind = item.kind
         if kind == "host":
             if self.monitor is not None:
-                self.guarded("host event", self.monitor.handle, item[1])
+                self.guarded("host event", self.monitor.handle, item.event)
         elif kind == "closed":
-            self.guarded("connection closed", self.closed, item[1], item[2])
+            self.guarded("connection closed", self.closed, item.generation, item.reason)
         elif self.conn is None:
             return  # disconnected: the reconcile after reconnecting covers it
         elif kind in ("defined", "undefined"):
-            _kind, _generation, uuid, name = item
             handler = self.defined if kind == "defined" else self.undefined
-            self.guarded("%s %s" % (kind, name or uuid), handler, uuid, name)
+            self.guarded("%s %s" % (kind, item.name or item.uuid), handler, item.uuid, item.name)
 
     def connect(self):
         try:
