@@ -63,4 +63,12 @@ def render(result):
     for op in ("start", "destroy"):
         lines.append(f"    {op:8s} with hook {result.medians['hook'][op]:6.2f} s   "
                      f"without {result.medians['bare'][op]:6.2f} s   ratio {data['ratios'][op]:.2f}")
+    if result.load:
+        lines.append(f"    load (1 min, before - after): this machine {load_text(result.load, 'host')}, "
+                     f"L1 {load_text(result.load, 'l1')}")
     return "\n".join(lines) + "\n"
+
+
+def load_text(load, where):
+    values = (load or {}).get(where) or []
+    return " - ".join("?" if v is None else "%.2f" % v for v in values) or "?"
