@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --source DIR # measure another tree (a proposed change) the same way
     .venv/bin/python -m bench --no-write   # print only; do not rewrite docs/
     .venv/bin/python -m bench --release-path [--source DIR]  # start/destroy hook calls only
+    .venv/bin/python -m bench --lab        # the SR-IOV lab's latest start/destroy ratios only
 
 Writes docs/BENCHMARKS.md (tables) and docs/quality.png (plot; needs matplotlib in the venv:
 ``.venv/bin/pip install matplotlib``, bench only). Benchmarks are not tests: nothing here
@@ -36,7 +37,18 @@ def main(argv=None):
     ap.add_argument("--release-path", action="store_true",
                     help="only the start/destroy hook calls (stopped end, release end, ...) on a "
                     "128-VF host; prints a table, writes nothing")
+    ap.add_argument("--lab", action="store_true",
+                    help="only the latest SR-IOV lab start/destroy ratios (scripts/test-lab "
+                    "-k timing writes them); prints a table, writes nothing")
     args = ap.parse_args(argv)
+    if args.lab:
+        lab_results = labtiming.load()
+        if not lab_results:
+            sys.stderr.write("python -m bench: no lab timing in %s; run 'scripts/test-lab -k timing' "
+                             "(as root) first\n" % labtiming.RESULTS)
+            return 1
+        print(labtiming.markdown(lab_results))
+        return 0
     if args.release_path:
         rp = perf.run_release_path(quick=args.quick, source=os.path.abspath(args.source),
                                    log=lambda m: sys.stderr.write(m + "\n"))

@@ -28,16 +28,27 @@ def load(results=RESULTS):
     return out
 
 
+def load_text(result, where):
+    """"1.20 - 3.40": the 1-min load average (this machine's, or L1's) before and after the
+    lab's measurement; "?" for a result written before the lab recorded it."""
+    values = (result.get("load") or {}).get(where) or []
+    text = " - ".join("?" if v is None else "%.2f" % float(v) for v in values)
+    return text or "?"
+
+
 def markdown(results):
     out = ["`scripts/test-lab` (scenario 9, `lab/tests/test_timing_lab.py`): `virsh start` and "
            "`virsh destroy` of a %d-VF passthrough L2 in the TCG lab VM, with vfpick's hook and "
            "without it (hook removed, daemon restarted), medians of %d each, measured side by "
-           "side in one lab run. Ratio = with hook / without." % (results[0]["nics"], results[0]["rounds"]),
-           "", "| L1 | measured | L2 type | op | with hook s | without s | ratio |",
-           "|---|---|---|---|---:|---:|---:|"]
+           "side in one lab run, the arms alternating. Ratio = with hook / without. Load: the "
+           "1-min load average before - after, of the machine running the lab and of L1."
+           % (results[0]["nics"], results[0]["rounds"]),
+           "", "| L1 | measured | L2 type | rounds | op | with hook s | without s | ratio | load here | load L1 |",
+           "|---|---|---|---:|---|---:|---:|---:|---|---|"]
     for r in results:
         for op in ("start", "destroy"):
-            out.append("| %s | %s | %s | %s | %.2f | %.2f | **%.2f** |"
-                       % (r["suite"], r.get("date", "?"), r["domain_type"], op,
-                          r["medians"]["hook"][op], r["medians"]["bare"][op], r["ratios"][op]))
+            out.append("| %s | %s | %s | %s | %s | %.2f | %.2f | **%.2f** | %s | %s |"
+                       % (r["suite"], r.get("date", "?"), r["domain_type"], r.get("rounds", "?"), op,
+                          r["medians"]["hook"][op], r["medians"]["bare"][op], r["ratios"][op],
+                          load_text(r, "host"), load_text(r, "l1")))
     return "\n".join(out)

@@ -10,7 +10,29 @@ from lab.host import CACHE, run_dir
 
 RESULTS = os.path.join(CACHE, "results")
 
-Result = collections.namedtuple("Result", "suite rounds domain_type nics medians samples")
+Result = collections.namedtuple("Result", "suite rounds domain_type nics medians samples load",
+                                defaults=(None,))
+Result.__doc__ = """load: {"host": [1-min load average before, after], "l1": [the same in L1]}, or
+None: the machine was shared, so a ratio is read beside the load it was measured under."""
+
+
+def load_now(host):
+    """(this machine's 1-min load average, L1's), each None when it cannot be read."""
+    try:
+        here = round(os.getloadavg()[0], 2)
+    except OSError:
+        here = None
+    r = host.run("cat /proc/loadavg", quiet=True)
+    try:
+        l1 = float(r.stdout.split()[0]) if r.rc == 0 else None
+    except (IndexError, ValueError):
+        l1 = None
+    return here, l1
+
+
+def loads(before, after):
+    """Result.load from two load_now() readings."""
+    return {"host": [before[0], after[0]], "l1": [before[1], after[1]]}
 
 
 def to_json(result):
@@ -41,4 +63,12 @@ def render(result):
     for op in ("start", "destroy"):
         lines.append(f"    {op:8s} with hook {result.medians['hook'][op]:6.2f} s   "
                      f"without {result.medians['bare'][op]:6.2f} s   ratio {data['ratios'][op]:.2f}")
+    if result.load:
+        lines.append(f"    load (1 min, before - after): this machine {load_text(result.load, 'host')}, "
+                     f"L1 {load_text(result.load, 'l1')}")
     return "\n".join(lines) + "\n"
+
+
+def load_text(load, where):
+    values = (load or {}).get(where) or []
+    return " - ".join("?" if v is None else "%.2f" % v for v in values) or "?"

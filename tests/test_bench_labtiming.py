@@ -3,9 +3,11 @@
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench", "__main__.py")
 
 
 def _load(name, path, package_dir=None):
@@ -49,3 +51,32 @@ def test_unreadable_results_are_left_out(tmp_path):
     (tmp_path / "timing-trixie.json").write_text('{"medians": {}}')
     assert labtiming.load(str(tmp_path)) == []
     assert labtiming.load(str(tmp_path / "absent")) == []
+
+
+def test_the_load_the_lab_ran_under_is_kept_and_shown(tmp_path):
+    results, rundir = str(tmp_path / "results"), str(tmp_path / "run")
+    loaded = _result("bookworm", 6.0)._replace(load=timing.loads((3.5, 1.25), (4.0, None)))
+    timing.write(loaded, results=results, rundir=rundir)
+    [data] = labtiming.load(results)
+    assert data["load"] == {"host": [3.5, 4.0], "l1": [1.25, None]}
+    row = [line for line in labtiming.markdown([data]).splitlines() if "| destroy |" in line]
+    assert row and row[0].endswith("| **1.20** | 3.50 - 4.00 | 1.25 - ? |")
+    assert "load (1 min, before - after): this machine 3.50 - 4.00, L1 1.25 - ?" in timing.render(loaded)
+    # a result of a lab that did not record the load yet still reads, shown as unknown
+    table = labtiming.markdown(labtiming.load(results) + [dict(data, load=None)])
+    assert [line.endswith("| ? | ? |") for line in table.splitlines() if "| bookworm |" in line] == \
+        [False, False, True, True]
+
+
+def test_bench_lab_prints_only_the_lab_result(tmp_path):
+    timing.write(_result("bookworm", 6.0), results=str(tmp_path / "results"),
+                 rundir=str(tmp_path / "run"))
+    env = dict(os.environ, VFPICK_LAB_CACHE=str(tmp_path))
+    proc = subprocess.run([sys.executable, BENCH, "--lab"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| bookworm |" in proc.stdout and "| destroy | 6.00 | 5.00 | **1.20** |" in proc.stdout
+    assert not os.path.exists(os.path.join(REPO, "docs", "BENCHMARKS.md.tmp"))
+    proc = subprocess.run([sys.executable, BENCH, "--lab"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env=dict(env, VFPICK_LAB_CACHE=str(tmp_path / "none")))
+    assert proc.returncode == 1 and "scripts/test-lab -k timing" in proc.stderr

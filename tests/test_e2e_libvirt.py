@@ -209,6 +209,23 @@ def test_plain_domains_run_untouched_with_the_hook_installed(env):
     assert not os.path.exists(env.state_path)  # vfpick recorded nothing
 
 
+
+def test_a_domain_larger_than_a_pipe_buffer_starts_and_stops_though_the_hook_reads_no_stdin(env):
+    """The installed hook's sh part exits for start/started/stopped without reading the XML
+    (installhook): libvirt's write of the rest of a >64 KiB XML then fails with EPIPE, which
+    libvirt ignores; the start and the destroy go on and the daemon stays up."""
+    big = "x" * (256 << 10)
+    name = env.virsh_define(lv.domain_xml(env.daemon.unique_name("bigxml"), description=big))
+    env.daemon.virsh("start", name)
+    assert env.daemon.is_running(name)
+    env.daemon.virsh("destroy", name)
+    assert not env.daemon.is_running(name)
+    ops = [tuple(c["argv"][1:3]) for c in env.hook_calls(name)]
+    assert ops == [("prepare", "begin"), ("start", "begin"), ("started", "begin"),
+                   ("stopped", "end"), ("release", "end")]
+    assert env.daemon.virsh("version").returncode == 0
+    assert not os.path.exists(env.state_path)
+
 # --------------------------------------------------------------------------- reconnect, migrate
 
 SCRUBBED = {"PATH": lv.DAEMON_PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root",

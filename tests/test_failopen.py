@@ -406,3 +406,27 @@ def test_the_installed_hook_starts_no_interpreter_for_ops_vfpick_does_not_act_on
         run_hook(host, "mine", op, subop, mine, env={}, hook_path=installed)
     assert [line.split()[3:5] for line in calls.read_text().splitlines()] == [
         list(pair) for pair in hook.WANTED]
+
+
+def test_the_installed_hook_leaves_stdin_unread_for_ops_vfpick_does_not_act_on(host, tmp_path):
+    """start begin, started begin and stopped end fork nothing (no `cat` to drain the XML):
+    the hook returns while libvirt's end of the pipe is still open and unwritten, which a
+    drain would wait on for ever. libvirt ignores the EPIPE of a child that closed its stdin
+    (test_e2e_libvirt: a domain larger than a pipe's buffer starts and stops)."""
+    host.write_config()
+    installed = _install(tmp_path, host)
+    for op, subop in (("start", "begin"), ("started", "begin"), ("stopped", "end")):
+        read_end, write_end = os.pipe()
+        proc = subprocess.Popen([installed, "mine", op, subop, "-"], stdin=read_end,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={})
+        os.close(read_end)
+        try:
+            # bounded: a hook that drains stdin never returns while write_end stays open
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.close(write_end)  # ends the drain (and its child's hold on the pipes)
+            proc.kill()
+            proc.communicate()
+            pytest.fail("%s %s waited for its stdin" % (op, subop))
+        os.close(write_end)
+        assert (proc.returncode, out, err) == (0, b"", b""), (op, subop)

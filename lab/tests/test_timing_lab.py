@@ -24,6 +24,7 @@ def test_start_destroy_with_and_without_hook(host, evidence):
     host.vfpick("define /root/l2b.xml", check=True)
     samples = {mode: {"start": [], "destroy": []} for mode in ("hook", "bare")}
     current = None
+    load_before = timing.load_now(host)
 
     def use(mode):
         nonlocal current
@@ -45,11 +46,12 @@ def test_start_destroy_with_and_without_hook(host, evidence):
                 cycle(host, "l2b", samples[mode])
     finally:
         hook_installed(host, True)
+    load = timing.loads(load_before, timing.load_now(host))
     result = timing.Result(suite=host.vm.image.suite if host.vm.image else "?", rounds=ROUNDS,
                            domain_type=host.domain_type, nics=2,
                            medians={mode: {op: statistics.median(v) for op, v in ops.items()}
                                     for mode, ops in samples.items()},
-                           samples=samples)
+                           samples=samples, load=load)
     paths = timing.write(result)
     text = timing.render(result)
     evidence(text + f"  written to {', '.join(paths)}\n")
