@@ -16,6 +16,6 @@ setup(
     # Lower bounds admit Debian 12's packages (the .deb runs on them).
     install_requires=["lxml>=4.9", "pyroute2>=0.7.2", "pyudev>=0.24", "libvirt-python>=9.0",
                       "prometheus_client>=0.16"],
-    extras_require={"test": ["pytest", "hypothesis", "pyyaml"], "bench": ["matplotlib"]},
+    extras_require={"test": ["pytest", "pytest-rerunfailures", "hypothesis", "pyyaml"], "bench": ["matplotlib"]},
     entry_points={"console_scripts": ["vfpick = vfpick.cli:main"]},
 )

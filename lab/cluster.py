@@ -11,6 +11,7 @@ hook) runs on each in parallel too.
 import collections
 import concurrent.futures
 import os
+import shutil
 import time
 
 from lab import image, qemu
@@ -82,3 +83,17 @@ def shutdown(hosts, keep=False):
                 h.vm.proc.kill()
     if errors:
         raise LabError("; ".join(errors))
+
+
+def keep_serial_logs(hosts, tag):
+    """Copies each host's serial log beside its dir as NAME-TAG-serial.log (a boot of the same
+    name wipes its dir); the copies' paths."""
+    kept = []
+    for h in hosts:
+        dest = os.path.join(os.path.dirname(h.vm.dir), f"{h.vm.name}-{tag}-serial.log")
+        try:
+            shutil.copyfile(h.vm.serial, dest)
+        except OSError:
+            continue
+        kept.append(dest)
+    return kept

@@ -49,6 +49,17 @@ class LabError(Exception):
     """A lab step failed (image build, boot, a command in L1)."""
 
 
+# In the message of an L1Gone whose serial log shows the guest kernel's panic: scripts/test-lab
+# reruns a scenario (once, on a freshly booted L1) only when its failure says this.
+KERNEL_PANIC = "L1 kernel panic"
+
+
+class L1Gone(LabError):
+    """L1's QEMU ended under a scenario (-no-reboot: a guest kernel panic ends it). Seen once
+    in the nested-SVM entry path of L1's kvm_amd under TCG (a stack-guard hit in
+    error_entry during __svm_vcpu_run): the emulator's, not vfpick's."""
+
+
 def log(msg):
     print(f"test-lab: {msg}", flush=True)
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 
-from lab.host import LabError, log, run_dir
+from lab.host import KERNEL_PANIC, L1Gone, LabError, log, run_dir
 
 Result = collections.namedtuple("Result", "script rc stdout stderr seconds")
 
@@ -153,11 +153,20 @@ class L1:
         deadline = time.monotonic() + timeout
         while not ready():
             if not self.alive():
-                raise LabError(f"{self.name}: qemu exited before {what}; "
-                               f"qemu log: {self._tail('qemu.log')} serial: {self._tail('serial.log')}")
+                why = f"{KERNEL_PANIC} ({self.name})" if self.panicked() else "qemu exited"
+                raise L1Gone(f"{self.name}: {why} before {what}; "
+                             f"qemu log: {self._tail('qemu.log')} serial: {self._tail('serial.log')}")
             if time.monotonic() > deadline:
                 raise LabError(f"{self.name}: no {what} after {timeout} s; serial: {self._tail('serial.log')}")
             time.sleep(0.5)
+
+    def panicked(self):
+        """Whether the guest kernel panicked (its serial log says so)."""
+        try:
+            with open(self.serial, "rb") as f:
+                return b"Kernel panic - not syncing" in f.read()
+        except OSError:
+            return False
 
     def _tail(self, name, n=600):
         try:

@@ -6,6 +6,9 @@
   evidence; afterwards L1 is put back (no domains, no claims, VFs and PFs as set up).
 - l1_pair (session): two L1 hosts joined by a private link (10.77.0.1 / 10.77.0.2), for
   live migration. Booted on first use, beside l1 if both are used.
+  An L1 found dead when a scenario starts (its QEMU ended under the one before: see
+  lab.host.L1Gone) is booted again, its serial log kept as NAME-gone-N-serial.log; a pair is
+  booted again as a pair (its link cannot be re-made for one side).
 - evidence (function): record(text) adds a line to the scenario's evidence.
 Evidence is printed in the terminal summary and written to RUNDIR/evidence.txt.
 """
@@ -14,7 +17,7 @@ import os
 import pytest
 
 from lab import cluster, suites
-from lab.host import run_dir
+from lab.host import LabError, log, run_dir
 
 _EVIDENCE = {}
 
@@ -42,21 +45,49 @@ def lab_assets(request):
                                  request.config.getoption("--lab-deb"))
 
 
-def _hosts(request, lab_assets, names, link):
-    hosts = cluster.boot(lab_assets, names, link=link)
-    request.addfinalizer(lambda: cluster.shutdown(hosts, keep=request.config.getoption("--lab-keep")))
-    return hosts
+class _Booted:
+    """The L1s of one kind (names, link), booted on first use and again when one has died."""
+
+    def __init__(self, assets, names, link):
+        self.assets, self.names, self.link = assets, names, link
+        self.hosts = None
+        self.reboots = 0
+
+    def live(self):
+        if self.hosts and all(h.vm.alive() for h in self.hosts):
+            return self.hosts
+        if self.hosts:
+            self.reboots += 1
+            kept = cluster.keep_serial_logs(self.hosts, f"gone-{self.reboots}")
+            log(f"{', '.join(self.names)}: QEMU ended under the last scenario; booting again "
+                f"(serial logs kept: {', '.join(kept) or 'none'})")
+            try:
+                cluster.shutdown(self.hosts)
+            except LabError as e:
+                log(f"stopping what was left: {e}")
+            self.hosts = None
+        self.hosts = cluster.boot(self.assets, self.names, link=self.link)
+        return self.hosts
+
+    def shutdown(self, keep):
+        if self.hosts:
+            cluster.shutdown(self.hosts, keep=keep)
+
+
+def _booted(request, lab_assets, names, link):
+    booted = _Booted(lab_assets, names, link)
+    request.addfinalizer(lambda: booted.shutdown(request.config.getoption("--lab-keep")))
+    return booted
 
 
 @pytest.fixture(scope="session")
 def l1(request, lab_assets):
-    [h] = _hosts(request, lab_assets, ["l1"], link=False)
-    return h
+    return _booted(request, lab_assets, ["l1"], link=False)
 
 
 @pytest.fixture(scope="session")
 def l1_pair(request, lab_assets):
-    return tuple(_hosts(request, lab_assets, ["l1a", "l1b"], link=True))
+    return _booted(request, lab_assets, ["l1a", "l1b"], link=True)
 
 
 @pytest.fixture
@@ -72,20 +103,24 @@ def _recording(hosts, record):
 
 @pytest.fixture
 def host(l1, evidence):
-    _recording([l1], evidence)
-    yield l1
-    _recording([l1], None)
-    l1.clean()
+    [h] = l1.live()
+    _recording([h], evidence)
+    yield h
+    _recording([h], None)
+    if h.vm.alive():   # a dead L1 has nothing to clean: the next scenario boots a new one
+        h.clean()
 
 
 @pytest.fixture
 def pair(l1_pair, evidence):
     """l1_pair, recorded as evidence and cleaned after the scenario."""
-    _recording(l1_pair, evidence)
-    yield l1_pair
-    _recording(l1_pair, None)
-    for h in l1_pair:
-        h.clean()
+    hosts = tuple(l1_pair.live())
+    _recording(hosts, evidence)
+    yield hosts
+    _recording(hosts, None)
+    if all(h.vm.alive() for h in hosts):
+        for h in hosts:
+            h.clean()
 
 
 def pytest_terminal_summary(terminalreporter):
