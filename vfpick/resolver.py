@@ -309,7 +309,7 @@ a rollback (roll_back_extra_nic) or, once libvirt accepted, their VF settings (e
 
 
 def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, store=None,
-                    pending=None):
+                    pending=None, bw=None):
     """Picks and claims (reserved) a VF for one more NIC of domain *doc* (hotplug); returns
     ExtraNic. pending: the Writer about to ask libvirt to attach it (see settle_claims).
 
@@ -318,7 +318,8 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
     as held too), the domain's policy overrides and NUMA nodes from *doc*. A claim of the
     domain that no definition uses (stale.unused_claims) is no NIC of it: reused when the pick
     lands on its VF, else dropped. Best effort that misses `distinct` is a warning, as in
-    resolve. mac None: a new one, unique among the domain's and every claim's.
+    resolve. mac None: a new one, unique among the domain's and every claim's. bw: the NIC's
+    <bandwidth> (bandwidth.Bandwidth): placed by its rate and floor, its rates in the claim.
     """
     from vfpick import stale
 
@@ -344,7 +345,7 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
         mine = claims.for_uuid(uuid)
         unused = {c.vf: c for c in stale.unused_claims(mine, definitions)}
         held = domain_vfs | {c.vf for c in mine if c.vf not in unused}
-        request = Request(uuid=uuid, pool=pool_name, nics=(Nic(mac, None),),
+        request = Request(uuid=uuid, pool=pool_name, nics=(_nic(mac, None, bw),),
                           distinct=rule.distinct, strict=rule.strict, numa=rule.numa, policy=pool.policy,
                           numa_nodes=doc.numa_nodes(topo.node_cpus), held=tuple(sorted(held)),
                           nic_rate=pool.nic_rate, guarantee=pool.guarantee,
@@ -358,8 +359,10 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
             warnings.append("pool '%s': NIC %s of domain '%s' shares a %s with another of its NICs "
                             "(distinct=%s is best effort: not enough free %ss)"
                             % (pool_name, mac, doc.name, distinct, distinct, distinct))
+        rate, peak, floor = bandwidth.rates(bw)
         fields = dict(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
-                      mac=mac, active=False, pending=pending)
+                      mac=mac, active=False, pending=pending, rate_mbps=rate, peak_mbps=peak,
+                      min_rate_mbps=floor)
         reused = unused.get(p.vf)
         # A reused claim keeps what it must put back on the VF (trust/spoofchk) when it ends.
         claim = reused._replace(**fields) if reused else Claim(applied=None, restore=None, **fields)
@@ -369,23 +372,28 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
     return ExtraNic(claim, warnings, tuple(unused.values()))
 
 
-def roll_back_extra_nic(store, extra):
+def roll_back_extra_nic(store, extra, config=None, netlink_factory=None):
     """libvirt refused the NIC: its claim goes, the unused claims it replaced come back (no
-    claim changed); one someone changed since is left alone."""
+    claim changed); one someone changed since is left alone. config: the VF settings a live
+    attach applied (extra.claim.restore) are put back, under the lock. Returns warnings."""
+    warnings = []
     with store.transaction() as claims:
         if claims.get(extra.claim.vf) == extra.claim:
             claims.drop(extra.claim.vf)
+            if config is not None:
+                warnings = vfsettings.put_back(config, [extra.claim], netlink_factory)
         for old in extra.unused:
             if claims.get(old.vf) is None:
                 claims.put(old)
+    return warnings
 
 
-def end_unused(config, store, extra):
+def end_unused(config, store, extra, netlink_factory=None):
     """libvirt took the NIC: the unused claims dropped for it end; their VFs get back the
     settings vfpick applied (under the lock, as at prepare). Returns warnings."""
     with store.transaction() as claims:
         ended = [c for c in extra.unused if claims.get(c.vf) is None]
-        return vfsettings.put_back(config, ended)
+        return vfsettings.put_back(config, ended, netlink_factory)
 
 
 def settle_claims(store, uuid, writer):

@@ -2,7 +2,10 @@
 
 attach: the pool interface gets a VF distinct from the domain's other NICs (its VFs count as
 held, as in a full resolve), the claim is written first, then libvirt's attachDeviceFlags; a
-refusal rolls the claim back. vfpick's metadata (one vfpick:nic per MAC) is updated with
+refusal rolls the claim back. The NIC's <bandwidth> is placed and recorded as define does it
+(claim rates, vfpick:nic metadata; none on the hostdev interface). A live attach sets the
+pool's trust/spoofchk and the claim's rates on the VF before libvirt's call, as prepare does at
+start (vfsettings, under the claims lock), and puts them back when libvirt refuses. vfpick's metadata (one vfpick:nic per MAC) is updated with
 setMetadata on each side that changed (live, persistent), so the domain can be re-resolved.
 detach: libvirt's detachDeviceFlags; a live detach is only complete when the guest has let
 go of the device and libvirt removed it from the live XML: until then (bounded wait) the claim
@@ -13,7 +16,7 @@ import time
 
 from lxml import etree
 
-from vfpick import domscan, resolver, vfsettings, virt
+from vfpick import bandwidth, domscan, resolver, vfsettings, virt
 from vfpick.commands import Report
 from vfpick.errors import LibvirtFailure, UnknownPool, VfpickError, XmlError
 from vfpick.hostdev import Assignment, DomainXml
@@ -97,9 +100,33 @@ def _set_metadata(dom, side, meta_el):
     virt.set_metadata(dom, side, etree.tostring(plain).decode(), domscan.NS, "vfpick")
 
 
-def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None):
+def _apply_live(config, store, claim, netlink_factory, warnings):
+    """Sets the VF settings of a live attach's claim, as prepare does (under the claims lock);
+    returns the claim recording applied/restore. A refusal raises VfpickError, nothing set."""
+    pool = config.pools.get(claim.pool)
+    if not vfsettings.wanted(claim, pool):
+        return claim
+    netlink = vfsettings.Netlink(netlink_factory)
+    try:
+        with store.transaction() as claims:
+            if claims.get(claim.vf) != claim:
+                return claim  # changed meanwhile (reconcile): the next prepare sets them
+            try:
+                new = vfsettings.apply(config, claim, pool, netlink, warnings)
+            except (VfpickError, LookupError, OSError) as e:
+                raise VfpickError("cannot set the VF settings of NIC %s on VF %s: %s"
+                                  % (claim.mac, claim.vf, " ".join(str(e).split()))) from None
+            claims.put(new)
+            return new
+    finally:
+        netlink.close()
+
+
+def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
+               netlink_factory=None):
     """Report.result: the new NIC's claim."""
     pool_name, mac, iface = parse_nic(config, data)
+    bw = bandwidth.from_interface(iface, "the interface (network '%s')" % pool_name)
     lv_error = virt.libvirt_error()
     store = resolver.store_for(config)
     conn = virt.connect(uri)
@@ -118,10 +145,21 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None):
         # the new VF) must not drop it (docs/DESIGN.md, "Reconcile").
         me = writer.me()
         extra = resolver.claim_extra_nic(config, docs[-1], uuid, pool_name, mac,
-                                         definitions, rng=rng, store=store, pending=me)
+                                         definitions, rng=rng, store=store, pending=me, bw=bw)
         claim, warnings = extra.claim, list(extra.warnings)
+        applied = False
+        if virt.LIVE in targets:
+            # Before libvirt's call: the guest never sees the VF without them.
+            try:
+                fresh = claim.applied is None
+                claim = _apply_live(config, store, claim, netlink_factory, warnings)
+            except VfpickError as e:
+                resolver.roll_back_extra_nic(store, extra)
+                raise VfpickError("%s (no claim changed)" % e) from None
+            applied = fresh and claim.applied is not None
+            extra = extra._replace(claim=claim)
         assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
-                                link=claim.link)
+                                link=claim.link, bandwidth=bw)
         if iface.find("mac") is None:
             etree.SubElement(iface, "mac", address=claim.mac)
         parts = {side: _resolved_parts(xmls[side], iface, assignment) for side in targets}
@@ -129,9 +167,11 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None):
             # One call for both sides: libvirt changes live and persistent together or neither.
             virt.attach(dom, parts[targets[0]][0], targets)
         except lv_error as e:
-            resolver.roll_back_extra_nic(store, extra)
-            raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)"
-                                 % (name, virt.error_message(e))) from None
+            back = resolver.roll_back_extra_nic(store, extra, config if applied else None,
+                                                netlink_factory)
+            raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)%s"
+                                 % (name, virt.error_message(e),
+                                    "".join("; " + w for w in back))) from None
         for side in targets:
             try:
                 _set_metadata(dom, side, parts[side][1])
@@ -141,7 +181,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None):
     finally:
         virt.close(conn)
     resolver.settle_claims(store, claim.uuid, me)
-    warnings += resolver.end_unused(config, store, extra)
+    warnings += resolver.end_unused(config, store, extra, netlink_factory)
     if virt.LIVE in targets:
         _update(store, claim, active=True)
     line = "attached %s to domain '%s' (%s): %s" % (
@@ -196,7 +236,8 @@ def _without_nic_metadata(xml, mac):
     return meta
 
 
-def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None):
+def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None,
+               netlink_factory=None):
     """Report.result: the VFs released."""
     timeout = DETACH_TIMEOUT if timeout is None else timeout
     wanted = domscan.normalize_mac(mac)
@@ -263,7 +304,7 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
                 claims.drop(claim.vf)
                 released.append(claim.vf)
                 ended.append(claim)
-        warnings = vfsettings.put_back(config, ended)
+        warnings = vfsettings.put_back(config, ended, netlink_factory)
     detached = [label for label in targets if label not in removed]
     line = "%s%s%s" % (
         "detached %s from domain '%s' (%s)" % (wanted, name, " and ".join(detached))
