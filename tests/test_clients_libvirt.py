@@ -128,6 +128,26 @@ def test_attach_config_to_a_shut_off_domain_picks_a_distinct_link(env):
     assert hostdev_vfs(env.daemon.dumpxml(name, inactive=True)) == vfs
 
 
+def test_attach_config_with_bandwidth_keeps_it_in_metadata_and_claim_not_on_the_hostdev(env):
+    name = env.define(nics=1)
+    bw = (b"<bandwidth><inbound floor='12207'/><outbound average='61035' peak='122070'/>"
+          b"</bandwidth></interface>")
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=NIC.replace(b"</interface>", bw),
+                  check=0)
+    assert ("attached %s to domain '%s' (persistent)" % (NEW_MAC, name)).encode() in proc.stdout
+    xml = env.daemon.dumpxml(name, inactive=True)
+    assert "<bandwidth" not in xml, xml
+    root = etree.fromstring(xml.encode())
+    [entry] = [n for n in root.iter("{%s}nic" % VFPICK_NS) if n.get("mac") == NEW_MAC]
+    assert (entry.get("average"), entry.get("peak"), entry.get("floor")) == ("61035", "122070", "12207")
+    [claim] = [c for c in env.claims(name) if c["mac"] == NEW_MAC]
+    assert (claim.get("rate_mbps"), claim.get("min_rate_mbps")) == (500, 100), claim
+    # the domain re-resolves to itself, the rates kept
+    assert ("kept domain '%s'" % name).encode() in env.cli("repick", name).stdout
+    [claim] = [c for c in env.claims(name) if c["mac"] == NEW_MAC]
+    assert claim.get("min_rate_mbps") == 100, claim
+
+
 def test_attach_refused_by_libvirt_rolls_the_claim_back(env):
     name = env.define(nics=1)
     before = env.claims()

@@ -111,7 +111,8 @@ def test_attach_with_bandwidth_records_rates_and_metadata_and_no_bandwidth_on_th
     dom = fake(Dom(nl, host, running=False))
     claim = attach(cfg, nl, persistent=True).result
     assert (claim.rate_mbps, claim.peak_mbps, claim.min_rate_mbps) == (500, 1000, 100)
-    assert claims(cfg)[claim.vf].rate_mbps == 500
+    stored = claims(cfg)[claim.vf]
+    assert (stored.rate_mbps, stored.peak_mbps, stored.min_rate_mbps) == (500, 1000, 100)
     [(xml, sides)] = dom.attached
     iface = etree.fromstring(xml)
     assert sides == (virt.PERSISTENT,) and iface.get("type") == "hostdev"
