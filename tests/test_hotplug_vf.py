@@ -84,12 +84,17 @@ def fake(monkeypatch):
     return install
 
 
-@pytest.fixture
-def nl(host):
+def netlink_for(host, rates="both"):
+    """A fake netlink with every PF of *host*; *rates*: what their driver takes (fakenetlink)."""
     fake_nl = FakeNetlink()
     for netdev in host.netdevs():
-        fake_nl.add_link(netdev, num_vfs=64)
+        fake_nl.add_link(netdev, num_vfs=64, rates=rates)
     return fake_nl
+
+
+@pytest.fixture
+def nl(host):
+    return netlink_for(host)
 
 
 def config(host, body=TRUSTED, pfs=None):
@@ -195,9 +200,7 @@ def test_config_only_attach_applies_nothing(host, nl, fake):
 
 def test_live_attach_driver_refusing_the_floor_is_one_warning(make_host, fake):
     host = make_host()
-    nl = FakeNetlink()
-    for netdev in host.netdevs():
-        nl.add_link(netdev, num_vfs=64, rates="max")
+    nl = netlink_for(host, rates="max")
     cfg = config(host, body="")
     fake(Dom(nl, host))
     report = attach(cfg, nl, live=True)
@@ -208,9 +211,7 @@ def test_live_attach_driver_refusing_the_floor_is_one_warning(make_host, fake):
 
 def test_live_attach_under_guarantee_refuses_what_the_driver_cannot_guarantee(make_host, fake):
     host = make_host()
-    nl = FakeNetlink()
-    for netdev in host.netdevs():
-        nl.add_link(netdev, num_vfs=64, rates="max")
+    nl = netlink_for(host, rates="max")
     cfg = config(host, body=TRUSTED + "guarantee = yes\n")
     dom = fake(Dom(nl, host))
     with pytest.raises(VfpickError) as e:
