@@ -148,6 +148,17 @@ def test_attach_config_with_bandwidth_keeps_it_in_metadata_and_claim_not_on_the_
     assert claim.get("min_rate_mbps") == 100, claim
 
 
+def test_attach_a_guarantee_pool_cannot_meet_is_one_line_and_changes_no_claim(env):
+    env.host.write_config(pools={"fast": "pfs = %s\nguarantee = yes\n" % " ".join(env.host.netdevs())})
+    name = env.define(nics=1)
+    before, xml = env.claims(), env.daemon.dumpxml(name, inactive=True)
+    floor = b"<bandwidth><inbound floor='3100000'/></bandwidth></interface>"   # 25396 Mb/s > 25G
+    proc = vfpick(env.host, "attach", name, "-", "--config", input=NIC.replace(b"</interface>", floor))
+    assert_user_error(proc, "pool 'fast' cannot guarantee 25396 Mb/s", "guarantee=yes")
+    assert env.claims() == before
+    assert env.daemon.dumpxml(name, inactive=True) == xml
+
+
 def test_attach_refused_by_libvirt_rolls_the_claim_back(env):
     name = env.define(nics=1)
     before = env.claims()

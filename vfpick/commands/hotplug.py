@@ -5,8 +5,9 @@ held, as in a full resolve), the claim is written first, then libvirt's attachDe
 refusal rolls the claim back. The NIC's <bandwidth> is placed and recorded as define does it
 (claim rates, vfpick:nic metadata; none on the hostdev interface). A live attach sets the
 pool's trust/spoofchk and the claim's rates on the VF before libvirt's call, as prepare does at
-start (vfsettings, under the claims lock), and puts them back when libvirt refuses. vfpick's metadata (one vfpick:nic per MAC) is updated with
-setMetadata on each side that changed (live, persistent), so the domain can be re-resolved.
+start (vfsettings, under the claims lock), and puts them back when libvirt refuses. vfpick's
+metadata (one vfpick:nic per MAC) is updated with setMetadata on each side that changed (live,
+persistent), so the domain can be re-resolved.
 detach: libvirt's detachDeviceFlags; a live detach is only complete when the guest has let
 go of the device and libvirt removed it from the live XML: until then (bounded wait) the claim
 stays. The claims lock is never held while libvirt is called.
