@@ -1,6 +1,6 @@
 """vfpick attach of a pool interface with <bandwidth>, and the VF settings of a live attach.
 
-libvirt's side is a small stand-in for the domain (vfpick.virt's calls patched): no libvirt here
+libvirt's side is a small stand-in (Dom) passed as hotplug's libvirt_api: no libvirt here
 can hot-plug a VF (the test driver has no attachDeviceFlags; a real libvirtd has no IOMMU), and
 the stand-in records what the VF had (tests/fakenetlink.py) when libvirt was asked. The claims,
 the resolver, the simulated host and vfsettings are the real ones. test_clients_libvirt.py has
@@ -33,7 +33,8 @@ def nic(extra=BANDWIDTH, mac=MAC):
 
 
 class Dom:
-    """One domain as libvirt would hold it; attach records the VF's state at the call."""
+    """One domain as libvirt would hold it, answering the vfpick.virt calls hotplug makes (its
+    libvirt_api); attach records the VF's state at the call."""
 
     def __init__(self, nl, host, running=True, refuse=False):
         xml = domain("vm", nics=0, uuid=UUID)
@@ -47,7 +48,7 @@ class Dom:
         topo = self.host.topology()
         return vf, self.nl.get_vf(topo.pfs[topo.vfs[vf].pf].netdev, topo.vfs[vf].index)
 
-    def attach(self, xml, sides):
+    def attach(self, _dom, xml, sides):
         iface = etree.fromstring(xml)
         self.seen.append(self._vf_state(iface))
         if self.refuse:
@@ -58,7 +59,7 @@ class Dom:
             root.find("devices").append(etree.fromstring(xml))
             self.xmls[side] = etree.tostring(root)
 
-    def detach(self, xml, side):
+    def detach(self, _dom, xml, side):
         mac = etree.fromstring(xml).find("mac").get("address")
         root = etree.fromstring(self.xmls[side])
         for iface in root.findall("devices/interface"):
@@ -67,21 +68,33 @@ class Dom:
         self.xmls[side] = etree.tostring(root)
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    """fake(dom): vfpick.virt answers for *dom*."""
-    def install(dom):
-        for name, value in dict(
-                connect=lambda uri: object(), close=lambda conn: None,
-                lookup=lambda conn, who: dom, identity=lambda d: ("vm", UUID),
-                is_running=lambda d: d.running, is_persistent=lambda d: True,
-                side_xml=lambda d, side: d.xmls[side], live_xml=lambda d: d.xmls[virt.LIVE],
-                attach=lambda d, xml, sides: d.attach(xml, sides),
-                detach=lambda d, xml, side: d.detach(xml, side),
-                set_metadata=lambda d, side, el, ns, key: d.metadata.__setitem__(side, el)).items():
-            monkeypatch.setattr(virt, name, value)
-        return dom
-    return install
+    # the rest of the libvirt_api: one domain behind a connection that needs nothing
+    def connect(self, uri):
+        return self
+
+    def close(self, conn):
+        pass
+
+    def lookup(self, conn, who):
+        return self
+
+    def identity(self, _dom):
+        return "vm", UUID
+
+    def is_running(self, _dom):
+        return self.running
+
+    def is_persistent(self, _dom):
+        return True
+
+    def side_xml(self, _dom, side):
+        return self.xmls[side]
+
+    def live_xml(self, _dom):
+        return self.xmls[virt.LIVE]
+
+    def set_metadata(self, _dom, side, element, _ns, _key):
+        self.metadata[side] = element
 
 
 def netlink_for(host, rates="both"):
@@ -105,16 +118,17 @@ def claims(cfg):
     return {c.vf: c for c in resolver.store_for(cfg).snapshot().all()}
 
 
-def attach(cfg, nl, data=None, **flags):
+def attach(dom, cfg, nl, data=None, **flags):
+    flags["libvirt_api"] = dom
     if flags.get("live"):
         flags["netlink_factory"] = lambda: nl
     return hotplug.cmd_attach(cfg, "test:///fake", "vm", nic() if data is None else data, **flags)
 
 
-def test_attach_with_bandwidth_records_rates_and_metadata_and_no_bandwidth_on_the_hostdev(host, nl, fake):
+def test_attach_with_bandwidth_records_rates_and_metadata_and_no_bandwidth_on_the_hostdev(host, nl):
     cfg = config(host, body="")
-    dom = fake(Dom(nl, host, running=False))
-    claim = attach(cfg, nl, persistent=True).result
+    dom = Dom(nl, host, running=False)
+    claim = attach(dom, cfg, nl, persistent=True).result
     assert (claim.rate_mbps, claim.peak_mbps, claim.min_rate_mbps) == (500, 1000, 100)
     stored = claims(cfg)[claim.vf]
     assert (stored.rate_mbps, stored.peak_mbps, stored.min_rate_mbps) == (500, 1000, 100)
@@ -127,27 +141,27 @@ def test_attach_with_bandwidth_records_rates_and_metadata_and_no_bandwidth_on_th
     assert (entry.get("average"), entry.get("peak"), entry.get("floor")) == ("61035", "122070", "12207")
 
 
-def test_attach_places_by_the_floor_and_refuses_when_no_link_has_room(make_host, nl, fake):
+def test_attach_places_by_the_floor_and_refuses_when_no_link_has_room(make_host, nl):
     host = make_host()
     cfg = config(host, body="guarantee = yes\n", pfs="ens1f0 ens1f1")
     other = resolver.resolve(cfg, domain("other", iface_extra=FLOOR_20G))
     taken = {c.link for c in claims(cfg).values()}
-    fake(Dom(nl, host, running=False))
-    claim = attach(cfg, nl, nic(FLOOR_20G), persistent=True).result
+    dom = Dom(nl, host, running=False)
+    claim = attach(dom, cfg, nl, nic(FLOOR_20G), persistent=True).result
     assert claim.min_rate_mbps == 20000
     assert {claim.link} | taken == {"ens1f0", "ens1f1"} and claim.link not in taken
     before = claims(cfg)
     with pytest.raises(GuaranteeImpossible) as e:
-        attach(cfg, nl, nic(FLOOR_20G, mac="52:54:00:77:00:02"), persistent=True)
+        attach(dom, cfg, nl, nic(FLOOR_20G, mac="52:54:00:77:00:02"), persistent=True)
     assert "\n" not in str(e.value)
     assert claims(cfg) == before
     assert other.xml
 
 
-def test_live_attach_sets_trust_spoofchk_and_rates_before_libvirt_and_records_them(host, nl, fake):
+def test_live_attach_sets_trust_spoofchk_and_rates_before_libvirt_and_records_them(host, nl):
     cfg = config(host)
-    dom = fake(Dom(nl, host))
-    report = attach(cfg, nl, live=True)
+    dom = Dom(nl, host)
+    report = attach(dom, cfg, nl, live=True)
     claim = report.result
     [(vf, state)] = dom.seen
     assert vf == claim.vf
@@ -166,11 +180,11 @@ def vf_now(nl, host, vf):
     return state.trust, state.spoofchk, state.max_tx_rate, state.min_tx_rate
 
 
-def test_live_attach_refused_by_libvirt_puts_the_settings_back(host, nl, fake):
+def test_live_attach_refused_by_libvirt_puts_the_settings_back(host, nl):
     cfg = config(host)
-    dom = fake(Dom(nl, host, refuse=True))
+    dom = Dom(nl, host, refuse=True)
     with pytest.raises(LibvirtFailure) as e:
-        attach(cfg, nl, live=True)
+        attach(dom, cfg, nl, live=True)
     assert "no claim changed" in str(e.value) and "\n" not in str(e.value)
     [(vf, state)] = dom.seen
     assert (state.trust, state.spoofchk) == (True, False)     # set before libvirt's call
@@ -178,44 +192,44 @@ def test_live_attach_refused_by_libvirt_puts_the_settings_back(host, nl, fake):
     assert claims(cfg) == {}
 
 
-def test_detach_of_a_live_attached_nic_puts_the_settings_back(host, nl, fake):
+def test_detach_of_a_live_attached_nic_puts_the_settings_back(host, nl):
     cfg = config(host)
-    fake(Dom(nl, host))
-    vf = attach(cfg, nl, live=True).result.vf
+    dom = Dom(nl, host)
+    vf = attach(dom, cfg, nl, live=True).result.vf
     assert vf_now(nl, host, vf)[:2] == (True, False)
     report = hotplug.cmd_detach(cfg, "test:///fake", "vm", MAC, live=True, timeout=0,
-                                netlink_factory=lambda: nl)
+                                netlink_factory=lambda: nl, libvirt_api=dom)
     assert report.result == [vf] and report.warnings == ()
     assert vf_now(nl, host, vf) == (False, True, 0, 0)
     assert claims(cfg) == {}
 
 
-def test_config_only_attach_applies_nothing(host, nl, fake):
+def test_config_only_attach_applies_nothing(host, nl):
     cfg = config(host)
-    fake(Dom(nl, host))
-    claim = attach(cfg, nl, persistent=True).result
+    dom = Dom(nl, host)
+    claim = attach(dom, cfg, nl, persistent=True).result
     assert nl.calls == [] and nl.rate_calls == []
     assert claims(cfg)[claim.vf].applied is None and claims(cfg)[claim.vf].restore is None
 
 
-def test_live_attach_driver_refusing_the_floor_is_one_warning(make_host, fake):
+def test_live_attach_driver_refusing_the_floor_is_one_warning(make_host):
     host = make_host()
     nl = netlink_for(host, rates="max")
     cfg = config(host, body="")
-    fake(Dom(nl, host))
-    report = attach(cfg, nl, live=True)
+    dom = Dom(nl, host)
+    report = attach(dom, cfg, nl, live=True)
     [warning] = report.warnings
     assert "refuses min_tx_rate 100 Mb/s" in warning
     assert claims(cfg)[report.result.vf].applied == VfSettings(None, None, 1000, 0)
 
 
-def test_live_attach_under_guarantee_refuses_what_the_driver_cannot_guarantee(make_host, fake):
+def test_live_attach_under_guarantee_refuses_what_the_driver_cannot_guarantee(make_host):
     host = make_host()
     nl = netlink_for(host, rates="max")
     cfg = config(host, body=TRUSTED + "guarantee = yes\n")
-    dom = fake(Dom(nl, host))
+    dom = Dom(nl, host)
     with pytest.raises(VfpickError) as e:
-        attach(cfg, nl, live=True)
+        attach(dom, cfg, nl, live=True)
     text = str(e.value)
     assert "guarantee = yes" in text and "no claim changed" in text and "\n" not in text
     assert dom.seen == [] and claims(cfg) == {}

@@ -28,17 +28,17 @@ DETACH_TIMEOUT = 30.0
 _POLL = 0.2
 
 
-def _targets(dom, live, config):
+def _targets(api, dom, live, config):
     """[side] (virt.LIVE, virt.PERSISTENT) to change; virsh's defaults when neither is asked."""
-    active, persistent = virt.is_running(dom), virt.is_persistent(dom)
+    active, persistent = api.is_running(dom), api.is_persistent(dom)
     if not live and not config:
         live, config = active, not active
     if live and not active:
         raise VfpickError("domain '%s' is not running: use --config to change its definition"
-                          % virt.identity(dom)[0])
+                          % api.identity(dom)[0])
     if config and not persistent:
         raise VfpickError("domain '%s' is transient (no persistent definition): drop --config"
-                          % virt.identity(dom)[0])
+                          % api.identity(dom)[0])
     return ([virt.LIVE] if live else []) + ([virt.PERSISTENT] if config else [])
 
 
@@ -91,14 +91,14 @@ def _resolved_parts(base_xml, iface, assignment):
     return etree.tostring(new).decode(), root.find("metadata/{%s}domain" % domscan.NS)
 
 
-def _set_metadata(dom, side, meta_el):
+def _set_metadata(api, dom, side, meta_el):
     """Replaces vfpick's <metadata> element. libvirt wants it without a namespace: it puts the
     element in *uri* under the prefix *key* itself (and fails on a namespaced one)."""
     plain = etree.Element(etree.QName(meta_el).localname, dict(meta_el.attrib))
     for child in meta_el:
         if isinstance(child.tag, str):
             etree.SubElement(plain, etree.QName(child).localname, dict(child.attrib))
-    virt.set_metadata(dom, side, etree.tostring(plain).decode(), domscan.NS, "vfpick")
+    api.set_metadata(dom, side, etree.tostring(plain).decode(), domscan.NS, "vfpick")
 
 
 def _apply_live(config, store, claim, netlink_factory, warnings):
@@ -124,23 +124,26 @@ def _apply_live(config, store, claim, netlink_factory, warnings):
 
 
 def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
-               netlink_factory=None):
-    """Report.result: the new NIC's claim."""
+               netlink_factory=None, libvirt_api=virt):
+    """Report.result: the new NIC's claim. libvirt_api: the libvirt calls (vfpick.virt's
+    connect, lookup, identity, is_running, is_persistent, side_xml, attach, set_metadata,
+    close); a test's stand-in where no libvirt can hot-plug a VF."""
+    api = libvirt_api
     pool_name, mac, iface = parse_nic(config, data)
     bw = bandwidth.from_interface(iface, "the interface (network '%s')" % pool_name)
     lv_error = virt.libvirt_error()
     store = resolver.store_for(config)
-    conn = virt.connect(uri)
+    conn = api.connect(uri)
     try:
-        dom = virt.lookup(conn, who)
-        targets = _targets(dom, live, persistent)
-        xmls = {side: virt.side_xml(dom, side) for side in targets}
-        name, uuid = virt.identity(dom)
+        dom = api.lookup(conn, who)
+        targets = _targets(api, dom, live, persistent)
+        xmls = {side: api.side_xml(dom, side) for side in targets}
+        name, uuid = api.identity(dom)
         docs = [DomainXml.parse(x) for x in xmls.values()]
         if mac is not None and any(mac in d.macs() for d in docs):
             raise VfpickError("domain '%s' already has an interface with MAC %s" % (name, mac))
         # Both definitions, whichever is changed: a claim neither uses is no NIC of the domain.
-        definitions = [domscan.scan(x) for x in _definitions(dom, xmls)]
+        definitions = [domscan.scan(x) for x in _definitions(api, dom, xmls)]
         # Policy overrides and NUMA placement: from the persistent side when it is changed.
         # Pending until libvirt answered: a reconcile listing the domain meanwhile (without
         # the new VF) must not drop it (docs/DESIGN.md, "Reconcile").
@@ -166,7 +169,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
         parts = {side: _resolved_parts(xmls[side], iface, assignment) for side in targets}
         try:
             # One call for both sides: libvirt changes live and persistent together or neither.
-            virt.attach(dom, parts[targets[0]][0], targets)
+            api.attach(dom, parts[targets[0]][0], targets)
         except lv_error as e:
             back = resolver.roll_back_extra_nic(store, extra, config if applied else None,
                                                 netlink_factory)
@@ -175,12 +178,12 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
                                     "".join("; " + w for w in back))) from None
         for side in targets:
             try:
-                _set_metadata(dom, side, parts[side][1])
+                _set_metadata(api, dom, side, parts[side][1])
             except lv_error as e:
                 warnings.append("NIC %s attached, but its %s metadata was not recorded: %s"
                                 % (claim.mac, side, virt.error_message(e)))
     finally:
-        virt.close(conn)
+        api.close(conn)
     resolver.settle_claims(store, claim.uuid, me)
     warnings += resolver.end_unused(config, store, extra, netlink_factory)
     if virt.LIVE in targets:
@@ -190,12 +193,12 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
     return Report((line,), tuple(warnings), claim)
 
 
-def _definitions(dom, xmls):
+def _definitions(api, dom, xmls):
     """The live XML (when running) and the persistent one (when defined), reusing *xmls*."""
     out = []
-    for side, wanted in ((virt.LIVE, virt.is_running(dom)), (virt.PERSISTENT, virt.is_persistent(dom))):
+    for side, wanted in ((virt.LIVE, api.is_running(dom)), (virt.PERSISTENT, api.is_persistent(dom))):
         if wanted:
-            out.append(xmls[side] if side in xmls else virt.side_xml(dom, side))
+            out.append(xmls[side] if side in xmls else api.side_xml(dom, side))
     return out
 
 
@@ -238,19 +241,20 @@ def _without_nic_metadata(xml, mac):
 
 
 def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None,
-               netlink_factory=None):
-    """Report.result: the VFs released."""
+               netlink_factory=None, libvirt_api=virt):
+    """Report.result: the VFs released. libvirt_api: as cmd_attach's (also detach, live_xml)."""
+    api = libvirt_api
     timeout = DETACH_TIMEOUT if timeout is None else timeout
     wanted = domscan.normalize_mac(mac)
     lv_error = virt.libvirt_error()
-    conn = virt.connect(uri)
+    conn = api.connect(uri)
     try:
-        dom = virt.lookup(conn, who)
-        name, uuid = virt.identity(dom)
-        targets = _targets(dom, live, persistent)
+        dom = api.lookup(conn, who)
+        name, uuid = api.identity(dom)
+        targets = _targets(api, dom, live, persistent)
         found, removed = {}, []
         for label in targets:
-            xml = virt.side_xml(dom, label)
+            xml = api.side_xml(dom, label)
             ifaces = _interfaces_with_mac(xml, wanted)
             if not ifaces:
                 # Removed behind vfpick's back (virsh detach-interface): vfpick's claim or
@@ -267,33 +271,33 @@ def cmd_detach(config, uri, who, mac, live=False, persistent=False, timeout=None
         for label in targets:
             for iface in found.get(label, ()):
                 try:
-                    virt.detach(dom, etree.tostring(iface).decode(), label)
+                    api.detach(dom, etree.tostring(iface).decode(), label)
                 except lv_error as e:
                     raise LibvirtFailure("libvirt refused to detach %s from '%s' (%s): %s (no claim "
                                          "changed)" % (wanted, name, label, virt.error_message(e))) from None
-        if virt.LIVE in found and not wait_removed(lambda: virt.live_xml(dom), wanted, timeout):
+        if virt.LIVE in found and not wait_removed(lambda: api.live_xml(dom), wanted, timeout):
             raise LibvirtFailure(
                 "the guest of '%s' has not released %s within %g s: libvirt still lists it, so its "
                 "VF stays claimed; check the guest (ACPI hotplug), then run 'vfpick detach %s %s "
                 "--live' again, or 'vfpick reconcile' once it is gone"
                 % (name, wanted, timeout, name, wanted))
         for side in targets:
-            meta = _without_nic_metadata(virt.side_xml(dom, side), wanted)
+            meta = _without_nic_metadata(api.side_xml(dom, side), wanted)
             if meta is not None:
                 try:
-                    _set_metadata(dom, side, meta)
+                    _set_metadata(api, dom, side, meta)
                 except lv_error:
                     pass  # the NIC is gone; a stale entry for a MAC with no interface is ignored
         # After the device is gone: the VF is free unless the other side still uses it.
         still = set()
-        live_now = virt.is_running(dom)
+        live_now = api.is_running(dom)
         for side in ([virt.LIVE] if live_now else []) + (
-                [virt.PERSISTENT] if virt.is_persistent(dom) else []):
-            still.update(vf for vf, m in domscan.scan(virt.side_xml(dom, side)).hostdev_vfs if m == wanted)
-        running_vfs = {vf for vf, m in domscan.scan(virt.live_xml(dom)).hostdev_vfs} \
+                [virt.PERSISTENT] if api.is_persistent(dom) else []):
+            still.update(vf for vf, m in domscan.scan(api.side_xml(dom, side)).hostdev_vfs if m == wanted)
+        running_vfs = {vf for vf, m in domscan.scan(api.live_xml(dom)).hostdev_vfs} \
             if live_now else set()
     finally:
-        virt.close(conn)
+        api.close(conn)
     released, ended = [], []
     with resolver.store_for(config).transaction() as claims:
         for claim in claims.for_uuid(uuid):
