@@ -96,6 +96,13 @@ def _domain_vfs(config, facts):
     return out
 
 
+def one_thread():
+    """True in a process that runs one thread, whose claims store then need not import
+    threading (a tenth of ``release end``). Threads are made through threading, so a process
+    that has not imported it (the installed hook) has one; a test calling run() has imported it."""
+    return "threading" not in sys.modules
+
+
 def prepare(config, name, facts, netlink_factory=None, reassert=False):
     """Verifies and activates the domain's claims. Raises Refusal (or VfpickError).
 
@@ -126,7 +133,7 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
             raise Refusal(message)
         warnings.append(message)
 
-    with StateStore.for_config(config).transaction() as claims:
+    with StateStore.for_config(config, one_thread=one_thread()).transaction() as claims:
         for dvf in vfs:
             vf, mac, pf, pool = dvf.vf, dvf.mac, dvf.pf, dvf.pool
             held = claims.get(vf)
@@ -217,7 +224,7 @@ def release(config, name, facts, netlink_factory=None):
 
     if not facts.uuid:
         return []
-    store = StateStore.for_config(config)
+    store = StateStore.for_config(config, one_thread=one_thread())
     try:
         os.lstat(store.path)
     except FileNotFoundError:

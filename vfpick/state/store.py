@@ -10,7 +10,6 @@ import errno
 import fcntl
 import os
 import stat
-import threading
 import time
 import types
 
@@ -28,26 +27,29 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 MAX_STATE_BYTES = 64 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# flock on this thread's own lock blocks forever (each open() is a new lock owner), so a
-# nested transaction/snapshot must fail loudly instead of hanging a VM start. Per thread: the
-# watcher's metrics server reads the claims from other threads while the main thread writes.
-_local = threading.local()
-# Threads of one process take turns on a state dir before its flock: each waits its bounded
-# turn here instead of polling the flock against a sibling.
-_turns_guard = threading.Lock()
-_turns = {}
 
 
-def _held():
-    held = getattr(_local, "held", None)
-    if held is None:
-        held = _local.held = set()
-    return held
+class _OneThread:
+    """vfpick.state.turns for a process that runs one thread: the state dirs it holds, and no
+    turns to take. Shared by all of the process's one-thread stores, so nesting is caught."""
+
+    def __init__(self):
+        self._held = set()
+
+    def held(self):
+        return self._held
+
+    def turn(self, key):
+        return self
+
+    def acquire(self, timeout=-1):
+        return True
+
+    def release(self):
+        pass
 
 
-def _turn(key):
-    with _turns_guard:
-        return _turns.setdefault(key, threading.Lock())
+_ONE_THREAD = _OneThread()
 
 
 def _why(exc):
@@ -131,15 +133,18 @@ class StateStore:
     _fault: test seam called while writing with "after-temp-open", "after-temp-write" or
     "after-rename"; what it raises is handled as a failure at that point."""
 
-    def __init__(self, state_dir, lock_timeout=DEFAULT_LOCK_TIMEOUT, _fault=None):
+    def __init__(self, state_dir, lock_timeout=DEFAULT_LOCK_TIMEOUT, one_thread=False,
+                 _fault=None):
         self.state_dir = state_dir
+        # one_thread: this process runs one thread (the hook), so it need not import threading.
+        self.one_thread = one_thread
         self.path = os.path.join(state_dir, STATE)
         self.lock_timeout = lock_timeout
         self._fault = _fault or (lambda stage: None)
 
     @classmethod
-    def for_config(cls, config):
-        return cls(config.state_dir, lock_timeout=config.lock_timeout)
+    def for_config(cls, config, one_thread=False):
+        return cls(config.state_dir, lock_timeout=config.lock_timeout, one_thread=one_thread)
 
     def transaction(self):
         """Context manager yielding a writable ClaimSet under the exclusive lock."""
@@ -245,13 +250,21 @@ class StateStore:
             return StateError("state directory %s is a symlink; refusing to use it" % self.state_dir)
         return StateError("cannot use state directory %s: %s" % (self.state_dir, _why(exc)))
 
+    def _threads(self):
+        if self.one_thread:
+            return _ONE_THREAD
+        from vfpick.state import turns
+
+        return turns
+
     def _lock(self, dfd, how):
         key = os.fstat(dfd)[1:3]  # (st_ino, st_dev)
-        if key in _held():
+        threads = self._threads()
+        if key in threads.held():
             raise RuntimeError("nested claims transaction on %s would deadlock" % self.state_dir)
         path = os.path.join(self.state_dir, LOCK)
         deadline = time.monotonic() + self.lock_timeout
-        turn = _turn(key)
+        turn = threads.turn(key)
         if not turn.acquire(timeout=max(self.lock_timeout, 0)):
             raise LockTimeout(
                 "waited %g s for the claims lock %s, held by another thread of this process "
@@ -275,15 +288,16 @@ class StateStore:
         except BaseException:
             turn.release()
             raise
-        _held().add(key)
+        threads.held().add(key)
         return lfd
 
     def _release(self, dfd, lfd):
         if lfd is not None:
             key = os.fstat(dfd)[1:3]
-            _held().discard(key)
+            threads = self._threads()
+            threads.held().discard(key)
             os.close(lfd)  # closing drops the flock
-            _turn(key).release()
+            threads.turn(key).release()
         os.close(dfd)
 
     def _open_at(self, dfd, name, flags, what):
