@@ -69,11 +69,12 @@ class Env:
     def cli(self, *args, check=0):
         return vfpick(self.host, *args, check=check)
 
-    def define(self, nics=2, name=None, devices=""):
-        """`vfpick define` of a domain with *nics* pool interfaces; returns its name."""
+    def define(self, nics=2, name=None, devices="", iface_extra=""):
+        """`vfpick define` of a domain with *nics* pool interfaces (each with *iface_extra*
+        inside); returns its name."""
         name = name or self.daemon.unique_name("vf")
-        ifaces = "".join("\n    <interface type='network'><source network='fast'/></interface>"
-                         for _ in range(nics))
+        ifaces = "".join("\n    <interface type='network'><source network='fast'/>%s</interface>"
+                         % iface_extra for _ in range(nics))
         path = self.tmp / (name + ".xml")
         path.write_text(lv.domain_xml(name, devices=ifaces + devices))
         self.daemon.track(name)  # removed at teardown even if a later step fails

@@ -322,3 +322,43 @@ def test_drain_live_where_libvirt_cannot_detach_leaves_the_domain_on_its_vf(cfg,
     assert "libvirt refused to detach VF %s from domain 'busy'" % before[0].vf in err
     assert "it keeps the VF, nothing moved" in err
     assert sorted(claims_of(cfg, busy.uuid)) == before  # no claim lost, none left behind
+
+
+
+def _floor(mbps):
+    """libvirt's <bandwidth> guaranteeing *mbps* Mb/s (its floor in KiB/s, rounded down)."""
+    return "<bandwidth><inbound floor='%d'/></bandwidth>" % (mbps * 10 ** 6 // 8192)
+
+
+def test_a_dry_run_counts_the_guarantees_it_planned_and_agrees_with_the_drain(make_host, conn,
+                                                                              capsys):
+    import copy
+
+    from vfpick import simhost
+
+    spec = copy.deepcopy(simhost.load_spec("two-dual-port"))
+    spec["cards"][1]["pfs"][0]["speed"] = 20000  # ens2f0; the others 25000
+    host = make_host(spec)
+    pool = "pfs = %s\nguarantee = yes\n"
+    cfg = host.write_config(pools={"fast": pool % "ens1f0"})
+    for name in ("a", "b"):  # 24000 of ens1f0's 25000 Mb/s
+        define_cmd.cmd_define(cfg, domain(name, iface_extra=_floor(12000)), URI)
+    cfg = host.write_config(pools={"fast": pool % "ens1f0 ens1f1"})
+    define_cmd.cmd_define(cfg, domain("c", iface_extra=_floor(14000)), URI)  # ens1f1: 11000 left
+    cfg = host.write_config(pools={"fast": pool % "ens1f0 ens1f1 ens2f0"})
+    assert {c.domain: c.link for c in claims(cfg)} == {"a": "ens1f0", "b": "ens1f0", "c": "ens1f1"}
+    # Leaving ens1f0, a and b fit nowhere but ens2f0, and it has room for one of them.
+    code, out, err = drain(host, capsys, "ens1f0", "--dry-run")
+    assert code == 1 and out.count("would move domain") == 1, (out, err)
+    assert len(err.splitlines()) == 1 and "cannot leave PF ens1f0" in err, err
+    assert "cannot guarantee 12000 Mb/s" in err, err
+    code, out, err = drain(host, capsys, "ens1f0")
+    assert code == 1 and "1 domain(s) moved, 0 running, 1 could not move" in out, (out, err)
+    links = {c.domain: c.link for c in claims(cfg)}
+    assert sorted(links.values()) == ["ens1f0", "ens1f1", "ens2f0"]
+    # The moved claim keeps its guarantee: no link's is overbooked, now or by the next pick.
+    assert {c.min_rate_mbps for c in claims(cfg)} == {12000, 14000}
+    reserved = {}
+    for c in claims(cfg):
+        reserved[c.link] = reserved.get(c.link, 0) + c.min_rate_mbps
+    assert reserved == {"ens1f0": 12000, "ens1f1": 14000, "ens2f0": 12000}

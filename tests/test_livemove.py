@@ -235,3 +235,32 @@ def test_a_plain_vf_moves_only_with_allow_gap_and_another_nic_on_a_distinct_link
         assert "no other NIC on a distinct link" in str(e.value)
     finally:
         env.conn.close()
+
+
+def test_a_nic_with_a_rate_takes_it_to_the_vf_it_moves_to(env):
+    from fakenetlink import FakeNetlink
+
+    env.cfg = configmod.load(env.host.config_path)
+    env.conn = virt.connect(lv.URI)
+    nl = FakeNetlink()
+    for netdev in env.host.netdevs():
+        nl.add_link(netdev, num_vfs=64)
+    try:
+        # 500 Mb/s average, 1000 peak, 100 guaranteed (libvirt's KiB/s)
+        name = env.define(nics=2, iface_extra="<bandwidth><inbound floor='12207'/><outbound "
+                                              "average='61035' peak='122070'/></bandwidth>")
+        dom = env.conn.lookupByName(name)
+        mac = sorted(nics(env, name))[0]
+        to_vf = free_vf_elsewhere(env, name, mac)
+        before = {c["mac"]: c for c in env.claims(name)}
+        assert (before[mac]["rate_mbps"], before[mac]["min_rate_mbps"]) == (500, 100)
+        move(env, Checked(env, dom), name, dom, mac, to_vf, allow_gap=True,
+             netlink_factory=lambda: nl)
+        after = {c["mac"]: c for c in env.claims(name)}
+        assert after[mac]["vf"] == to_vf
+        assert (after[mac]["rate_mbps"], after[mac]["min_rate_mbps"]) == (500, 100)
+        topo = env.host.topology()
+        state = nl.get_vf(topo.pfs[topo.vfs[to_vf].pf].netdev, topo.vfs[to_vf].index)
+        assert (state.max_tx_rate, state.min_tx_rate) == (1000, 100)  # the peak caps the VF
+    finally:
+        env.conn.close()

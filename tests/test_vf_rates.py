@@ -226,3 +226,16 @@ def test_bandwidth_keys(make_host, body, expect):
     host = make_host()
     pool = host.write_config(pools={"fast": "pfs = ens1f0\n%s\n" % body}).pools["fast"]
     assert (pool.nic_rate, pool.guarantee, pool.pcie_affinity) == expect
+
+
+def test_a_lost_claim_comes_back_at_prepare_with_the_rates_of_its_metadata(make_host):
+    host, nl = rates_host(make_host)
+    cfg = host.write_config()
+    xml = resolver.resolve(cfg, domain("vm1", iface_extra=BANDWIDTH)).xml
+    (vf,) = hostdev_vfs(xml)
+    with resolver.store_for(cfg).transaction() as held:
+        held.drop(vf)  # the state file lost it (restored from an old backup, say)
+    assert run(host, nl, "vm1", "prepare", xml) == (0, "")
+    claim = claims(cfg)[vf]
+    assert (claim.rate_mbps, claim.peak_mbps, claim.min_rate_mbps) == (500, 1000, 100)
+    assert nl.get_vf(*vf_key(host, vf))[2:] == (1000, 100)

@@ -315,6 +315,20 @@ def test_reconcile_rebuild_sets_a_corrupt_state_file_aside_and_recreates_it(cfg,
         assert json.load(f)["version"] == 2
 
 
+
+def test_reconcile_rebuild_takes_the_rates_from_the_metadata(cfg, conn):
+    # 500 Mb/s average, 1000 peak, 100 guaranteed (libvirt's KiB/s)
+    bw = "<bandwidth><inbound floor='12207'/><outbound average='61035' peak='122070'/></bandwidth>"
+    define.cmd_define(cfg, domain("capped", nics=2, iface_extra=bw), URI)
+    define_with_vfpick(cfg, conn, "plain", nics=1)
+    before = {c.vf: c for c in claims(cfg)}
+    assert sorted(str((c.rate_mbps, c.peak_mbps, c.min_rate_mbps)) for c in before.values()) == [
+        "(500, 1000, 100)", "(500, 1000, 100)", "(None, None, None)"]
+    with open(os.path.join(cfg.state_dir, "claims.json"), "wb") as f:
+        f.write(b"{broken")
+    run_reconcile(cfg, rebuild=True)
+    assert {c.vf: c for c in claims(cfg)} == before
+
 def test_reconcile_cli(cfg, conn, host, capsys):
     gone = define_with_vfpick(cfg, conn, "gone", nics=1)
     conn.lookupByName("gone").undefine()

@@ -88,6 +88,14 @@ def from_attrs(get):
     return Bandwidth(*values) if any(v is not None for v in values) else None
 
 
+def of_meta(nic):
+    """(rate_mbps, peak_mbps, min_rate_mbps) a domscan.MetaNic records (None each when unset):
+    what a claim rebuilt from the metadata (lost state) carries."""
+    if nic is None or nic.bandwidth is None:
+        return None, None, None
+    return rates(from_attrs(dict(zip(ATTRS, nic.bandwidth)).get))
+
+
 def to_attrs(bw):
     """[(name, text)] for vfpick:nic; None values are left out by the writer."""
     if bw is None:

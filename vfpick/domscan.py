@@ -42,14 +42,17 @@ Subtrees vfpick does not read (other applications' metadata, non-NIC devices) ar
 whatever their depth.
 """
 
-MetaNic = collections.namedtuple("MetaNic", "mac pool vf pf link")
-MetaNic.__doc__ = """One <vfpick:nic> entry: mac normalized, vf/pf canonical PCI or None."""
+MetaNic = collections.namedtuple("MetaNic", "mac pool vf pf link bandwidth", defaults=(None,))
+MetaNic.__doc__ = """One <vfpick:nic> entry: mac normalized, vf/pf canonical PCI or None.
+bandwidth: its average, peak and floor attributes as written (KiB/s text, each None when
+absent), or None when it has none; bandwidth.of_meta reads them."""
 
 
-DomainVf = collections.namedtuple("DomainVf", "vf mac pf pool managed")
+DomainVf = collections.namedtuple("DomainVf", "vf mac pf pool managed nic", defaults=(None,))
 DomainVf.__doc__ = """A VF of a domain, as the hook judges it (here, not in the hook module, which
 imports nothing before it must): vf and its pf (canonical PCI; pf None when the VF is gone), mac
-(or None), pool (the config.Pool it belongs to, or None), managed: it has a vfpick:nic entry."""
+(or None), pool (the config.Pool it belongs to, or None), managed: it has a vfpick:nic entry,
+nic (that MetaNic, or None)."""
 
 
 RunningOwner = collections.namedtuple("RunningOwner", "uuid name")
@@ -191,10 +194,11 @@ class _Scanner(object):
             return
         if rel == 3 and parent == "vfpick-domain":
             if tag == NS + " nic":
+                rates = (attrs.get("average"), attrs.get("peak"), attrs.get("floor"))
                 self.meta_nics.append(MetaNic(
                     normalize_mac(attrs.get("mac")), attrs.get("pool"),
                     pci.normalize(attrs.get("vf") or ""), pci.normalize(attrs.get("pf") or ""),
-                    attrs.get("link")))
+                    attrs.get("link"), rates if any(r is not None for r in rates) else None))
             elif tag == NS + " policy":
                 self.policies.append((attrs.get("pool"), attrs.get("distinct"),
                                       attrs.get("strict"), attrs.get("numa")))

@@ -92,7 +92,7 @@ def _domain_vfs(config, facts):
         pool = pool_of_pf.get(pf) if pf else None
         if nic is not None and nic.pool in config.pools:
             pool = config.pools[nic.pool]
-        out.append(DomainVf(vf=vf, mac=mac, pf=pf, pool=pool, managed=nic is not None))
+        out.append(DomainVf(vf=vf, mac=mac, pf=pf, pool=pool, managed=nic is not None, nic=nic))
     return out
 
 
@@ -162,9 +162,14 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                 if pool and not link_of:
                     link_of = topology.for_config(config).link_of
                 link = link_of.get(pf, pf)
+                # The NIC's rates from its metadata: a lost claim is not a lost guarantee.
+                from vfpick.bandwidth import of_meta
+
+                rate, peak, floor = of_meta(dvf.nic)
                 claim = Claim(vf=vf, pf=pf, link=link, pool=pool.name if pool else "",
                               domain=name, uuid=uuid, mac=mac or "", active=True,
-                              pending=None, applied=None, restore=None)
+                              pending=None, applied=None, restore=None, rate_mbps=rate,
+                              peak_mbps=peak, min_rate_mbps=floor)
             ready.append((claim, pool))
         # Every refusal is raised above, before any VF is touched.
         _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warnings)

@@ -29,7 +29,7 @@ waits for the lock).
 import random
 from collections import namedtuple
 
-from vfpick import policy, resolver, topology, vfsettings, virt
+from vfpick import bandwidth, policy, resolver, topology, vfsettings, virt
 from vfpick.errors import (DistinctImpossible, DomainChanged, DomainRunning, StartedDuringMove,
                            VfpickError)
 from vfpick.placement import placement
@@ -150,8 +150,15 @@ def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None,
 
 
 def _claims_of(move):
-    return [Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=move.name, uuid=move.uuid,
-                  mac=a.mac, active=False) for a in move.assignments.values()]
+    """The claims *move* makes, with each NIC's rates: a dry run planning its next domain
+    counts the guarantees of the ones before it."""
+    out = []
+    for a in move.assignments.values():
+        rate, peak, floor = bandwidth.rates(a.bandwidth)
+        out.append(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=move.name,
+                         uuid=move.uuid, mac=a.mac, active=False, rate_mbps=rate, peak_mbps=peak,
+                         min_rate_mbps=floor))
+    return out
 
 
 def apply_to(claims, move):
