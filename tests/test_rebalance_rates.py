@@ -238,12 +238,12 @@ def test_a_domain_swaps_its_own_nics_when_its_other_nic_is_in_the_way():
 def test_the_command_says_by_rate_and_bound():
     from vfpick.commands import rebalance as rebalancecmd
     p = churned(5, 2).plan()
-    assert rebalancecmd._figure("before", p.before) == (
+    assert rebalancecmd.figure_line("before", p.before) == (
         "before: busiest link by rate c0p0, 6 claims, 25000 Mb/s on 25 Gb/s (100.0 % of its "
         "speed), +25.0 % over the optimum's bound")
-    assert rebalancecmd._optimum_line(p).startswith(
+    assert rebalancecmd.optimum_line(p).startswith(
         "optimum (lower bound by rate): 80.0 % of the busiest link's speed")
-    assert rebalancecmd._figure("after (planned)", p.after).endswith(
+    assert rebalancecmd.figure_line("after (planned)", p.after).endswith(
         "21000 Mb/s on 25 Gb/s (84.0 % of its speed), +5.0 % over the optimum's bound")
 
 

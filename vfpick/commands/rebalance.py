@@ -56,7 +56,8 @@ def _per_gbit(load):
     return float(load) * 1000
 
 
-def _figure(label, figures):
+def figure_line(label, figures):
+    """The report's line of rebalance.Figures: its busiest link, by rate or by claims."""
     if figures.busiest is None:
         return "%s: no claims on an up link" % label
     if figures.by_rate:
@@ -74,7 +75,8 @@ def _figure(label, figures):
     return text
 
 
-def _optimum_line(plan):
+def optimum_line(plan):
+    """The report's line of the plan's optimum (a lower bound when it weighs by rate)."""
     if plan.before.by_rate:
         return ("optimum (lower bound by rate): %.1f %% of the busiest link's speed (no placement "
                 "keeping every domain's NICs on distinct units does better; NICs of different "
@@ -158,8 +160,8 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, live=False, allow_
         gathered = gather(config, conn, max_moves, live, allow_gap)
         plan = gathered.plan
         if plan.optimum is not None:
-            out.append(_optimum_line(plan))
-        out.append(_figure("before", plan.before))
+            out.append(optimum_line(plan))
+        out.append(figure_line("before", plan.before))
         for note in plan.notes:
             out.append("note: %s" % note)
         for line in plan.unrepaired:
@@ -178,7 +180,7 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, live=False, allow_
             for m in plan.moves:
                 if not m.repair:
                     out.append(_move_line("would move", m, m.uuid in gathered.running))
-            out.append(_figure("after (planned)", plan.after))
+            out.append(figure_line("after (planned)", plan.after))
             out.append("dry run: would move %d NIC(s) of %d domain(s); nothing changed"
                       % (len(plan.moves), len({m.uuid for m in plan.moves})))
             return Report(tuple(out))
@@ -188,7 +190,7 @@ def cmd_rebalance(config, uri, dry_run=False, max_moves=None, live=False, allow_
     after = rebalance.figures(gathered.topo, config.pools,
                               dict(gathered.store.snapshot().mapping()),
                               resolver.running_vfs(config), gathered.domains, gathered.drained)
-    out.append(_figure("after", after))
+    out.append(figure_line("after", after))
     out.append("moved %d NIC(s) of %d domain(s)" % (moved, domains_moved))
     return Report(tuple(out), status=status)
 
