@@ -51,4 +51,17 @@ def markdown(results):
                        % (r["suite"], r.get("date", "?"), r["domain_type"], r.get("rounds", "?"), op,
                           r["medians"]["hook"][op], r["medians"]["bare"][op], r["ratios"][op],
                           load_text(r, "host"), load_text(r, "l1")))
+    calls = [r for r in results if r.get("hook_ms")]
+    if calls:
+        out += ["", "The hook's own calls of that start and destroy, timed inside L1 in the same "
+                "run (medians of 7; the domain defined and stopped; `release end` writes the "
+                "state, as at a real destroy), against `python3 -IS -c pass` there (the least an "
+                "interpreter start costs):", "",
+                "| L1 | measured | `python3 -IS -c pass` ms | `prepare begin` | `stopped end` | "
+                "`release end` |", "|---|---|---:|---:|---:|---:|"]
+        for r in calls:
+            ms = r["hook_ms"]
+            out.append("| %s | %s | %.0f | %s |" % (r["suite"], r.get("date", "?"), ms["bare"], " | ".join(
+                "%.0f ms (%.2fx)" % (ms[k], ms[k] / ms["bare"])
+                for k in ("prepare begin", "stopped end", "release end"))))
     return "\n".join(out)

@@ -10,10 +10,48 @@ from lab.host import CACHE, run_dir
 
 RESULTS = os.path.join(CACHE, "results")
 
-Result = collections.namedtuple("Result", "suite rounds domain_type nics medians samples load",
-                                defaults=(None,))
+Result = collections.namedtuple("Result", "suite rounds domain_type nics medians samples load "
+                                "hook_ms", defaults=(None, None))
 Result.__doc__ = """load: {"host": [1-min load average before, after], "l1": [the same in L1]}, or
-None: the machine was shared, so a ratio is read beside the load it was measured under."""
+None: the machine was shared, so a ratio is read beside the load it was measured under.
+hook_ms: {"bare": ms, "prepare begin": ms, "stopped end": ms, "release end": ms}, medians of
+the installed hook's calls timed inside L1 (HOOK_CALLS) and of `python3 -IS -c pass` between
+them (what the hook's interpreter costs at the least), or None."""
+
+# Each round, inside L1: the bare interpreter, then the hook's calls of one start and destroy
+# of the defined, stopped domain, with its XML as libvirt passes it: prepare begin makes its
+# claims active and release end makes them inactive again (a state write), as in a real cycle.
+HOOK_CALLS = r"""set -e
+H=/etc/libvirt/hooks/qemu.d/vfpick X=/root/hookcalls-$1.xml
+virsh dumpxml --inactive "$1" > "$X"
+us() { local s; s=$(date +%%s%%N); "$@" < "$X" > /dev/null || { echo "failed: rc $?"; return; }
+      echo $(( ($(date +%%s%%N) - s) / 1000 )); }
+for i in $(seq %(rounds)d); do
+    echo "bare $(us /usr/bin/python3 -IS -c pass)"
+    echo "prepare-begin $(us "$H" "$1" prepare begin -)"
+    echo "stopped-end $(us "$H" "$1" stopped end -)"
+    echo "release-end $(us "$H" "$1" release end -)"
+done
+rm -f "$X"
+"""
+
+
+def hook_calls(host, name, rounds=7):
+    """Result.hook_ms of the stopped, defined domain *name*, timed in L1."""
+    import statistics
+
+    host.put("/root/hookcalls.sh", HOOK_CALLS % {"rounds": rounds})
+    r = host.run(f"bash /root/hookcalls.sh {name}", timeout=60 + 30 * rounds, check=True,
+                 quiet=True)
+    samples = {}
+    for line in r.stdout.splitlines():
+        what, _, us = line.partition(" ")
+        if not us.isdigit():
+            raise AssertionError(f"hook calls in L1: {line!r} (stderr: {r.stderr[-500:]!r})")
+        samples.setdefault(what.replace("-", " "), []).append(int(us) / 1000)
+    if set(samples) != {"bare", "prepare begin", "stopped end", "release end"}:
+        raise AssertionError("hook calls in L1: unexpected output %r" % r.stdout[-500:])
+    return {what: statistics.median(v) for what, v in samples.items()}
 
 
 def load_now(host):
@@ -66,6 +104,13 @@ def render(result):
     if result.load:
         lines.append(f"    load (1 min, before - after): this machine {load_text(result.load, 'host')}, "
                      f"L1 {load_text(result.load, 'l1')}")
+    if result.hook_ms:
+        bare = result.hook_ms["bare"]
+        lines.append(f"  the hook's calls timed in L1 (medians), against python3 -IS -c pass "
+                     f"({bare:.0f} ms):")
+        for what in ("prepare begin", "stopped end", "release end"):
+            ms = result.hook_ms[what]
+            lines.append(f"    {what:14s} {ms:6.0f} ms   {ms / bare:5.2f}x")
     return "\n".join(lines) + "\n"
 
 

@@ -80,3 +80,18 @@ def test_bench_lab_prints_only_the_lab_result(tmp_path):
     proc = subprocess.run([sys.executable, BENCH, "--lab"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env=dict(env, VFPICK_LAB_CACHE=str(tmp_path / "none")))
     assert proc.returncode == 1 and "scripts/test-lab -k timing" in proc.stderr
+
+
+def test_the_hook_calls_timed_in_l1_are_shown_as_ratios_to_a_bare_interpreter(tmp_path):
+    results, rundir = str(tmp_path / "results"), str(tmp_path / "run")
+    calls = {"bare": 200.0, "prepare begin": 900.0, "stopped end": 20.0, "release end": 600.0}
+    timing.write(_result("bookworm", 6.0)._replace(hook_ms=calls), results=results, rundir=rundir)
+    timing.write(_result("trixie", 5.5), results=results, rundir=rundir)  # an older result: none
+    loaded = labtiming.load(results)
+    assert loaded[0]["hook_ms"] == calls and loaded[1]["hook_ms"] is None
+    table = labtiming.markdown(loaded)
+    assert "| bookworm |" in table.split("python3 -IS -c pass` ms")[1]
+    assert "| 200 | 900 ms (4.50x) | 20 ms (0.10x) | 600 ms (3.00x) |" in table
+    assert "| trixie |" not in table.split("python3 -IS -c pass` ms")[1]
+    text = timing.render(_result("bookworm", 6.0)._replace(hook_ms=calls))
+    assert "release end       600 ms    3.00x" in text

@@ -178,8 +178,9 @@ def test_status_json_claims_have_the_rate_keys(make_host, capsys):
     resolver.resolve(cfg, domain("vm2"))
     assert cli.main(["--config", host.config_path, "status", "--json"]) == 0
     rows = {c["domain"]: c for c in json.loads(capsys.readouterr().out)["claims"]}
-    assert (rows["vm1"]["rate_mbps"], rows["vm1"]["min_rate_mbps"]) == (500, 100)
-    assert (rows["vm2"]["rate_mbps"], rows["vm2"]["min_rate_mbps"]) == (None, None)
+    keys = ("rate_mbps", "peak_mbps", "min_rate_mbps")
+    assert tuple(rows["vm1"][k] for k in keys) == (500, 1000, 100)
+    assert tuple(rows["vm2"][k] for k in keys) == (None, None, None)
 
 
 def test_metrics_reserved_per_link(make_host):

@@ -6,7 +6,7 @@ from vfpick import config as configmod, names, pci, policy
 
 # The claim keys of `status --json` (the contract); pending and VF settings are internal.
 CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active", "rate_mbps",
-              "min_rate_mbps")
+              "peak_mbps", "min_rate_mbps")
 
 
 def distinct_level(pool, facts):
