@@ -129,6 +129,15 @@ class Install:
         assert vfpick.__file__.startswith(self.site), vfpick.__file__
         return vfpick
 
+    def forget_vfpick(self):
+        """Undoes import_vfpick before the install is removed: what runs next in this process
+        (bench/quality.py) imports vfpick's modules again, from the checkout, not from a
+        directory that is gone."""
+        while self.site in sys.path:
+            sys.path.remove(self.site)
+        for mod in [m for m in sys.modules if m == "vfpick" or m.startswith("vfpick.")]:
+            del sys.modules[mod]
+
 
 class Host:
     """A simulated host with config, state, run and config dirs, and the installed hook."""
@@ -300,6 +309,7 @@ def run_release_path(quick=False, log=print, source=REPO, vfs_per_pf=16):
     root = tempfile.mkdtemp(prefix="vfpick-bench-", dir=shm)
     disk = tempfile.mkdtemp(prefix="vfpick-bench-state-")
     reps = 7 if quick else 21
+    inst = None
     try:
         inst = Install(root, source)
         inst.import_vfpick()
@@ -318,6 +328,8 @@ def run_release_path(quick=False, log=print, source=REPO, vfs_per_pf=16):
             "%s %.1f ms" % kv for kv in ms.items()), base.site_ms))
         return res
     finally:
+        if inst is not None:
+            inst.forget_vfpick()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(disk, ignore_errors=True)
 
@@ -459,6 +471,7 @@ def run(quick=False, log=print, source=REPO, only=None):
     reps = 7 if quick else 21
     res = {"source": source, "python": sys.version.split()[0], "executable": PY, "cores": os.cpu_count(),
            "sysfs_on": "tmpfs" if shm else "temp dir", "reps": reps}
+    inst = None
     try:
         t0 = time.time()
         inst = Install(root, source)
@@ -538,6 +551,8 @@ def run(quick=False, log=print, source=REPO, only=None):
                 "python %.1f ms" % (total, h.n_claims, h.n_running, prep, seq, b.site_ms))
             shutil.rmtree(h.root, ignore_errors=True)
     finally:
+        if inst is not None:
+            inst.forget_vfpick()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(disk, ignore_errors=True)
     return res

@@ -95,3 +95,15 @@ def test_the_hook_calls_timed_in_l1_are_shown_as_ratios_to_a_bare_interpreter(tm
     assert "| trixie |" not in table.split("python3 -IS -c pass` ms")[1]
     text = timing.render(_result("bookworm", 6.0)._replace(hook_ms=calls))
     assert "release end       600 ms    3.00x" in text
+
+
+def test_bench_measures_an_install_and_then_imports_vfpick_again_for_the_quality_study():
+    # `python -m bench` runs bench/perf.py (vfpick imported from a temporary install) and then
+    # bench/quality.py in one process: the install is gone by then.
+    code = ("import sys; sys.path.insert(0, %r); import perf; "
+            "perf.run_release_path(quick=True, log=lambda m: None, vfs_per_pf=4); "
+            "from vfpick import rebalance; print(rebalance.__file__)" % os.path.join(REPO, "bench"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "vfpick-bench-" not in proc.stdout
