@@ -108,7 +108,6 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
 
     Returns warnings: with reassert (reconnect), conflicts are reported, not raised.
     """
-    from vfpick import topology
     from vfpick.records import Claim
     from vfpick.state import StateStore
 
@@ -160,6 +159,8 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                 # Only a VF nobody claimed yet (hand-edited XML, lost state) needs the links:
                 # the full sysfs scan stays off the common path.
                 if pool and not link_of:
+                    from vfpick import topology
+
                     link_of = topology.for_config(config).link_of
                 link = link_of.get(pf, pf)
                 # The NIC's rates from its metadata: a lost claim is not a lost guarantee.
