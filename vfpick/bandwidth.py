@@ -88,12 +88,19 @@ def from_attrs(get):
     return Bandwidth(*values) if any(v is not None for v in values) else None
 
 
+def claim_rates(bw):
+    """The rate fields of a Claim (``rate_mbps``, ``peak_mbps``, ``min_rate_mbps``) for the
+    NIC's Bandwidth or None, as keyword arguments."""
+    rate, peak, floor = rates(bw)
+    return {"rate_mbps": rate, "peak_mbps": peak, "min_rate_mbps": floor}
+
+
 def of_meta(nic):
-    """(rate_mbps, peak_mbps, min_rate_mbps) a domscan.MetaNic records (None each when unset):
-    what a claim rebuilt from the metadata (lost state) carries."""
+    """claim_rates() of what a domscan.MetaNic records (its bandwidth is ATTRS' texts, in
+    order), or of none: what a claim rebuilt from the metadata (lost state) carries."""
     if nic is None or nic.bandwidth is None:
-        return None, None, None
-    return rates(from_attrs(dict(zip(ATTRS, nic.bandwidth)).get))
+        return claim_rates(None)
+    return claim_rates(from_attrs(dict(zip(ATTRS, nic.bandwidth)).get))
 
 
 def to_attrs(bw):

@@ -98,7 +98,7 @@ def _domain_vfs(config, facts):
 
 def one_thread():
     """True in a process that runs one thread, whose claims store then need not import
-    threading (a tenth of ``release end``). Threads are made through threading, so a process
+    threading (2-4 % of ``release end``). Threads are made through threading, so a process
     that has not imported it (the installed hook) has one; a test calling run() has imported it."""
     return "threading" not in sys.modules
 
@@ -166,11 +166,9 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                 # The NIC's rates from its metadata: a lost claim is not a lost guarantee.
                 from vfpick.bandwidth import of_meta
 
-                rate, peak, floor = of_meta(dvf.nic)
                 claim = Claim(vf=vf, pf=pf, link=link, pool=pool.name if pool else "",
                               domain=name, uuid=uuid, mac=mac or "", active=True,
-                              pending=None, applied=None, restore=None, rate_mbps=rate,
-                              peak_mbps=peak, min_rate_mbps=floor)
+                              pending=None, applied=None, restore=None, **of_meta(dvf.nic))
             ready.append((claim, pool))
         # Every refusal is raised above, before any VF is touched.
         _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warnings)

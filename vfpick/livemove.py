@@ -35,7 +35,6 @@ from lxml import etree
 from vfpick import domscan, pci, resolver, vfsettings, virt
 from vfpick.errors import ClaimConflict, LiveMoveFailed, VfpickError
 from vfpick.hostdev import Assignment, DomainXml
-from vfpick.records import Claim
 from vfpick.state import writer
 
 DETACH_TIMEOUT = 30.0
@@ -147,11 +146,10 @@ def _reserve(config, store, uuid, name, mac, old_vf, to_vf, topo, busy, netlink_
             raise ClaimConflict("VF %s is not free for NIC %s of domain '%s' (claimed, in use, "
                                 "drained or not in pool '%s'); nothing moved"
                                 % (to_vf, mac, name, old.pool))
-        # The NIC keeps its <bandwidth>: its rates go to the new VF before the attach.
-        new = Claim(vf=to_vf, pf=vf.pf, link=topo.link_of[vf.pf], pool=old.pool, domain=name,
-                    uuid=uuid, mac=mac, active=False, pending=writer.me(),
-                    rate_mbps=old.rate_mbps, peak_mbps=old.peak_mbps,
-                    min_rate_mbps=old.min_rate_mbps)
+        # The same NIC on another VF: what it asks for (pool, rates) stays, the VF's settings
+        # are the new VF's own; its rates go to the new VF before the attach.
+        new = old._replace(vf=to_vf, pf=vf.pf, link=topo.link_of[vf.pf], domain=name,
+                           active=False, pending=writer.me(), applied=None, restore=None)
         if vfsettings.wanted(new, pool):
             nl = vfsettings.Netlink(netlink_factory)
             try:

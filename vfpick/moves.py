@@ -152,13 +152,9 @@ def plan_move(config, topo, data, claims, busy, avoid=frozenset(), targets=None,
 def _claims_of(move):
     """The claims *move* makes, with each NIC's rates: a dry run planning its next domain
     counts the guarantees of the ones before it."""
-    out = []
-    for a in move.assignments.values():
-        rate, peak, floor = bandwidth.rates(a.bandwidth)
-        out.append(Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=move.name,
-                         uuid=move.uuid, mac=a.mac, active=False, rate_mbps=rate, peak_mbps=peak,
-                         min_rate_mbps=floor))
-    return out
+    return [Claim(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=move.name, uuid=move.uuid,
+                  mac=a.mac, active=False, **bandwidth.claim_rates(a.bandwidth))
+            for a in move.assignments.values()]
 
 
 def apply_to(claims, move):

@@ -147,11 +147,10 @@ def plan(pools, pool_of_pf, claims, views, topo, unsettled=frozenset()):
                 if not (running or managed):
                     continue  # a defined, stopped, hand-made hostdev: prepare will claim it
                 pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
-                rate, peak, floor = bandwidth.of_meta(meta[mac] if managed else None)
                 claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
                               pool=pool, domain=view.name, uuid=uuid, mac=mac or "", active=running,
-                              pending=None, applied=None, restore=None, rate_mbps=rate,
-                              peak_mbps=peak, min_rate_mbps=floor)
+                              pending=None, applied=None, restore=None,
+                              **bandwidth.of_meta(meta[mac] if managed else None))
                 claimed[vf] = claim
                 actions.append(Action("add", claim, "domain %s %s VF %s" % (
                     view.name, "uses" if running else "was resolved to", vf)))

@@ -225,9 +225,8 @@ def record(claims, uuid, name, assignments, busy, keep_previous=False, pending=N
             if old.vf not in kept and busy.get(old.vf) != uuid:
                 claims.drop(old.vf)
     for a in assignments.values():
-        rate, peak, floor = bandwidth.rates(a.bandwidth)
         fields = dict(vf=a.vf, pf=a.pf, link=a.link, pool=a.pool, domain=name, uuid=uuid, mac=a.mac,
-                      rate_mbps=rate, peak_mbps=peak, min_rate_mbps=floor)
+                      **bandwidth.claim_rates(a.bandwidth))
         # A kept claim keeps the rest (active, VF settings to restore): only placement changes.
         old = mine.get(a.vf)
         if old is None:
@@ -359,10 +358,8 @@ def claim_extra_nic(config, doc, uuid, pool_name, mac, definitions, rng=None, st
             warnings.append("pool '%s': NIC %s of domain '%s' shares a %s with another of its NICs "
                             "(distinct=%s is best effort: not enough free %ss)"
                             % (pool_name, mac, doc.name, distinct, distinct, distinct))
-        rate, peak, floor = bandwidth.rates(bw)
         fields = dict(vf=p.vf, pf=p.pf, link=p.link, pool=pool_name, domain=doc.name, uuid=uuid,
-                      mac=mac, active=False, pending=pending, rate_mbps=rate, peak_mbps=peak,
-                      min_rate_mbps=floor)
+                      mac=mac, active=False, pending=pending, **bandwidth.claim_rates(bw))
         reused = unused.get(p.vf)
         # A reused claim keeps what it must put back on the VF (trust/spoofchk) when it ends.
         claim = reused._replace(**fields) if reused else Claim(applied=None, restore=None, **fields)
