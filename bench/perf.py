@@ -122,8 +122,7 @@ class Install:
     def import_vfpick(self):
         if self.site not in sys.path:
             sys.path.insert(0, self.site)
-        for mod in [m for m in sys.modules if m == "vfpick" or m.startswith("vfpick.")]:
-            del sys.modules[mod]
+        _unimport_vfpick()
         import vfpick
 
         assert vfpick.__file__.startswith(self.site), vfpick.__file__
@@ -135,8 +134,12 @@ class Install:
         directory that is gone."""
         while self.site in sys.path:
             sys.path.remove(self.site)
-        for mod in [m for m in sys.modules if m == "vfpick" or m.startswith("vfpick.")]:
-            del sys.modules[mod]
+        _unimport_vfpick()
+
+
+def _unimport_vfpick():
+    for mod in [m for m in sys.modules if m == "vfpick" or m.startswith("vfpick.")]:
+        del sys.modules[mod]
 
 
 class Host:

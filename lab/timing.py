@@ -5,6 +5,7 @@ import collections
 import datetime
 import json
 import os
+import statistics
 
 from lab.host import CACHE, run_dir
 
@@ -38,8 +39,6 @@ rm -f "$X"
 
 def hook_calls(host, name, rounds=7):
     """Result.hook_ms of the stopped, defined domain *name*, timed in L1."""
-    import statistics
-
     host.put("/root/hookcalls.sh", HOOK_CALLS % {"rounds": rounds})
     r = host.run(f"bash /root/hookcalls.sh {name}", timeout=60 + 30 * rounds, check=True,
                  quiet=True)

@@ -6,9 +6,10 @@ state dirs it holds (the watcher's metrics server reads the claims from other th
 the main thread writes). Threads take turns on a state dir before its flock: each waits its
 bounded turn here instead of polling the flock against a sibling.
 
-Its own module so that a process of one thread (the qemu hook) never imports ``threading``,
-a tenth of the hook's ``release end``: a store imports it on its first lock unless it was made
-with ``one_thread`` (StateStore, whose stand-in keeps the same two answers). The import runs this module once, whatever the race.
+Its own module so that a process of one thread (the qemu hook) never imports ``threading``
+(2-4 % of the hook's ``release end``): a store imports it on its first lock unless it was made
+with ``one_thread`` (StateStore, whose stand-in gives the same two answers). The import runs
+this module once, whatever the race.
 """
 
 import threading
@@ -30,4 +31,3 @@ def turn(key):
     """The lock this process's threads take, one at a time, before the flock of *key*."""
     with _guard:
         return _turns.setdefault(key, threading.Lock())
-
