@@ -23,6 +23,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import labtiming  # noqa: E402
+import labtraffic  # noqa: E402
 import perf  # noqa: E402
 import quality  # noqa: E402
 
@@ -38,16 +39,20 @@ def main(argv=None):
                     help="only the start/destroy hook calls (stopped end, release end, ...) on a "
                     "128-VF host; prints a table, writes nothing")
     ap.add_argument("--lab", action="store_true",
-                    help="only the latest SR-IOV lab start/destroy ratios (scripts/test-lab "
-                    "-k timing writes them); prints a table, writes nothing")
+                    help="only the latest SR-IOV lab results: start/destroy ratios (scripts/test-lab "
+                    "-k timing writes them) and traffic against libvirt's pool (-k traffic); "
+                    "prints tables, writes nothing")
     args = ap.parse_args(argv)
     if args.lab:
-        lab_results = labtiming.load()
-        if not lab_results:
-            sys.stderr.write("python -m bench: no lab timing in %s; run 'scripts/test-lab -k timing' "
-                             "(as root) first\n" % labtiming.RESULTS)
+        lab_results, traffic_results = labtiming.load(), labtraffic.load()
+        if not lab_results and not traffic_results:
+            sys.stderr.write("python -m bench: no lab results in %s; run 'scripts/test-lab -k "
+                             "\"timing or traffic\"' (as root) first\n" % labtiming.RESULTS)
             return 1
-        print(labtiming.markdown(lab_results))
+        if lab_results:
+            print(labtiming.markdown(lab_results))
+        if traffic_results:
+            print(("\n" if lab_results else "") + labtraffic.markdown(traffic_results))
         return 0
     if args.release_path:
         rp = perf.run_release_path(quick=args.quick, source=os.path.abspath(args.source),
@@ -79,6 +84,10 @@ def main(argv=None):
     lab_results = labtiming.load()
     if lab_results:
         parts += ["## SR-IOV lab: virsh start / destroy", "", labtiming.markdown(lab_results), ""]
+    traffic_results = labtraffic.load()
+    if traffic_results:
+        parts += ["## SR-IOV lab: traffic, vfpick against libvirt's pool", "",
+                  labtraffic.markdown(traffic_results), ""]
     if not args.skip_quality:
         q = quality.run(quick=args.quick, log=log)
         parts += ["## Allocation quality", "", "`bench/quality.py`:", "", "```text",

@@ -1,7 +1,8 @@
-"""python3 -m lab prepare SUITE DEB | run NAME SCRIPT [TIMEOUT]
+"""python3 -m lab prepare SUITE DEB | run NAME SCRIPT [TIMEOUT] | stress [--help]
 
 prepare: fetch QEMU and build (or reuse) the L1 image, one line per step; a reason the lab
 cannot run is one line on stderr and exit 1. run: a command in a VM kept by --keep.
+stress: count L1 kernel panics while nested L2s start at once (lab/stress.py).
 """
 import sys
 import time
@@ -21,6 +22,9 @@ def main(argv):
             log(f"QEMU {'.'.join(map(str, assets.qemu.version()))} ({assets.qemu.root}), "
                 f"image {assets.image.dir}: ready in {time.monotonic() - t0:.0f} s")
             return 0
+        if argv[:1] == ["stress"]:
+            from lab import stress
+            return stress.main(argv[1:])
         if argv[:1] == ["run"] and len(argv) in (3, 4):
             from lab.vm import L1
             r = L1.attach(argv[1]).run(argv[2], timeout=int(argv[3]) if len(argv) == 4 else 60)

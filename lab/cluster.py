@@ -19,7 +19,8 @@ from lab.host import LabError, log, require_memory
 from lab.labhost import LabHost
 from lab.vm import MEM_MIB, L1, Link
 
-PER_L1_MIB = MEM_MIB // 2 + 1024   # measured RSS of a 4 GiB TCG L1 with an L2: 1.2-1.5 GiB
+PER_L1_MIB = MEM_MIB // 2 + 1024
+BOOT_FAILURES = []   # names of L1s whose first boot failed (and were booted once more) this run   # measured RSS of a 4 GiB TCG L1 with an L2: 1.2-1.5 GiB
 
 
 class Assets(collections.namedtuple("Assets", "qemu image deb")):
@@ -55,6 +56,7 @@ def _bring_up(host):
         # the one failure worth a second boot; a pair's link cannot be re-made, so not there
         if host.vm.alive() or host.vm.link:
             raise
+        BOOT_FAILURES.append(host.vm.name)
         log(f"{host.vm.name}: boot failed, booting once more ({e})")
         os.replace(host.vm.serial, os.path.join(os.path.dirname(host.vm.dir), f"{host.vm.name}-failed-serial.log"))
         host.vm.start(deb=host.vm.deb)

@@ -35,6 +35,11 @@ def guest_vfs(report):
     return sorted(dev.split("=")[0] for dev in report if dev.endswith("=" + IGBVF))
 
 
+def netdevs(report):
+    """{guest PCI address: ifindex of its netdev} in one report's device list (if:ADDR=N)."""
+    return dict(tok[3:].split("=", 1) for tok in report if tok.startswith("if:") and "=" in tok)
+
+
 def wait_guest_vfs(host, name, count, timeout=180):
     """The first report (after any earlier ones) in which NAME's guest sees COUNT igb VFs."""
     def seen():

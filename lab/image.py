@@ -19,7 +19,7 @@ GUEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest")
 IMAGE_GIB = 8
 
 COMMON = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "pciutils", "procps",
-          "dbus", "ethtool", "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
+          "dbus", "ethtool", "iputils-ping", "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
           "qemu-system-x86", "ipxe-qemu", "busybox-static", "python3",
           # vfpick's Depends (debian/control), so its .deb installs offline in L1
           "python3-libvirt", "python3-lxml", "python3-pyroute2", "python3-pyudev",
@@ -27,8 +27,8 @@ COMMON = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "pciu
 PACKAGES = {"bookworm": COMMON, "trixie": COMMON}
 
 # the nested guest's modules (and whatever they depend on): igbvf for the VF, virtio_net and
-# its failover stack for the failover pair
-L2_MODULES = ("igbvf", "failover", "net_failover", "virtio_net", "virtio_pci")
+# its failover stack for the failover pair, bonding for the guests whose bond carries traffic
+L2_MODULES = ("igbvf", "failover", "net_failover", "virtio_net", "virtio_pci", "bonding")
 
 
 class Image:
@@ -50,6 +50,8 @@ def inputs_hash(suite):
     with open(os.path.abspath(__file__), "rb") as f:
         h.update(f.read())
     for name in sorted(os.listdir(GUEST)):
+        if name == "l2-init":   # the L2 initrd is made at each boot (l2_initrd): not an input
+            continue
         h.update(name.encode())
         with open(os.path.join(GUEST, name), "rb") as f:
             h.update(f.read())
@@ -166,17 +168,16 @@ def _module_closure(root, kver, names):
 
 
 def l2_assets(root, kver):
-    """The L2 kernel (L1's) and a busybox initramfs, world-readable for libvirt's qemu user."""
+    """The L2 kernel (L1's, world-readable for libvirt's qemu user) in the image; the pieces of
+    the L2's busybox initramfs (busybox, the modules in load order) kept beside the image, so
+    that l2_initrd can make the initramfs with the current lab/guest/l2-init at each boot."""
     boot = f"{root}/var/lib/libvirt/boot"
     os.makedirs(boot, exist_ok=True)
     shutil.copy(f"{root}/boot/vmlinuz-{kver}", f"{boot}/vmlinuz")
     os.chmod(f"{boot}/vmlinuz", 0o644)
-    entries = [("dev", None, 0o40755), ("proc", None, 0o40755), ("sys", None, 0o40755),
-               ("bin", None, 0o40755), ("modules", None, 0o40755)]
-    with open(f"{root}/bin/busybox", "rb") as f:
-        entries.append(("bin/busybox", f.read(), 0o100755))
-    with open(os.path.join(GUEST, "l2-init"), "rb") as f:
-        entries.append(("init", f.read(), 0o100755))
+    parts = os.path.join(os.path.dirname(root), "l2")
+    os.makedirs(f"{parts}/modules")
+    shutil.copy(f"{root}/bin/busybox", f"{parts}/busybox")
     names = []
     for rel in _module_closure(root, kver, L2_MODULES):
         with open(f"{root}/lib/modules/{kver}/{rel}", "rb") as f:
@@ -185,11 +186,30 @@ def l2_assets(root, kver):
         if name.endswith(".xz"):   # busybox insmod takes plain .ko files
             data, name = lzma.decompress(data), name[:-3]
         names.append(name)
-        entries.append((f"modules/{name}", data, 0o100644))
-    entries.append(("modules.order", ("\n".join(names) + "\n").encode(), 0o100644))
-    with open(f"{boot}/l2-initrd.img", "wb") as f:
+        with open(f"{parts}/modules/{name}", "wb") as f:
+            f.write(data)
+    with open(f"{parts}/modules.order", "w", encoding="ascii") as f:
+        f.write("\n".join(names) + "\n")
+
+
+def l2_initrd(image, dest):
+    """Writes the L2's initramfs (busybox, lab/guest/l2-init as /init, the modules) to DEST."""
+    parts = os.path.join(image.dir, "l2")
+    entries = [("dev", None, 0o40755), ("proc", None, 0o40755), ("sys", None, 0o40755),
+               ("bin", None, 0o40755), ("modules", None, 0o40755)]
+    with open(f"{parts}/busybox", "rb") as f:
+        entries.append(("bin/busybox", f.read(), 0o100755))
+    with open(os.path.join(GUEST, "l2-init"), "rb") as f:
+        entries.append(("init", f.read(), 0o100755))
+    with open(f"{parts}/modules.order", "rb") as f:
+        order = f.read()
+    for name in order.decode().split():
+        with open(f"{parts}/modules/{name}", "rb") as f:
+            entries.append((f"modules/{name}", f.read(), 0o100644))
+    entries.append(("modules.order", order, 0o100644))
+    with open(dest, "wb") as f:
         f.write(gzip.compress(newc(entries, console=True), compresslevel=6))
-    os.chmod(f"{boot}/l2-initrd.img", 0o644)
+    os.chmod(dest, 0o644)
 
 
 def newc(entries, console):

@@ -8,6 +8,8 @@ import time
 from lab.host import LabError
 
 VFS_PER_PF = 3
+PEER_NS = "peer"          # L1's network namespace holding the peer NIC
+PEER_IP = "10.99.0.254"   # the peer's address; L2 guests take 10.99.0.N/24 (lab.ip=)
 POOL = "lab"
 CONFIG = "/etc/vfpick.ini"
 L2_BOOT = "/var/lib/libvirt/boot"
@@ -51,13 +53,16 @@ class LabHost:
     # --- setup ----------------------------------------------------------------------------
     def setup(self):
         """Once per boot: the .deb, the VFs, the config, the hook, the daemon restarted."""
-        self.run("dpkg -i /lab/vfpick.deb && vfpick --version", timeout=300, check=True)
+        self.run("dpkg -i /lab/vfpick.deb && vfpick --version && "
+                 f"install -m 0644 /lab/l2-initrd.img {L2_BOOT}/l2-initrd.img", timeout=300, check=True)
         self.pfs = self.read_pfs()
         if len(self.pfs) < 3:
             raise LabError(f"{self.vm.name}: expected 3 igb PFs, found {self.pfs}")
-        # igb creates VFs slowly under TCG (5-8 s per PF); numvfs must be 0 before a new count
+        # PFs up before their VFs exist: a VF probed while its PF is still in reset never gets
+        # the MAC its PF sets (FINDINGS.md). igb creates VFs slowly under TCG (5-8 s per PF).
+        self.pfs_up(check=True)
         self.set_numvfs(VFS_PER_PF)
-        self.run("; ".join(f"ip link set {dev} up" for _, dev, _ in self.pfs), timeout=30, check=True)
+        self.setup_peer()
         self.write_config()
         self.daemon = self.detect_daemon()
         self.vfpick("install-hook", check=True)
@@ -67,6 +72,20 @@ class LabHost:
         self.restart_daemon()
         if self.run("test -c /dev/kvm", quiet=True).rc != 0:
             self.domain_type = "qemu"
+
+    def pfs_up(self, check=False):
+        self.run("; ".join(f"ip link set {dev} up" for _, dev, _ in self.pfs), timeout=30,
+                 check=check, quiet=True)
+
+    def setup_peer(self):
+        """L1's peer NIC (on the PFs' segment at L0) in its own network namespace PEER_NS, at
+        PEER_IP: L2 guests' traffic leaves through their VFs, crosses the wire and ends there,
+        never short-cut through L1's own stack."""
+        mac = self.vm.peer_mac
+        self.run(f"ip netns add {PEER_NS} && dev=$(ip -o link | awk -v m={mac} '$0 ~ m {{sub(\":\", \"\", $2); print $2}}') && "
+                 f"ip link set $dev netns {PEER_NS} && ip -n {PEER_NS} link set $dev name peer0 && "
+                 f"ip -n {PEER_NS} addr add {PEER_IP}/24 dev peer0 && ip -n {PEER_NS} link set peer0 up && "
+                 f"ip -n {PEER_NS} link set lo up", timeout=60, check=True)
 
     def read_pfs(self):
         out = self.run("for d in /sys/bus/pci/drivers/igb/0000:*; do a=${d##*/}; "
@@ -104,7 +123,9 @@ class LabHost:
                  timeout=120, check=True)
 
     # --- domains ----------------------------------------------------------------------------
-    def domain_xml(self, name, pool_nics=2, pool=POOL, extra_devices="", domain_type=None):
+    def domain_xml(self, name, pool_nics=2, pool=POOL, extra_devices="", domain_type=None, kernel_args=""):
+        """An L2 with POOL_NICS pool interfaces; KERNEL_ARGS for its init (lab/guest/l2-init:
+        lab.ip=A.B.C.D/N, lab.bond=ARP-TARGET)."""
         nics = "".join(f"<interface type='network'><mac address='52:54:00:a{i}:{_h(name)}:01'/>"
                        f"<source network='{pool}'/></interface>\n    " for i in range(pool_nics))
         return f"""<domain type='{domain_type or self.domain_type}'>
@@ -113,7 +134,7 @@ class LabHost:
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{L2_BOOT}/vmlinuz</kernel><initrd>{L2_BOOT}/l2-initrd.img</initrd>
-    <cmdline>console=ttyS0 rdinit=/init panic=-1 quiet</cmdline></os>
+    <cmdline>console=ttyS0 rdinit=/init panic=-1 quiet {kernel_args}</cmdline></os>
   <features><acpi/></features>
   <on_crash>destroy</on_crash>
   <devices>
@@ -172,12 +193,15 @@ class LabHost:
         """Back to the state setup() left: no domains, no claims, VFs enabled, PFs up, config."""
         self.run("for d in $(virsh list --all --name); do timeout 60 virsh destroy $d >/dev/null 2>&1; "
                  "timeout 60 virsh undefine --nvram $d >/dev/null 2>&1 || timeout 60 virsh undefine $d; done; "
-                 "ip link del labbr0 2>/dev/null; true", timeout=300, quiet=True)
+                 "ip link del labbr0 2>/dev/null; virsh net-destroy lvpool >/dev/null 2>&1; "
+                 "virsh net-undefine lvpool >/dev/null 2>&1; pkill -f 'ping -D' ; true", timeout=300, quiet=True)
         self.write_config()
         if self.run(f"systemctl is-active {self.daemon}", quiet=True).rc != 0:
             self.restart_daemon()
+        self.pfs_up()
+        for n in range(1, len(self.pfs) + 1):   # a scenario that cut a cable at L0 plugs it back
+            self.vm.set_cable(n, True)
         self.set_numvfs(VFS_PER_PF)
-        self.run("; ".join(f"ip link set {dev} up" for _, dev, _ in self.pfs), timeout=30, quiet=True)
         self.vfpick("reconcile", timeout=120)
         claims = self.status()["claims"]
         if claims:

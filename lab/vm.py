@@ -14,10 +14,12 @@ import subprocess
 import time
 import uuid
 
+from lab.image import l2_initrd
 from lab.host import KERNEL_PANIC, L1Gone, LabError, log, run_dir
 
 Result = collections.namedtuple("Result", "script rc stdout stderr seconds")
 
+PEER = "peer"      # the netdev id of L1's peer NIC on the PFs' segment
 PFS = 3            # igb PFs per L1: two on pcie.0 (NUMA -1), one behind a pxb-pcie on node 1
 MEM_MIB = 4096     # two NUMA nodes of MEM_MIB/2 each
 BOOT_TIMEOUT = 900  # s; measured 16-53 s on an idle host, 200+ s with the 2 cores busy
@@ -67,11 +69,16 @@ class L1:
         self.deb = None
         self.evidence = None   # callable(str) that records what a scenario read
         self.link_ip = f"10.77.0.{index}" if link else None
+        self.peer_mac = f"52:54:00:1{index % 10}:99:00"
+
+    def wire_dump(self, n):
+        """L0's pcap of what PF N (1-based, address order) put on the wire."""
+        return os.path.join(self.dir, f"pf{n}-wire.pcap")
 
     # --- life cycle -------------------------------------------------------------------------
     def argv(self):
         mac = f"52:54:00:1{self.index % 10}"
-        a = [self.qemu.system, *self.qemu.firmware_args, "-name", self.name,
+        a = [*self.qemu.system, *self.qemu.firmware_args, "-name", self.name,
              "-accel", "tcg,thread=multi,tb-size=512", "-machine", "q35,kernel-irqchip=split",
              "-cpu", "max", "-smp", "2", "-m", str(MEM_MIB),
              "-object", f"memory-backend-ram,id=m0,size={MEM_MIB // 2}M",
@@ -94,11 +101,19 @@ class L1:
              "-fsdev", f"local,id=share,path={self.share},security_model=none",
              "-device", "virtio-9p-pci,fsdev=share,mount_tag=lab,bus=pcie.0",
              "-device", "pxb-pcie,id=pxb1,bus_nr=0x80,numa_node=1,bus=pcie.0"]
+        # One segment: every PF's port and a peer NIC on QEMU hub 0 (a hub repeats each frame
+        # to every other port; the PFs' own MAC filters pick theirs), so L2 guests reach the
+        # peer through whichever PF their VF is on. A PF's cable is cut with QMP set_link on
+        # its netdev (pfN): libvirt-free, as an unplugged cable. What each PF puts on the wire
+        # is dumped at L0 (filter-dump, queue=rx: the frames the NIC sends to its netdev).
+        a += ["-netdev", f"hubport,id={PEER},hubid=0",
+              "-device", f"virtio-net-pci,netdev={PEER},bus=pcie.0,mac={self.peer_mac},romfile="]
         for n in range(1, PFS + 1):
             bus = "pxb1" if n == PFS else "pcie.0"
             a += ["-device", f"pcie-root-port,id=rp{n},chassis={n},slot={n},bus={bus}",
-                  # restrict=on: the lab needs no outside network
-                  "-netdev", f"user,id=pf{n},restrict=on",
+                  "-netdev", f"hubport,id=pf{n},hubid=0",
+                  "-object", f"filter-dump,id=dump{n},netdev=pf{n},queue=rx,maxlen=96,"
+                             f"file={self.wire_dump(n)}",
                   "-device", f"igb,bus=rp{n},netdev=pf{n},mac={mac}:0{n}:00,romfile="]
         if self.link:
             a += ["-netdev", self.link.netdev(self.link_server),
@@ -113,7 +128,8 @@ class L1:
         os.makedirs(self.queue)
         if deb:
             shutil.copy(deb, os.path.join(self.share, "vfpick.deb"))
-        subprocess.run([self.qemu.img, "create", "-q", "-f", "qcow2", "-b", self.image.disk,
+        l2_initrd(self.image, os.path.join(self.share, "l2-initrd.img"))
+        subprocess.run([*self.qemu.img, "create", "-q", "-f", "qcow2", "-b", self.image.disk,
                         "-F", "raw", f"{self.dir}/disk.qcow2"], check=True, timeout=60, env=self.qemu.env)
         with open(os.path.join(self.dir, "qemu.log"), "wb") as logf:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=logf,
@@ -202,16 +218,39 @@ class L1:
 
     def _qmp_quit(self):
         try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(5)
-                s.connect(self.qmp)
-                s.recv(4096)
-                s.sendall(b'{"execute":"qmp_capabilities"}\n')
-                s.recv(4096)
-                s.sendall(b'{"execute":"quit"}\n')
-                s.recv(4096)
-        except OSError:
+            self.qmp_command("quit")
+        except (OSError, LabError):
             pass
+
+    def qmp_command(self, execute, timeout=10, **arguments):
+        """One QMP command on L1's monitor (bounded); its "return" value. LabError on an error."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(self.qmp)
+            f = s.makefile("rwb")
+
+            def reply():
+                while True:   # asynchronous events come on the same stream: skip them
+                    line = f.readline()
+                    if not line:
+                        raise LabError(f"{self.name}: QMP closed during {execute}")
+                    msg = json.loads(line)
+                    if "return" in msg or "error" in msg:
+                        return msg
+            f.readline()   # the greeting
+            f.write(b'{"execute":"qmp_capabilities"}\n')
+            f.flush()
+            reply()
+            f.write(json.dumps({"execute": execute, "arguments": arguments}).encode() + b"\n")
+            f.flush()
+            msg = reply()
+        if "error" in msg:
+            raise LabError(f"{self.name}: QMP {execute} {arguments}: {msg['error'].get('desc')}")
+        return msg["return"]
+
+    def set_cable(self, n, up):
+        """Plug (UP) or cut PF N's cable (1-based, address order) at L0: QMP set_link."""
+        self.qmp_command("set_link", name=f"pf{n}", up=bool(up))
 
     def _reap_previous(self):
         """A VM a previous run kept (--keep) in this run dir: stop it by its recorded pid."""

@@ -12,7 +12,9 @@
 - evidence (function): record(text) adds a line to the scenario's evidence.
 Evidence is printed in the terminal summary and written to RUNDIR/evidence.txt.
 """
+import json
 import os
+import time
 
 import pytest
 
@@ -20,6 +22,9 @@ from lab import cluster, suites
 from lab.host import LabError, log, run_dir
 
 _EVIDENCE = {}
+# per scenario: [final outcome, seconds over all its runs, reruns]; L1s found dead and booted again
+_SCENARIOS = {}
+_L1_LOST = []
 
 
 def pytest_addoption(parser):
@@ -58,6 +63,7 @@ class _Booted:
             return self.hosts
         if self.hosts:
             self.reboots += 1
+            _L1_LOST.append(", ".join(self.names))
             kept = cluster.keep_serial_logs(self.hosts, f"gone-{self.reboots}")
             log(f"{', '.join(self.names)}: QEMU ended under the last scenario; booting again "
                 f"(serial logs kept: {', '.join(kept) or 'none'})")
@@ -123,8 +129,40 @@ def pair(l1_pair, evidence):
             h.clean()
 
 
+def pytest_runtest_logreport(report):
+    """Each scenario's outcome, time (setup, call and teardown of every run) and reruns."""
+    row = _SCENARIOS.setdefault(report.nodeid, ["passed", 0.0, 0])
+    row[1] += report.duration
+    if report.outcome == "rerun":
+        row[2] += 1
+    elif report.failed:
+        row[0] = "failed" if report.when == "call" else "error"
+    elif report.skipped and report.when in ("setup", "call"):
+        row[0] = "skipped"
+
+
+def summary_lines():
+    """One line per scenario (result, duration, reruns) and the run's totals."""
+    lines = [f"test-lab: scenario {nodeid.rsplit('/', 1)[-1]}: {outcome} in {seconds:.0f} s, "
+             f"{reruns} rerun{'s' * (reruns != 1)}" for nodeid, (outcome, seconds, reruns) in _SCENARIOS.items()]
+    reruns = sum(row[2] for row in _SCENARIOS.values())
+    lost = _L1_LOST + [f"{name} at boot" for name in cluster.BOOT_FAILURES]
+    counts = {k: sum(row[0] == k for row in _SCENARIOS.values()) for k in ("passed", "failed", "error", "skipped")}
+    lines.append(f"test-lab: scenarios: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, "
+                 f"{counts['skipped']} skipped; reruns {reruns}; L1 lost {len(lost)}"
+                 + (f" ({'; '.join(lost)})" if lost else ""))
+    return lines, {"scenarios": {k: {"outcome": o, "seconds": round(t, 1), "reruns": r}
+                                 for k, (o, t, r) in _SCENARIOS.items()},
+                   "reruns": reruns, "l1_lost": len(lost), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def pytest_terminal_summary(terminalreporter):
+    lines, record = summary_lines()
+    os.makedirs(run_dir(), exist_ok=True)
+    with open(os.path.join(run_dir(), "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
     if not _EVIDENCE:
+        terminalreporter.write("\n".join(lines) + "\n")
         return
     text = []
     for nodeid, lines in _EVIDENCE.items():
@@ -135,3 +173,6 @@ def pytest_terminal_summary(terminalreporter):
     os.makedirs(run_dir(), exist_ok=True)
     with open(os.path.join(run_dir(), "evidence.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(text))
+    # last, so that the per-scenario lines close the log
+    terminalreporter.section("scenarios")
+    terminalreporter.write("\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ the live and the persistent XML name the new VF; the claims are right.
 The same for a failover-pool NIC (virtio + VF, one MAC): `drain --live` alone moves it."""
 from lxml import etree
 
-from lab.guestwatch import guest_vfs, pci_reports, wait_guest_vfs
+from lab.guestwatch import guest_vfs, netdevs, pci_reports, wait_guest_vfs
 from lab.host import LabError
 from lab.labhost import CONFIG_TEXT, POOL, wait_until
 
@@ -39,15 +39,27 @@ def nic_in_xml(host, name, mac, live):
 
 
 def wait_gone_and_back(host, name, seen, count):
-    """The guest's reports after the first SEEN ones: one with COUNT-1 igb VFs, then a later one
-    with COUNT again (bounded). Returns (gone report, back report)."""
+    """The guest's reports after the first SEEN ones show the VF unplugged and plugged back
+    (bounded): a report with COUNT-1 igb VFs then a later one with COUNT again, or, when the
+    move fell between two of the guest's 2 s polls, a report whose VF at the same guest address
+    has a new netdev (ifindex). Returns (before or gone report, back report, how)."""
     def gone_then_back():
-        reports = pci_reports(host, name)[seen:]
+        earlier = pci_reports(host, name)
+        reports = earlier[seen:]
         gone = next((i for i, (_, devs) in enumerate(reports) if len(guest_vfs(devs)) == count - 1), None)
-        if gone is None:
+        if gone is not None:
+            back = next((r for r in reports[gone + 1:] if len(guest_vfs(r[1])) == count), None)
+            return back and (reports[gone], back, "gone, then back")
+        if not seen:
             return None
-        back = next((r for r in reports[gone + 1:] if len(guest_vfs(r[1])) == count), None)
-        return back and (reports[gone], back)
+        before = earlier[seen - 1]
+        old = netdevs(before[1])
+        for r in reports:
+            new = netdevs(r[1])
+            if len(guest_vfs(r[1])) == count and any(new.get(a) not in (None, old.get(a))
+                                                     for a in guest_vfs(r[1]) if a in old):
+                return before, r, "plugged back between two polls: a new netdev at the same address"
+        return None
     found = wait_until(gone_then_back, GUEST_TIMEOUT, interval=2)
     if not found:
         raise LabError(f"{name}: the guest did not report a VF gone and back in {GUEST_TIMEOUT} s; "
@@ -100,10 +112,10 @@ def drain_and_check(host, name, before, guest_before, flags, evidence, failover=
     try:
         seen = drain_live(host, name, drained, flags)
         assert_moved(host, name, before, drained, evidence, failover=failover)
-        gone, back = wait_gone_and_back(host, name, seen, count)
+        gone, back, how = wait_gone_and_back(host, name, seen, count)
         assert guest_vfs(back[1]) == guest_vfs(guest_before[1]), "the new VF keeps the guest address"
-        evidence(f"  guest {name}: at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])}, at {back[0]:.0f} s "
-                 f"{guest_vfs(back[1])}\n")
+        evidence(f"  guest {name} ({how}): at uptime {gone[0]:.0f} s sees {guest_vfs(gone[1])} "
+                 f"{netdevs(gone[1])}, at {back[0]:.0f} s {guest_vfs(back[1])} {netdevs(back[1])}\n")
         host.vfpick("status")
     finally:
         r = host.vfpick(f"undrain {netdev_of(host, drained)}")
