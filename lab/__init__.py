@@ -2,5 +2,5 @@
 TCG lab VM (L1) with libvirt and this checkout's .deb; nested guests (L2) get real VFs.
 
 scripts/test-lab is the entry point; lab/tests/ holds the scenarios (not collected by
-scripts/test). See README.md, "SR-IOV lab".
+scripts/test). See docs/lab.md.
 """

@@ -1,4 +1,5 @@
 import filecmp
+import inspect
 import os
 import sys
 
@@ -119,3 +120,53 @@ pytest_plugins = ["libvirtfixtures", "golden"]
 def pytest_addoption(parser):
     parser.addoption("--regen", action="store_true",
                      help="rewrite the golden files (tests/golden.py) from the output, then fail")
+
+
+# --- test tiers (docs/development.md) ------------------------------------------------------------
+# Markers registered in pytest.ini, applied here from what a test uses, so a test author
+# marks nothing by hand and `-m "not libvirtd"` selects the fast tier with one flag:
+#   libvirtd    the real system libvirtd (tests/libvirtd.py): the fixtures that start it, or a
+#               parameter that connects to qemu:///system;
+#   testdriver  libvirt's in-process test driver test:///default (no daemon, no hooks).
+# Everything else needs no libvirt at all. The SR-IOV lab (lab/tests, scripts/test-lab) is a
+# tier of its own, never collected from tests/.
+LIBVIRTD_FIXTURES = frozenset({"libvirtd", "hook_recorder", "env"})
+LIBVIRTD_URI = "qemu:///system"
+TESTDRIVER_URI = "test:///default"
+
+
+_NAMES_TEST_DRIVER = {}  # test function -> its source names test:///default
+
+
+def _uses_test_driver(item):
+    """The test's own source names test:///default, or its module takes libvirtfixtures.URI
+    (the test driver) for its helpers."""
+    function = getattr(item, "function", None)
+    module = getattr(item, "module", None)
+    if module is not None and getattr(module, "URI", None) == TESTDRIVER_URI:
+        return True
+    if function not in _NAMES_TEST_DRIVER:
+        try:
+            _NAMES_TEST_DRIVER[function] = TESTDRIVER_URI in inspect.getsource(function)
+        except (OSError, TypeError):
+            _NAMES_TEST_DRIVER[function] = False
+    return _NAMES_TEST_DRIVER[function]
+
+
+def tier_markers(item):
+    """The tier markers *item* gets: a subset of {"libvirtd", "testdriver"}."""
+    names = set(getattr(item, "fixturenames", ()))
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    values = {v for v in params.values() if isinstance(v, str)}
+    marks = set()
+    if names & LIBVIRTD_FIXTURES or LIBVIRTD_URI in values:
+        marks.add("libvirtd")
+    elif "conn" in names or TESTDRIVER_URI in values or _uses_test_driver(item):
+        marks.add("testdriver")
+    return marks
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in sorted(tier_markers(item)):
+            item.add_marker(mark)

@@ -62,7 +62,7 @@ def test_define_start_refused_definition_claims_nothing(env):
 
 
 def test_virt_install_print_xml_piped_into_define_start(env):
-    """What the README tells virt-install users: the real virt-install, the real libvirtd."""
+    """What docs/operator-guide.md tells virt-install users: the real virt-install, the real libvirtd."""
     if shutil.which("virt-install") is None:
         # scripts/setup installs virtinst: under VFPICK_REQUIRE_LIBVIRTD=1 (CI) this fails.
         lv.skip_or_fail("needs virt-install (Debian virtinst; scripts/setup installs it)")

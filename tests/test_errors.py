@@ -1,8 +1,9 @@
 """User errors: VfpickError's one-line folding, and the contract's main messages pinned exactly.
 
 Every user error is one `vfpick: ...` line on stderr and exit 1, and changes no claim
-(CONTRACT.md). The table runs in-process through cli.main (the hook's refusal through
-hook.run), so a reworded message shows up here as a diff of the whole line.
+(docs/reference.md, "Exit status and errors"). The table runs in-process through cli.main
+(the hook's refusal through hook.run), so a reworded message shows up here as a diff of the
+whole line.
 """
 
 import io

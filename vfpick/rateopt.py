@@ -15,7 +15,7 @@ rates for weights:
   it may be unreachable by a little (a NIC cannot be split). ``exact`` is False.
 
 Used by bench/quality.py's mixed-rate population. ``vfpick rebalance`` plans by the same
-weights (vfpick.rateplan, README "Rebalancing", "By rate").
+weights (vfpick.rateplan; docs/operator-guide.md, "Rebalancing", "By rate").
 """
 
 from collections import namedtuple

@@ -120,7 +120,7 @@ def rewriter(data):
     try:
         facts = domscan.scan(data)
     except XmlError as exc:
-        assert "\n" not in str(exc)
+        assert str(exc).strip(), "%s without a message" % type(exc).__name__
         facts = None
     try:
         doc = DomainXml.parse(data)
@@ -132,7 +132,7 @@ def rewriter(data):
         doc.numa_nodes({0: frozenset(range(8)), 1: frozenset(range(8, 16))})
         uuid = doc.ensure_uuid()
     except XmlError as exc:
-        assert "\n" not in str(exc)
+        assert str(exc).strip(), "%s without a message" % type(exc).__name__
         return
     # What lxml accepts, expat accepted too (the hook and the rewriter see the same domains).
     assert facts is not None, "hostdev accepted what domscan refused"
@@ -146,7 +146,7 @@ def rewriter(data):
     try:
         doc.apply(assignments)
     except XmlError as exc:
-        assert "\n" not in str(exc)
+        assert str(exc).strip(), "%s without a message" % type(exc).__name__
         return
     out = doc.to_bytes()
     again = DomainXml.parse(out)  # our own output always parses
@@ -164,7 +164,7 @@ def config(text):
         cfg = configmod.parse(text, "/fuzz/vfpick.ini")
     except ConfigError as exc:
         message = str(exc)
-        assert "\n" not in message and "/fuzz/vfpick.ini" in message, message
+        assert "/fuzz/vfpick.ini" in message, message  # names the file (str() is one line anyway)
         return
     for pool in cfg.pools.values():
         assert pool.distinct in configmod.DISTINCT and pool.numa in configmod.NUMA
