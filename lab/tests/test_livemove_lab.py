@@ -3,18 +3,26 @@ distinct PFs, a bond's two legs) has one PF drained with `vfpick drain PF --live
 --allow-nic-gap`: vfpick reserves a VF on the third PF, detaches the old VF live (the guest
 lets go of it), attaches the new one with the same MAC and guest address, redefines the
 domain and releases the old claim. The guest reports the VF gone and back (L2-PCI-NOW lines);
-the live and the persistent XML name the new VF; the claims are right.
+the live and the persistent XML name the new VF; the claims are right. The guest's bond over
+the two VFs carries a steady ping from L1's peer all along: the move costs it at most a short
+silence (the bond's ARP monitor fails over, the guest enslaves the new VF), never the guest.
 
 The same for a failover-pool NIC (virtio + VF, one MAC): `drain --live` alone moves it."""
+import time
+
 from lxml import etree
+
+from lab import traffic
 
 from lab.guestwatch import guest_vfs, netdevs, pci_reports, wait_guest_vfs
 from lab.host import LabError
-from lab.labhost import CONFIG_TEXT, POOL, wait_until
+from lab.labhost import CONFIG_TEXT, PEER_IP, POOL, wait_until
 
 FAILOVER = POOL + "-fo"
 DRAIN_TIMEOUT = 300   # s for the drain command: a detach waits for the guest (vfpick: <= 30 s)
 GUEST_TIMEOUT = 180   # s until the guest reports the VF gone and back (it polls every 2 s)
+BOND_IP = "10.99.0.31"
+MOVE_SILENCE_MAX_S = 8   # s without a reply while a bond leg moves (ARP monitor 0.3 s, TCG)
 
 
 def claims_of(host, name):
@@ -124,7 +132,9 @@ def drain_and_check(host, name, before, guest_before, flags, evidence, failover=
 
 
 def test_drain_live_moves_a_running_bonded_l2(host, evidence):
-    host.put("/root/l2d.xml", host.domain_xml("l2d", pool_nics=2))
+    # the guest's bond over its two VFs carries a steady ping from L1's peer through the move
+    host.put("/root/l2d.xml", host.domain_xml("l2d", pool_nics=2,
+                                              kernel_args=f"lab.ip={BOND_IP}/24 lab.bond={PEER_IP}"))
     host.vfpick("define /root/l2d.xml", check=True)
     r = host.start("l2d")
     assert r.rc == 0, r.stderr
@@ -134,7 +144,19 @@ def test_drain_live_moves_a_running_bonded_l2(host, evidence):
     before = claims_of(host, "l2d")
     assert len(before) == 2 and all(c["active"] for c in before), before
     assert len({c["pf"] for c in before}) == 2, before
+    traffic.wait_reachable(host, BOND_IP)
+    traffic.start_ping(host, BOND_IP, "l2d")
+    t0 = traffic.l1_now(host)
     drain_and_check(host, "l2d", before, guest_before, "--allow-nic-gap", evidence)
+    # both legs again: the guest enslaved the new VF (lab/guest/l2-init), and traffic flowed
+    legs = wait_until(lambda: sum(tok.startswith("carrier:") for tok in pci_reports(host, "l2d")[-1][1]) == 2,
+                      GUEST_TIMEOUT, interval=2)
+    time.sleep(4)
+    ping = traffic.account(traffic.stop_ping(host, "l2d"), t0, traffic.l1_now(host))
+    evidence(f"  l2d's bond through the live move: {ping.sent} pings, {ping.lost} lost, longest silence "
+             f"{ping.longest_gap} s; last guest report: {pci_reports(host, 'l2d')[-1][1][-4:]}\n")
+    assert legs, f"the guest's bond did not get its second leg back: {pci_reports(host, 'l2d')[-1]}"
+    assert ping.back and ping.longest_gap <= MOVE_SILENCE_MAX_S, ping
 
 
 def test_drain_live_moves_a_running_failover_nic(host, evidence):
