@@ -49,9 +49,13 @@ def _log_line(message):
     """The watcher's log: one timestamped line on stderr per action."""
     import time
 
+    from vfpick.names import printable
+
     now = time.time()
+    # One line each, whatever a domain name in it holds (libvirt refuses only '\n' in names:
+    # a '\r' would forge a line at column 0).
     sys.stderr.write("%s.%03d vfpick watch: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
-                                                     int(now * 1000) % 1000, message))
+                                                     int(now * 1000) % 1000, printable(message)))
     sys.stderr.flush()
 
 

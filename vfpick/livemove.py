@@ -62,11 +62,7 @@ def _vf_of(iface):
     if address is None or iface.get("type") != "hostdev":
         return None
     a = address.attrib
-    try:
-        return pci.normalize("%04x:%02x:%02x.%x" % tuple(
-            int(a.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function")))
-    except ValueError:
-        return None
+    return pci.from_libvirt_attrs(a.get("domain"), a.get("bus"), a.get("slot"), a.get("function"))
 
 
 def vf_nics(xml):
@@ -209,10 +205,12 @@ def _settle(config, store, old, new, live):
 def _new_definition(data, mac, new, meta_only=False):
     """(domain XML bytes, vfpick metadata element) with NIC *mac* on the VF of claim *new*."""
     doc = DomainXml.parse(data)
-    index = next((i.index for i in doc.managed_interfaces() if i.mac == mac), None)
-    if index is None:
+    nic = next((i for i in doc.managed_interfaces() if i.mac == mac), None)
+    if nic is None:
         raise VfpickError("the definition has no vfpick NIC %s" % mac)
-    doc.apply({index: Assignment(mac=mac, pool=new.pool, vf=new.vf, pf=new.pf, link=new.link)})
+    # The NIC keeps its <bandwidth> (metadata): a later repick or rebuild reads its rates there.
+    doc.apply({nic.index: Assignment(mac=mac, pool=new.pool, vf=new.vf, pf=new.pf,
+                                     link=new.link, bandwidth=nic.bandwidth)})
     out = doc.to_bytes()
     meta = _parse(out).find("metadata/{%s}domain" % domscan.NS)
     return out, meta

@@ -71,7 +71,10 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, netlink_factory=Non
     """Report.result: the actions (applied, or planned with *dry_run*)."""
     store = resolver.store_for(config)
     lines = []
-    conn = virt.connect(uri)  # before touching the state: a daemon that is down changes nothing
+    # Both before touching the state: a daemon that is down, or a host whose sysfs cannot be
+    # read, changes nothing (a rebuild never moves the file aside and then stops).
+    topo = topology.for_config(config)
+    conn = virt.connect(uri)
     try:
         if rebuild and not dry_run:
             moved = store.quarantine()
@@ -83,7 +86,6 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, netlink_factory=Non
         views = domain_views(conn, problems)  # after the snapshot: see apply_reconcile
     finally:
         virt.close(conn)
-    topo = topology.for_config(config)
     warnings = []
     if dry_run:
         actions = _plan(config, before, views, topo,

@@ -6,7 +6,7 @@ Imported by the qemu hook only for vfpick's own domains, like the store."""
 
 import json
 
-from vfpick import pci
+from vfpick import numbers, pci
 from vfpick.records import Claim, VfSettings, Writer
 
 VERSION = 2
@@ -22,8 +22,18 @@ _STRING_FIELDS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac")
 assert Claim._fields[:8] == _STRING_FIELDS + ("active",)  # zip() below relies on the order
 
 
-def _is_int(value, least):
-    return type(value) is int and value >= least  # bool is an int: not a count
+# IFLA_VF_RATE's fields are u32 Mb/s: a rate past them could never be set or put back.
+MAX_RATE = numbers.U32
+
+
+def _is_int(value, least, most=numbers.U64):
+    return type(value) is int and least <= value <= most  # bool is an int: not a count
+
+
+def _not_utf8(text):
+    """A lone surrogate (a JSON escape such as \\udcff): no UTF-8 text holds one, and it
+    cannot be printed or exposed."""
+    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
 
 
 def _settings_problem(name, value):
@@ -33,7 +43,7 @@ def _settings_problem(name, value):
         return "'%s' is not an object of trust, spoofchk" % name
     if any(v is not None and type(v) is not bool for v in value[:2]):
         return "'%s' values are not true, false or null" % name
-    if any(v is not None and not _is_int(v, 0) for v in value[2:]):
+    if any(v is not None and not _is_int(v, 0, MAX_RATE) for v in value[2:]):
         return "'%s' rates are not Mb/s counts or null" % name
     return None
 
@@ -46,15 +56,18 @@ def claim_problem(claim):
     for field, value in zip(_STRING_FIELDS, claim):
         if not isinstance(value, str):
             return "'%s' is not a string" % field
+        if _not_utf8(value):
+            return "'%s' is not UTF-8 text (a lone surrogate)" % field
     if not pci.is_canonical(claim.vf):
         return "'vf' %r is not a canonical PCI address" % claim.vf
     pending = claim.pending
     if pending is not None and not (isinstance(pending, Writer) and isinstance(pending.boot, str)
+                                    and not _not_utf8(pending.boot)
                                     and _is_int(pending.pid, 1) and _is_int(pending.start, 0)):
         return "'pending' is not an object of boot (string), pid, start (counts)"
     for field in _RATE_FIELDS:
         value = getattr(claim, field)
-        if value is not None and not _is_int(value, 1):
+        if value is not None and not _is_int(value, 1, MAX_RATE):
             return "'%s' is not a rate in Mb/s" % field
     return _settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
 
