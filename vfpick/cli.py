@@ -45,7 +45,7 @@ def _render(report):
     return report.status
 
 
-def _log_line(message):
+def log_line(message):
     """The watcher's log: one timestamped line on stderr per action."""
     import time
 
@@ -207,7 +207,7 @@ def cmd_watch(args):
     from vfpick.commands import watch
 
     cfg = _load_config(args)
-    return watch.cmd_watch(cfg, args.connect or cfg.connect, _log_line,
+    return watch.cmd_watch(cfg, args.connect or cfg.connect, log_line,
                            metrics_listen=args.metrics_listen)
 
 

@@ -202,7 +202,7 @@ def _settle(config, store, old, new, live):
     return []
 
 
-def _new_definition(data, mac, new, meta_only=False):
+def new_definition(data, mac, new, meta_only=False):
     """(domain XML bytes, vfpick metadata element) with NIC *mac* on the VF of claim *new*."""
     doc = DomainXml.parse(data)
     nic = next((i for i in doc.managed_interfaces() if i.mac == mac), None)
@@ -293,7 +293,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
     try:
         data = devices.persistent_xml()
         if data is not None:
-            xml, _ = _new_definition(data, mac, new)
+            xml, _ = new_definition(data, mac, new)
             devices.define(xml)
     except (lv_error, VfpickError) as e:
         reason = virt.error_message(e) if isinstance(e, lv_error) else str(e)
@@ -317,7 +317,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
         raise err from None
     if devices.live:
         try:
-            _, meta = _new_definition(devices.xml(), mac, new)
+            _, meta = new_definition(devices.xml(), mac, new)
             devices.set_metadata(_plain_metadata(meta), domscan.NS, "vfpick")
         except (lv_error, VfpickError) as e:
             warnings.append("NIC %s of '%s' moved, but its live metadata still names VF %s: %s"
