@@ -98,16 +98,12 @@ def _process_start(proc_root, pid):
     else:
         boot = [line.split()[1] for line in (read_text(os.path.join(proc_root, "stat")) or "").splitlines()
                 if line.startswith("btime ")]
-        boot, resolution = (boot[0] if boot else None), 1.0
+        boot, resolution = (numbers.whole(boot[0]) if boot else None), 1.0
     if not text or boot is None:
         return None
     fields = text.rsplit(")", 1)[-1].split()
-    ticks = numbers.whole(fields[19]) if len(fields) > 19 else None
-    try:
-        return (None if ticks is None else
-                (float(boot) + ticks * tick, resolution))  # field 22: starttime
-    except ValueError:
-        return None
+    ticks = numbers.whole(fields[19]) if len(fields) > 19 else None  # field 22: starttime
+    return None if ticks is None else (boot + ticks * tick, resolution)
 
 
 def _other_hooks(paths, before):
