@@ -37,11 +37,15 @@ def _warn(message):
 
 
 def _render(report):
-    """A command's Report: its lines on stdout, then its warnings; returns its exit status."""
+    """A command's Report: its lines on stdout, then its warnings; returns its exit status.
+    Each escaped as status escapes names: a name or pool from an old state file (a lone
+    surrogate, a control character) prints under a strict UTF-8 stdout, on its own line."""
+    from vfpick.names import printable
+
     for line in report.lines:
-        print(line)
+        print(printable(line))
     for w in report.warnings:
-        _warn(w)
+        _warn(printable(w))
     return report.status
 
 

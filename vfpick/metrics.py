@@ -109,7 +109,7 @@ def families(facts):
         # Escaped: a lone surrogate from an old state file cannot be encoded in the exposition.
         name = names.printable(domain_claims[0].domain)
         for claim in domain_claims:
-            nics[(name, claim.pool)] += 1
+            nics[(name, names.printable(claim.pool))] += 1
         is_bad = degraded(topo, config.pools, domain_claims, _domain_facts(facts.index, uuid))
         is_bad = is_bad or any(c.vf in lost for c in domain_claims)  # a NIC unplugged
         bad[name] = bad.get(name, False) or is_bad  # names clash only for stale claims

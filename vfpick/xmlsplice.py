@@ -143,7 +143,10 @@ def parse_fragment(data, what, depth):
         _node_spans(data)
         root = etree.fromstring(data, _hardened_parser())
     except XmlError as exc:
-        raise XmlError(str(exc).replace("domain XML", what, 1)) from None
+        text = str(exc)
+        if text.startswith("malformed domain XML: "):
+            text = "%s is not well-formed XML: %s" % (what, text[len("malformed domain XML: "):])
+        raise XmlError(text.replace("domain XML", what, 1)) from None
     except etree.XMLSyntaxError as exc:
         raise XmlError("%s is not well-formed XML: %s" % (what, (str(exc).splitlines() or ["?"])[0]))
     docinfo = root.getroottree().docinfo

@@ -30,12 +30,6 @@ def _is_int(value, least, most=numbers.U64):
     return type(value) is int and least <= value <= most  # bool is an int: not a count
 
 
-def _not_utf8(text):
-    """A lone surrogate (a JSON escape such as \\udcff): no UTF-8 text holds one, and it
-    cannot be printed or exposed."""
-    return any(0xD800 <= ord(ch) < 0xE000 for ch in text)
-
-
 def _settings_problem(name, value):
     if value is None:
         return None
@@ -56,13 +50,10 @@ def claim_problem(claim):
     for field, value in zip(_STRING_FIELDS, claim):
         if not isinstance(value, str):
             return "'%s' is not a string" % field
-        if _not_utf8(value):
-            return "'%s' is not UTF-8 text (a lone surrogate)" % field
     if not pci.is_canonical(claim.vf):
         return "'vf' %r is not a canonical PCI address" % claim.vf
     pending = claim.pending
     if pending is not None and not (isinstance(pending, Writer) and isinstance(pending.boot, str)
-                                    and not _not_utf8(pending.boot)
                                     and _is_int(pending.pid, 1) and _is_int(pending.start, 0)):
         return "'pending' is not an object of boot (string), pid, start (counts)"
     for field in _RATE_FIELDS:
