@@ -268,6 +268,40 @@ def test_6_a_carriage_return_in_a_name_stays_on_its_log_line(capsys):
     assert "a\\rForged: line" in err
 
 
+# ---------------------------------------------------------------- 7: metrics clients that reset
+
+def test_7_clients_that_reset_after_get_metrics_leave_no_traceback(host, capfd):
+    import socket
+    import struct
+    import threading
+    import urllib.request
+
+    from vfpick import metrics
+    from waiting import wait_until
+
+    cfg = host.write_config()
+    resolver.resolve(cfg, domain("web", nics=2))
+    logged = []
+    before = threading.active_count()
+    server = metrics.serve(cfg, "127.0.0.1:0", logged.append)
+    try:
+        port = server.server_address[1]
+        for _ in range(20):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()   # a reset, not a FIN
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as resp:
+            assert resp.status == 200
+        wait_until(lambda: threading.active_count() <= before + 1, "the handlers to end")
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+    assert not any("Traceback" in line for line in logged), logged
+
+
 # ---------------------------------------------------------------- 8: MACs as libvirt reads them
 
 @pytest.mark.parametrize("spelling", ["52:54:00:aa:00:01 x", "52:54:00:AA:0:1", "52:54:00:aa:00:01\t"])

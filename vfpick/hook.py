@@ -163,10 +163,18 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
 
                     link_of = topology.for_config(config).link_of
                 link = link_of.get(pf, pf)
+                from vfpick.errors import XmlError
+
+                try:
+                    rates = _meta_rates(config, name, dvf, pool, claims, ready)
+                except (Refusal, XmlError) as e:
+                    conflict(str(e))  # raises, but on a reconnect: the guest runs on it already,
+                    from vfpick.bandwidth import claim_rates  # so its claim records it, rateless
+
+                    rates = claim_rates(None)
                 claim = Claim(vf=vf, pf=pf, link=link, pool=pool.name if pool else "",
                               domain=name, uuid=uuid, mac=mac or "", active=True,
-                              pending=None, applied=None, restore=None,
-                              **_meta_rates(config, name, dvf, pool, claims, ready))
+                              pending=None, applied=None, restore=None, **rates)
             ready.append((claim, pool))
         # Every refusal is raised above, before any VF is touched.
         _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warnings)
