@@ -148,6 +148,12 @@ def test_3_prepare_refuses_a_forged_metadata_floor_past_the_links_room(make_host
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "guarantee" in err and err.count("\n") == 1, err
     assert claims(cfg) == before
+    # a reconnect (the guest runs on it already) records it, rateless, and says why
+    proc = run_hook(host, "forged", "reconnect", "begin", forged)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "guarantee" in err and "Traceback" not in err, err
+    [recorded] = [c for c in claims(cfg) if c.vf == free]
+    assert (recorded.rate_mbps, recorded.min_rate_mbps) == (None, None)
 
 
 def test_3_a_kept_vf_whose_metadata_floor_was_raised_is_checked_again(make_host):
