@@ -169,6 +169,23 @@ def test_3_a_kept_vf_whose_metadata_floor_was_raised_is_checked_again(make_host)
     assert claims(cfg) == before
 
 
+def test_3_a_rebuild_holds_metadata_rates_to_the_links_room(make_host, conn, capsys):
+    host = make_host()
+    cfg = guarantee_cfg(host)
+    big = "<bandwidth><inbound floor='2441406'/><outbound average='2441406'/></bandwidth>"
+    define_cmd.cmd_define(cfg, domain("honest", uuid="00000000-0000-4000-8000-000000000001",
+                                      iface_extra=big), URI)
+    define_cmd.cmd_define(cfg, domain("mine", uuid="ffffffff-0000-4000-8000-000000000001"), URI)
+    conn.defineXML(with_meta_rates(libvirt_xml(conn, "mine"), "average='2441406' floor='2441406'"))
+    with open(os.path.join(cfg.state_dir, "claims.json"), "wb") as f:
+        f.write(b"{lost")
+    code, out, err = run(host, capsys, "reconcile", "--connect", URI, "--rebuild")
+    assert code == 0, err
+    rates = {c.domain: (c.rate_mbps, c.min_rate_mbps) for c in claims(cfg)}
+    assert rates == {"honest": (20000, 20000), "mine": (None, None)}, rates
+    assert "without the rates its metadata names" in out
+
+
 # ---------------------------------------------------------------- 4: livemove keeps <bandwidth>
 
 def test_4_a_live_moves_new_definition_keeps_the_nics_rates(cfg):
