@@ -235,7 +235,9 @@ def cmd_drain(args):
                          live=args.live, allow_gap=args.allow_nic_gap)
     for w in report.warnings:
         _warn(w)
-    print("\n".join(drain.render(report, args.dry_run)))
+    from vfpick.names import printable
+
+    print("\n".join(printable(line) for line in drain.render(report, args.dry_run)))
     sys.stdout.flush()  # the report first, then one line per problem
     for problem in report.problems:
         sys.stderr.write("vfpick: %s\n" % " ".join(problem.split()))
