@@ -45,6 +45,10 @@ def test_sysfs_int(text, value):
 # int()/float() calls outside numbers.py that convert no outside text, each with why.
 ALLOWED = {
     ("vfpick/cli.py", "int(now * 1000)"): "a float clock",
+    ("vfpick/pci.py", "int(domain, 16)"): "sort_key: canonical addresses only (is_canonical)",
+    ("vfpick/pci.py", "int(bus, 16)"): "sort_key",
+    ("vfpick/pci.py", "int(slot, 16)"): "sort_key",
+    ("vfpick/pci.py", "int(function)"): "sort_key",
     ("vfpick/config.py", "float(value)"): "lock_timeout: float() of any length is bounded "
                                           "(inf, nan), range-checked after",
     ("vfpick/docgen.py", 'int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))'):

@@ -39,10 +39,12 @@ def is_canonical(addr):
 
 
 def sort_key(addr):
-    """Numeric order, so 0000:0a:00.0 sorts before 0000:10:00.0 (hex, not text)."""
+    """Numeric order, so 0000:0a:00.0 sorts before 0000:10:00.0 (hex, not text). Of canonical
+    addresses only (is_canonical: a fixed number of hex digits), on every claims sort: plain
+    int() is both safe and the fastest here."""
     domain, bus, rest = addr.split(":")
     slot, function = rest.split(".")
-    return tuple(numbers.whole(part, 0, 0xFFFF, 16) for part in (domain, bus, slot, function))
+    return (int(domain, 16), int(bus, 16), int(slot, 16), int(function))
 
 
 def card_of(addr):
