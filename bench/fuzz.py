@@ -3,12 +3,13 @@
 target briefly).
 
     bench/fuzz.py --minutes 10                     # all targets, round-robin
-    bench/fuzz.py --minutes 60 --target hook       # rewriter | config | hook | all
+    bench/fuzz.py --minutes 60 --target hook       # rewriter | config | hook | numbers | claims | all
     bench/fuzz.py --minutes 5 --seed 1234          # replay a run
 
 Targets (tests/fuzz/targets.py): the domain XML rewriter and expat scanner on mutated real
 domains and random bytes; the INI config parser; the qemu hook in-process for every op with
-random argv names and stdin, against a simulated host holding a real claim. Engine: hypothesis
+random argv names and stdin, against a simulated host holding a real claim; every parser of
+numbers from outside (numbers, cpulist, PCI, MAC, rates); the claims file's codec. Engine: hypothesis
 (each round a fresh seed, no example database), so a failure is shrunk to a minimal input and
 printed with its seed; exit 1 on the first failure, 0 when the time is up.
 """
@@ -50,13 +51,25 @@ def make_tests(host):
         host.reset()
         targets.hook_op(host, name, op[0], op[1], data)
 
-    return {"rewriter": rewriter, "config": config, "hook": hook}
+    @ROUND
+    @given(targets.numbers_text)
+    def numbers(text):
+        targets.numbers_target(text)
+
+    @ROUND
+    @given(targets.claims_file())
+    def claims(raw):
+        targets.claims_target(raw)
+
+    return {"rewriter": rewriter, "config": config, "hook": hook, "numbers": numbers,
+            "claims": claims}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5)
-    parser.add_argument("--target", choices=["rewriter", "config", "hook", "all"], default="all")
+    parser.add_argument("--target", choices=["rewriter", "config", "hook", "numbers", "claims", "all"],
+                        default="all")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
 

@@ -539,6 +539,18 @@ def test_rewriter_refuses_or_rewrites_consistently(data):
     targets.rewriter(data)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(targets.numbers_text)
+def test_number_parsers_bound_or_refuse(text):
+    targets.numbers_target(text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(targets.claims_file())
+def test_claims_codec_bounds_or_refuses(raw):
+    targets.claims_target(raw)
+
+
 def test_fuzz_command_runs(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "fuzz.py"), "--minutes", "0.05",
                            "--target", "config", "--seed", "1"], capture_output=True, timeout=120)

@@ -23,6 +23,8 @@ claim (Mb/s).
 
 from collections import namedtuple
 
+from vfpick import numbers
+from vfpick.names import printable
 from vfpick.errors import XmlError
 
 Bandwidth = namedtuple("Bandwidth", "average peak floor")
@@ -41,11 +43,11 @@ def mbps(kib):
 def _rate(text, what):
     if text is None:
         return None
-    text = text.strip()
-    if not text or not set(text) <= set("0123456789") or not 0 < int(text) <= MAX_KIB:
+    value = numbers.whole(text.strip(), 1, MAX_KIB)
+    if value is None:
         raise XmlError("%s='%s' is not a rate in KiB/s (a whole number from 1 to %d)"
-                       % (what, text[:40], MAX_KIB))
-    return int(text)
+                       % (what, text.strip()[:40], MAX_KIB))
+    return value
 
 
 def from_interface(iface, label):
@@ -73,19 +75,29 @@ def from_interface(iface, label):
         floor = _rate(inbound.get("floor"), where % ("inbound", "floor"))
     if average is None and floor is None:
         return None
+    if floor is not None and average is not None and floor > average:
+        # The VF would be asked for min_tx_rate > max_tx_rate, which rtnetlink refuses.
+        raise XmlError(where % ("inbound", "floor='%d'>" % floor) + " is above its <outbound "
+                       "average='%d'>: a guarantee cannot exceed the NIC's own rate" % average)
     return Bandwidth(average, peak, floor)
 
 
-def from_attrs(get):
+def from_attrs(get, label="<vfpick:nic>"):
     """Bandwidth from vfpick:nic attributes (get: name -> text or None); None when none is set.
-    A damaged value is dropped (the metadata is vfpick's record, not the user's input)."""
-    values = []
-    for name in ATTRS:
-        try:
-            values.append(_rate(get(name), name))
-        except XmlError:
-            values.append(None)
-    return Bandwidth(*values) if any(v is not None for v in values) else None
+    The metadata is part of the domain's XML, so input from whoever may define domains: checked
+    as a pool interface's <bandwidth> is (whole KiB/s within bounds, peak >= average,
+    floor <= average); XmlError naming *label* otherwise. The one reader of metadata rates
+    (hostdev for resolve, of_meta for the hook and reconcile)."""
+    values = [_rate(get(name), "%s %s" % (label, name)) for name in ATTRS]
+    bw = Bandwidth(*values)
+    if bw.average is None and bw.peak is not None:
+        raise XmlError("%s has a peak without an average" % label)
+    if bw.peak is not None and bw.peak < bw.average:
+        raise XmlError("%s peak='%d' is below its average (%d KiB/s)" % (label, bw.peak, bw.average))
+    if bw.floor is not None and bw.average is not None and bw.floor > bw.average:
+        raise XmlError("%s floor='%d' is above its average (%d KiB/s)"
+                       % (label, bw.floor, bw.average))
+    return bw if any(v is not None for v in values) else None
 
 
 def claim_rates(bw):
@@ -97,10 +109,12 @@ def claim_rates(bw):
 
 def of_meta(nic):
     """claim_rates() of what a domscan.MetaNic records (its bandwidth is ATTRS' texts, in
-    order), or of none: what a claim rebuilt from the metadata (lost state) carries."""
+    order), or of none: what a claim rebuilt from the metadata (lost state) carries.
+    XmlError for rates from_attrs refuses."""
     if nic is None or nic.bandwidth is None:
         return claim_rates(None)
-    return claim_rates(from_attrs(dict(zip(ATTRS, nic.bandwidth)).get))
+    return claim_rates(from_attrs(dict(zip(ATTRS, nic.bandwidth)).get,
+                                  "<vfpick:nic mac='%s'>" % printable((nic.mac or "")[:40])))
 
 
 def to_attrs(bw):

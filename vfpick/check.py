@@ -13,7 +13,7 @@ import shlex
 import stat
 from collections import namedtuple
 
-from vfpick import pci, safeio
+from vfpick import numbers, pci, safeio
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 QEMU_D_MIN = (6, 5, 0)  # libvirt runs hooks/qemu.d/* since 6.5.0
@@ -235,7 +235,7 @@ def check_port_identity(config, topo):
 
 def check_watcher(paths):
     for entry in list_dir(paths.proc_root):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if numbers.whole(entry, 1) in (None, os.getpid()):
             continue
         argv = (read_text(os.path.join(paths.proc_root, entry, "cmdline")) or "").split("\0")
         for i, arg in enumerate(argv):

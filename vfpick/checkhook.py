@@ -8,6 +8,7 @@ import shlex
 import stat
 import subprocess
 
+from vfpick import numbers
 from vfpick.check import FAIL, OK, QEMU_D_MIN, WARN, Finding, Paths, iso_time, list_dir, read_text
 
 
@@ -97,14 +98,12 @@ def _process_start(proc_root, pid):
     else:
         boot = [line.split()[1] for line in (read_text(os.path.join(proc_root, "stat")) or "").splitlines()
                 if line.startswith("btime ")]
-        boot, resolution = (boot[0] if boot else None), 1.0
+        boot, resolution = (numbers.whole(boot[0]) if boot else None), 1.0
     if not text or boot is None:
         return None
     fields = text.rsplit(")", 1)[-1].split()
-    try:
-        return float(boot) + int(fields[19]) * tick, resolution  # field 22: starttime
-    except (IndexError, ValueError):
-        return None
+    ticks = numbers.whole(fields[19]) if len(fields) > 19 else None  # field 22: starttime
+    return None if ticks is None else (boot + ticks * tick, resolution)
 
 
 def _other_hooks(paths, before):
@@ -174,8 +173,9 @@ def _started_vs_hook(paths, name, pid, hook_mtime):
 def _version(text):
     for word in reversed((text or "").split()):
         parts = word.split(".")
-        if len(parts) >= 2 and all(p.isdigit() for p in parts):
-            return tuple(int(p) for p in parts[:3]) + (0,) * (3 - len(parts[:3]))
+        numbers_ = [numbers.whole(p, 0, 1 << 20) for p in parts]
+        if len(parts) >= 2 and None not in numbers_:
+            return tuple(numbers_[:3]) + (0,) * (3 - len(numbers_[:3]))
     return None
 
 

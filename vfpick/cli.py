@@ -37,21 +37,29 @@ def _warn(message):
 
 
 def _render(report):
-    """A command's Report: its lines on stdout, then its warnings; returns its exit status."""
+    """A command's Report: its lines on stdout, then its warnings; returns its exit status.
+    Each escaped as status escapes names: a name or pool from an old state file (a lone
+    surrogate, a control character) prints under a strict UTF-8 stdout, on its own line."""
+    from vfpick.names import printable
+
     for line in report.lines:
-        print(line)
+        print(printable(line))
     for w in report.warnings:
-        _warn(w)
+        _warn(printable(w))
     return report.status
 
 
-def _log_line(message):
+def log_line(message):
     """The watcher's log: one timestamped line on stderr per action."""
     import time
 
+    from vfpick.names import printable
+
     now = time.time()
+    # One line each, whatever a domain name in it holds (libvirt refuses only '\n' in names:
+    # a '\r' would forge a line at column 0).
     sys.stderr.write("%s.%03d vfpick watch: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
-                                                     int(now * 1000) % 1000, message))
+                                                     int(now * 1000) % 1000, printable(message)))
     sys.stderr.flush()
 
 
@@ -203,7 +211,7 @@ def cmd_watch(args):
     from vfpick.commands import watch
 
     cfg = _load_config(args)
-    return watch.cmd_watch(cfg, args.connect or cfg.connect, _log_line,
+    return watch.cmd_watch(cfg, args.connect or cfg.connect, log_line,
                            metrics_listen=args.metrics_listen)
 
 
@@ -227,7 +235,9 @@ def cmd_drain(args):
                          live=args.live, allow_gap=args.allow_nic_gap)
     for w in report.warnings:
         _warn(w)
-    print("\n".join(drain.render(report, args.dry_run)))
+    from vfpick.names import printable
+
+    print("\n".join(printable(line) for line in drain.render(report, args.dry_run)))
     sys.stdout.flush()  # the report first, then one line per problem
     for problem in report.problems:
         sys.stderr.write("vfpick: %s\n" % " ".join(problem.split()))

@@ -9,7 +9,7 @@ interpreter start. The syntax is configparser's subset that vfpick documents: ``
 import os
 from collections import namedtuple
 
-from vfpick import pci
+from vfpick import numbers, pci
 from vfpick.errors import ConfigError
 
 DEFAULT_PATH = "/etc/vfpick.ini"
@@ -169,9 +169,11 @@ def _seconds(where, section, key, value):
 
 def _mbps(where, section, key, value):
     value = value.strip()
-    if not value or not set(value) <= set("0123456789") or not 1 <= int(value) <= MAX_RATE_MBPS:
-        raise where.error(section, key, "%r is not a rate in Mb/s from 1 to %d" % (value, MAX_RATE_MBPS))
-    return int(value)
+    rate = numbers.whole(value, 1, MAX_RATE_MBPS)
+    if rate is None:
+        raise where.error(section, key, "%r is not a rate in Mb/s from 1 to %d"
+                          % (value[:40], MAX_RATE_MBPS))
+    return rate
 
 
 def _name(where, section, kind, name):

@@ -1,5 +1,9 @@
 """Kernel / libvirt cpu-list syntax: ``0-3,8,10-11`` (libvirt adds ``^N`` exclusions)."""
 
+from vfpick import numbers
+
+MAX_ID = 65535
+
 
 def parse(text):
     """Set of ints in a cpulist/cpuset/nodeset, or None when *text* is malformed.
@@ -18,11 +22,9 @@ def parse(text):
         if part.startswith("^"):
             target, part = exclude, part[1:]
         lo_text, sep, hi_text = part.partition("-")
-        if not lo_text.isdigit() or (sep and not hi_text.isdigit()):
-            return None
-        lo = int(lo_text)
-        hi = int(hi_text) if sep else lo
-        if hi < lo or hi > 65535:
+        lo = numbers.whole(lo_text.strip(), 0, MAX_ID)
+        hi = numbers.whole(hi_text.strip(), 0, MAX_ID) if sep else lo
+        if lo is None or hi is None or hi < lo:
             return None
         target.update(range(lo, hi + 1))
     return frozenset(include - exclude)

@@ -9,6 +9,8 @@ parameter, so tests drive it from files in a temporary tree.
 import os
 from collections import namedtuple
 
+from vfpick import numbers, safeio
+
 LIBVIRTD, VIRTQEMUD = "libvirtd", "virtqemud"
 NAMES = (LIBVIRTD, VIRTQEMUD)
 # The sockets qemu:///system clients reach, in the order libvirt's client tries them
@@ -26,9 +28,8 @@ told, or None when only a process told."""
 
 
 def _read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(4096)
+    try:  # a FIFO at a pid file must not hang check or install-hook
+        return safeio.read_text(path, 4096, "utf-8", "replace")[:4096]
     except OSError:
         return None
 
@@ -42,18 +43,19 @@ def processes(run_dir="/run", proc_root="/proc"):
     process's comm, so a stale file names nothing), else a scan of proc_root."""
     found = {}
     for name in NAMES:
-        text = (_read(os.path.join(run_dir, name + ".pid")) or "").strip()
-        if text.isdigit() and _comm(proc_root, text) == name:
-            found[name] = int(text)
+        pid = numbers.whole((_read(os.path.join(run_dir, name + ".pid")) or "").strip(), 1)
+        if pid is not None and _comm(proc_root, pid) == name:
+            found[name] = pid
     if len(found) < len(NAMES):
         try:
-            entries = sorted((e for e in os.listdir(proc_root) if e.isdigit()), key=int)
+            pids = sorted(p for p in (numbers.whole(e, 1) for e in os.listdir(proc_root))
+                          if p is not None)
         except OSError:
-            entries = []
-        for entry in entries:
-            comm = _comm(proc_root, entry)
+            pids = []
+        for pid in pids:
+            comm = _comm(proc_root, pid)
             if comm in NAMES and comm not in found:
-                found[comm] = int(entry)
+                found[comm] = pid
     return found
 
 
@@ -71,18 +73,27 @@ def in_use(run_dir="/run", proc_root="/proc"):
     return None
 
 
+def _masked(root, name):
+    """`systemctl mask`: a link to /dev/null in etc/systemd/system (or /run/systemd/system)."""
+    for d in ("etc/systemd/system", "run/systemd/system"):
+        try:
+            if os.readlink(os.path.join(root, d, name)) == "/dev/null":
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _unit(root, name):
-    """Installed and not masked (`systemctl mask`: a link to /dev/null in etc/systemd/system)."""
-    try:
-        if os.readlink(os.path.join(root, "etc/systemd/system", name)) == "/dev/null":
-            return False
-    except OSError:
-        pass
-    return any(os.path.exists(os.path.join(root, d, name)) for d in UNIT_DIRS)
+    """Installed and not masked."""
+    return not _masked(root, name) and any(os.path.exists(os.path.join(root, d, name))
+                                           for d in UNIT_DIRS)
 
 
 def _enabled(root, name):
-    return any(os.path.lexists(os.path.join(root, d, name)) for d in WANTS_DIRS)
+    """Enabled and not masked: a masked unit's .wants link left behind starts nothing."""
+    return not _masked(root, name) and any(os.path.lexists(os.path.join(root, d, name))
+                                           for d in WANTS_DIRS)
 
 
 def service(root="/", run_dir=None, proc_root=None):

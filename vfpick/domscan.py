@@ -73,16 +73,40 @@ class RunningVfs(dict):
         self.skipped = []
 
 
+_XDIGITS = frozenset("0123456789abcdef")
+
+
+def libvirt_mac(text):
+    """The MAC libvirt's virMacAddrParse reads in *text* (``52:54:00:aa:00:01`` form), or None
+    when it refuses it. As libvirt: six groups of one or two hex digits joined by ':', and the
+    MAC ends at the first byte <= ' ' after the sixth group, whatever follows
+    (``52:54:00:aa:00:01 x`` is ``52:54:00:aa:00:01``); a byte >= 0x80 ends it too (a signed
+    char on x86). Two spellings libvirt stores as one MAC are one MAC here."""
+    text = text.lstrip().lower()
+    groups, at = [], 0
+    for i in range(6):
+        end = at
+        while end < len(text) and end - at < 3 and text[end] in _XDIGITS:
+            end += 1
+        if not 1 <= end - at <= 2:
+            return None
+        groups.append(text[at:end].rjust(2, "0"))
+        if i == 5:
+            if end == len(text) or ord(text[end]) <= 0x20 or ord(text[end]) >= 0x80:
+                return ":".join(groups)
+            return None
+        if end >= len(text) or text[end] != ":":
+            return None
+        at = end + 1
+    return None
+
+
 def normalize_mac(text):
-    """``52:54:00:aa:00:01`` form (lowercase, two digits); other text lowercased and stripped."""
+    """``52:54:00:aa:00:01`` form of the MAC libvirt reads in *text* (libvirt_mac); text it
+    refuses is returned lowercased and stripped (callers refuse it)."""
     if text is None:
         return None
-    text = text.strip().lower()
-    parts = text.split(":")
-    if len(parts) == 6 and all(0 < len(p) <= 2 and all(c in "0123456789abcdef" for c in p)
-                               for p in parts):
-        return ":".join(p.rjust(2, "0") for p in parts)
-    return text
+    return libvirt_mac(text) or text.strip().lower()
 
 
 def canonical_uuid(text):

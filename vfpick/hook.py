@@ -163,16 +163,43 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
 
                     link_of = topology.for_config(config).link_of
                 link = link_of.get(pf, pf)
-                # The NIC's rates from its metadata: a lost claim is not a lost guarantee.
-                from vfpick.bandwidth import of_meta
+                from vfpick.errors import XmlError
 
+                try:
+                    rates = _meta_rates(config, name, dvf, pool, claims, ready)
+                except (Refusal, XmlError) as e:
+                    conflict(str(e))  # raises, but on a reconnect: the guest runs on it already,
+                    from vfpick.bandwidth import claim_rates  # so its claim records it, rateless
+
+                    rates = claim_rates(None)
                 claim = Claim(vf=vf, pf=pf, link=link, pool=pool.name if pool else "",
                               domain=name, uuid=uuid, mac=mac or "", active=True,
-                              pending=None, applied=None, restore=None, **of_meta(dvf.nic))
+                              pending=None, applied=None, restore=None, **rates)
             ready.append((claim, pool))
         # Every refusal is raised above, before any VF is touched.
         _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warnings)
     return warnings
+
+
+def _meta_rates(config, name, dvf, pool, claims, ready):
+    """The claim rates of a VF nobody claimed, from the domain's metadata (a lost claim is not a
+    lost guarantee). The metadata is the domain's own XML: its rates are checked as a pool
+    interface's <bandwidth> is (XmlError), and under guarantee = yes they must fit on the link
+    beside every other claim, as a new pick's must (Refusal)."""
+    from vfpick.bandwidth import of_meta
+
+    rates = of_meta(dvf.nic)
+    if pool is not None and pool.guarantee and (rates["rate_mbps"] or rates["min_rate_mbps"]):
+        from vfpick import policy, topology
+
+        others = dict(claims.mapping())
+        others.update((claim.vf, claim) for claim, _pool in ready)
+        problem = policy.room_problem(topology.for_config(config), pool.pfs, others, dvf.vf,
+                                      rates["rate_mbps"], rates["min_rate_mbps"])
+        if problem:
+            raise Refusal("VF %s of domain '%s': %s; lower the NIC's <bandwidth> and run "
+                          "'vfpick repick %s'" % (dvf.vf, name, problem, _shell_word(name)))
+    return rates
 
 
 def _fix(name, managed, pool):

@@ -21,6 +21,7 @@ from vfpick.config import DISTINCT, NUMA
 from vfpick.domscan import NS, canonical_uuid, normalize_mac, pci_source
 from vfpick.errors import XmlError
 from vfpick.records import Assignment
+from vfpick.names import printable
 
 NetIface = collections.namedtuple("NetIface", "index network mac bandwidth", defaults=(None,))
 NetIface.__doc__ = """An <interface type='network'>. index: position among <devices>'s
@@ -115,7 +116,8 @@ class DomainXml(object):
             if mac and mac not in entries:
                 entries[mac] = Assignment(mac=mac, pool=nic.get("pool"), vf=nic.get("vf"),
                                           pf=nic.get("pf"), link=nic.get("link"),
-                                          bandwidth=bandwidthmod.from_attrs(nic.get))
+                                          bandwidth=bandwidthmod.from_attrs(
+                                              nic.get, "<vfpick:nic mac='%s'>" % printable(mac[:40])))
         return entries
 
     def network_interfaces(self, pools=None):

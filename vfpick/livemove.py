@@ -62,11 +62,7 @@ def _vf_of(iface):
     if address is None or iface.get("type") != "hostdev":
         return None
     a = address.attrib
-    try:
-        return pci.normalize("%04x:%02x:%02x.%x" % tuple(
-            int(a.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function")))
-    except ValueError:
-        return None
+    return pci.from_libvirt_attrs(a.get("domain"), a.get("bus"), a.get("slot"), a.get("function"))
 
 
 def vf_nics(xml):
@@ -206,13 +202,15 @@ def _settle(config, store, old, new, live):
     return []
 
 
-def _new_definition(data, mac, new, meta_only=False):
+def new_definition(data, mac, new, meta_only=False):
     """(domain XML bytes, vfpick metadata element) with NIC *mac* on the VF of claim *new*."""
     doc = DomainXml.parse(data)
-    index = next((i.index for i in doc.managed_interfaces() if i.mac == mac), None)
-    if index is None:
+    nic = next((i for i in doc.managed_interfaces() if i.mac == mac), None)
+    if nic is None:
         raise VfpickError("the definition has no vfpick NIC %s" % mac)
-    doc.apply({index: Assignment(mac=mac, pool=new.pool, vf=new.vf, pf=new.pf, link=new.link)})
+    # The NIC keeps its <bandwidth> (metadata): a later repick or rebuild reads its rates there.
+    doc.apply({nic.index: Assignment(mac=mac, pool=new.pool, vf=new.vf, pf=new.pf,
+                                     link=new.link, bandwidth=nic.bandwidth)})
     out = doc.to_bytes()
     meta = _parse(out).find("metadata/{%s}domain" % domscan.NS)
     return out, meta
@@ -295,7 +293,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
     try:
         data = devices.persistent_xml()
         if data is not None:
-            xml, _ = _new_definition(data, mac, new)
+            xml, _ = new_definition(data, mac, new)
             devices.define(xml)
     except (lv_error, VfpickError) as e:
         reason = virt.error_message(e) if isinstance(e, lv_error) else str(e)
@@ -319,7 +317,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
         raise err from None
     if devices.live:
         try:
-            _, meta = _new_definition(devices.xml(), mac, new)
+            _, meta = new_definition(devices.xml(), mac, new)
             devices.set_metadata(_plain_metadata(meta), domscan.NS, "vfpick")
         except (lv_error, VfpickError) as e:
             warnings.append("NIC %s of '%s' moved, but its live metadata still names VF %s: %s"

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
-from vfpick import names, pci, policy, resolver, stale, topology
+from vfpick import names, numbers, pci, policy, resolver, stale, topology
 from vfpick.status import distinct_level
 from vfpick.errors import VfpickError
 
@@ -109,7 +109,7 @@ def families(facts):
         # Escaped: a lone surrogate from an old state file cannot be encoded in the exposition.
         name = names.printable(domain_claims[0].domain)
         for claim in domain_claims:
-            nics[(name, claim.pool)] += 1
+            nics[(name, names.printable(claim.pool))] += 1
         is_bad = degraded(topo, config.pools, domain_claims, _domain_facts(facts.index, uuid))
         is_bad = is_bad or any(c.vf in lost for c in domain_claims)  # a NIC unplugged
         bad[name] = bad.get(name, False) or is_bad  # names clash only for stale claims
@@ -262,10 +262,11 @@ def parse_listen(text):
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    number = numbers.whole(port, 0, 65535)
+    if not sep or not host or number is None:
         raise VfpickError("--metrics-listen %r: want ADDR:PORT, e.g. 127.0.0.1:9731 or [::1]:9731"
                           % text)
-    return host, int(port)
+    return host, number
 
 
 def _live(config, log):
@@ -318,6 +319,18 @@ def serve(config, listen, log, request_timeout=REQUEST_TIMEOUT, max_handlers=MAX
                 super().process_request_thread(request, client_address)
             finally:
                 slots.release()
+
+        def handle_error(self, request, client_address):
+            # Not socketserver's traceback on stderr per client: a client that resets or
+            # stalls is its own business (nothing logged); anything else is one log line.
+            import sys
+
+            error = sys.exc_info()[1]
+            if isinstance(error, (ConnectionError, TimeoutError)):
+                return
+            log("metrics: request from %s failed: %s" % (
+                client_address[0] if client_address else "?",
+                " ".join(str(error).split())[:200] or type(error).__name__))
 
     class Deadline(io.RawIOBase):
         """The connection's reads, each with what is left of REQUEST_TIMEOUT: a client sending

@@ -3,13 +3,13 @@
 No ``re``: the hook imports this on every VM start and ``re`` costs it ~8 ms.
 """
 
-_HEX = frozenset("0123456789abcdefABCDEF")
+from vfpick import numbers
 
 
 def _hex(text, max_len):
-    if not 1 <= len(text) <= max_len or not set(text) <= _HEX:
+    if not 1 <= len(text) <= max_len:
         return None
-    return int(text, 16)
+    return numbers.whole(text, 0, 16 ** max_len - 1, 16)
 
 
 def normalize(text):
@@ -39,7 +39,9 @@ def is_canonical(addr):
 
 
 def sort_key(addr):
-    """Numeric order, so 0000:0a:00.0 sorts before 0000:10:00.0 (hex, not text)."""
+    """Numeric order, so 0000:0a:00.0 sorts before 0000:10:00.0 (hex, not text). Of canonical
+    addresses only (is_canonical: a fixed number of hex digits), on every claims sort: plain
+    int() is both safe and the fastest here."""
     domain, bus, rest = addr.split(":")
     slot, function = rest.split(".")
     return (int(domain, 16), int(bus, 16), int(slot, 16), int(function))
@@ -55,9 +57,9 @@ def from_libvirt_attrs(domain, bus, slot, function):
 
     Returns None for anything that is not a well-formed PCI address.
     """
-    try:
-        values = [int(v, 0) if v is not None else None for v in (domain, bus, slot, function)]
-    except (TypeError, ValueError):
+    values = [numbers.libvirt_int(v) if v is not None else None
+              for v in (domain, bus, slot, function)]
+    if any(v is None and t is not None for v, t in zip(values, (domain, bus, slot, function))):
         return None
     domain_n, bus_n, slot_n, function_n = values
     if domain_n is None:

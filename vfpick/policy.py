@@ -139,10 +139,14 @@ def pick(topology, pool_pfs, claims, busy, request):
     def units_used(level):
         return [unit_of(topology, level, topology.vfs[vf].pf) for vf in mine]
 
-    # Kept VFs first: they are fixed, and new picks must stay distinct from them.
+    # Kept VFs first: they are fixed, and new picks must stay distinct from them. A kept VF
+    # passes the guarantee's room check like a new pick (its rates come from the domain's
+    # metadata, which whoever defines the domain may have raised); one that fails is picked
+    # anew below, and refused when no link has room.
     for i, nic in enumerate(request.nics):
         vf = nic.keep_vf
-        if vf and vf in pool_set and vf not in taken and vf not in mine:
+        if vf and vf in pool_set and vf not in taken and vf not in mine and (
+                not request.guarantee or _fits(topology, vf, nic, ledger, speeds)):
             chosen[i] = vf
             mine.append(vf)
             ledger.add(vf, nic.rate, nic.min_rate)
@@ -218,6 +222,31 @@ def pick(topology, pool_pfs, claims, busy, request):
         picks.append(Pick(mac=nic.mac, vf=vf, pf=pf_addr, link=topology.link_of[pf_addr],
                           card=topology.card_of[pf_addr]))
     return tuple(picks)
+
+
+def _fits(topology, vf, nic, ledger, speeds):
+    need = reserved(nic.rate, nic.min_rate)
+    link = topology.link_of[topology.vfs[vf].pf]
+    return not need or speeds[link] - ledger.reserved.get(link, 0) >= need
+
+
+def room_problem(topology, pool_pfs, claims, vf, rate, min_rate):
+    """Why a NIC with these rates cannot be guaranteed on *vf* (guarantee = yes) beside
+    *claims* ({vf: Claim}, the VF's own excluded), or None: the check a rate read from a
+    domain's metadata passes where no pick made it (the hook claiming a VF nobody claimed)."""
+    need = reserved(rate, min_rate)
+    record = topology.vfs.get(vf)
+    if not need or record is None or record.pf not in topology.link_of:
+        return None
+    link = topology.link_of[record.pf]
+    speeds = link_speeds(topology, tuple(pool_pfs) + (record.pf,))
+    others = {v: c for v, c in claims.items() if v != vf}
+    ledger = _Ledger(topology, list(others), others, 0)
+    room = speeds[link] - ledger.reserved.get(link, 0)
+    if room >= need:
+        return None
+    return ("its guarantee of %d Mb/s does not fit on link %s (guarantee=yes: %d Mb/s of %d left)"
+            % (need, link, max(0, room), speeds[link]))
 
 
 def _guaranteed(topology, free, nic, request, ledger, speeds, i):

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vfpick import bandwidth, domscan
+from vfpick.errors import XmlError
+from vfpick.names import printable
 from vfpick.records import Claim
 
 
@@ -70,6 +72,10 @@ def metadata_problem(nic, pools):
         return "names pool %r, which the config does not define" % nic.pool
     if nic.vf is None:
         return "has no valid VF address"
+    try:
+        bandwidth.of_meta(nic)
+    except XmlError as e:
+        return "has bad rates (%s)" % e
     return None
 
 
@@ -84,10 +90,10 @@ def _metadata(view, facts, pools, invalid):
             continue
         key = (view.name, nic, problem)
         if key not in invalid:
-            invalid[key] = Action("invalid", None, "domain '%s': <vfpick:nic mac=%r pool=%r vf=%r> "
-                                  "%s; left alone (fix it and run 'vfpick repick %s')"
-                                  % (view.name, nic.mac, nic.pool, nic.vf, problem, view.name),
-                                  domain=view.name)
+            invalid[key] = Action("invalid", None, printable(
+                "domain '%s': <vfpick:nic mac=%r pool=%r vf=%r> %s; left alone (fix it and run "
+                "'vfpick repick %s')" % (view.name, nic.mac, nic.pool, nic.vf, problem, view.name)),
+                domain=view.name)
     return good
 
 
@@ -127,35 +133,52 @@ def plan(pools, pool_of_pf, claims, views, topo, unsettled=frozenset()):
     for uuid, view in sorted(views.items()):
         if view is None:
             continue
-        for facts, running in ((view.live, True), (view.config, False)):
-            if facts is None:
-                continue
-            meta = _metadata(view, facts, pools, invalid)
-            for vf, mac in facts.hostdev_vfs:
-                vf_record = topo.vfs.get(vf)
-                managed = bool(mac) and mac in meta
-                if vf_record is None or (vf_record.pf not in pool_of_pf and not managed):
-                    continue
-                if vf in unsettled:
-                    continue
-                holder = claimed.get(vf)
-                if holder is not None:
-                    if holder.uuid != uuid and running:
-                        actions.append(Action("conflict", holder, "running domain %s uses VF %s "
-                                              "held by %s" % (view.name, vf, holder.domain)))
-                    continue
-                if not (running or managed):
-                    continue  # a defined, stopped, hand-made hostdev: prepare will claim it
-                pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
-                claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
-                              pool=pool, domain=view.name, uuid=uuid, mac=mac or "", active=running,
-                              pending=None, applied=None, restore=None,
-                              **bandwidth.of_meta(meta[mac] if managed else None))
-                claimed[vf] = claim
-                actions.append(Action("add", claim, "domain %s %s VF %s" % (
-                    view.name, "uses" if running else "was resolved to", vf)))
+        # One domain's XML is input from whoever defined it: whatever in it breaks planning,
+        # that domain is reported and skipped, the pass goes on for the others.
+        mark = (len(actions), dict(claimed))
+        try:
+            _plan_domain(actions, claimed, invalid, uuid, view, pools, pool_of_pf, topo, unsettled)
+        except Exception as e:  # noqa: BLE001 - never abort the pass for one domain
+            del actions[mark[0]:]
+            claimed.clear()
+            claimed.update(mark[1])
+            invalid[(view.name, uuid)] = Action("invalid", None, printable(
+                "domain '%s' (%s): cannot be reconciled (%s); its VFs are left as they are"
+                % (view.name, uuid, " ".join(str(e).split())[:200] or type(e).__name__)),
+                domain=view.name)
     actions.extend(invalid.values())
     return actions
+
+
+def _plan_domain(actions, claimed, invalid, uuid, view, pools, pool_of_pf, topo, unsettled):
+    """plan()'s additions for one domain's VFs (appended to *actions*, recorded in *claimed*)."""
+    for facts, running in ((view.live, True), (view.config, False)):
+        if facts is None:
+            continue
+        meta = _metadata(view, facts, pools, invalid)
+        for vf, mac in facts.hostdev_vfs:
+            vf_record = topo.vfs.get(vf)
+            managed = bool(mac) and mac in meta
+            if vf_record is None or (vf_record.pf not in pool_of_pf and not managed):
+                continue
+            if vf in unsettled:
+                continue
+            holder = claimed.get(vf)
+            if holder is not None:
+                if holder.uuid != uuid and running:
+                    actions.append(Action("conflict", holder, "running domain %s uses VF %s "
+                                          "held by %s" % (view.name, vf, holder.domain)))
+                continue
+            if not (running or managed):
+                continue  # a defined, stopped, hand-made hostdev: prepare will claim it
+            pool = meta[mac].pool if managed else pool_of_pf[vf_record.pf]
+            claim = Claim(vf=vf, pf=vf_record.pf, link=topo.link_of.get(vf_record.pf, vf_record.pf),
+                          pool=pool, domain=view.name, uuid=uuid, mac=mac or "", active=running,
+                          pending=None, applied=None, restore=None,
+                          **bandwidth.of_meta(meta[mac] if managed else None))
+            claimed[vf] = claim
+            actions.append(Action("add", claim, "domain %s %s VF %s" % (
+                view.name, "uses" if running else "was resolved to", vf)))
 
 
 def unsettled(current, before, live_writers):

@@ -10,7 +10,7 @@ import os
 import random
 from collections import namedtuple
 
-from vfpick import bandwidth, config as configmod, domscan, policy, topology, vfsettings
+from vfpick import bandwidth, config as configmod, domscan, numbers, policy, topology, vfsettings
 from vfpick.errors import ClaimConflict, PoolError, UnknownPool, XmlError
 from vfpick.records import Assignment, Claim, Nic, Request, Rule
 from vfpick.state import StateStore
@@ -30,7 +30,7 @@ def _unicast_mac(text):
     parts = mac.split(":")
     if len(parts) != 6 or not all(len(p) == 2 and set(p) <= set("0123456789abcdef") for p in parts):
         return False
-    return not int(parts[0], 16) & 1  # libvirt refuses multicast MACs on interfaces
+    return not numbers.whole(parts[0], 0, 255, 16) & 1  # libvirt refuses multicast MACs
 
 
 def _new_mac(taken, rng):

@@ -8,7 +8,7 @@ directory is an error naming its PCI address.
 import os
 from types import MappingProxyType
 
-from vfpick import cpulist, pci, safeio
+from vfpick import cpulist, numbers, pci, safeio
 from vfpick.errors import TopologyError
 from vfpick.records import PF, VF, Link, Topology
 
@@ -21,11 +21,7 @@ def _read(path):
 
 
 def _read_int(path):
-    text = _read(path)
-    try:
-        return int(text, 0) if text is not None else None
-    except ValueError:
-        return None
+    return numbers.sysfs_int(_read(path))
 
 
 def _link_name(path):
@@ -131,7 +127,7 @@ def vf_index(sysfs_root, pf_addr, vf_addr):
         return None
     for entry in entries:
         if entry.startswith("virtfn") and _link_name(os.path.join(pf_dir, entry)) == vf_addr:
-            return int(entry[len("virtfn"):])
+            return numbers.whole(entry[len("virtfn"):], 0, 65535)
     return None
 
 
@@ -186,10 +182,11 @@ def read_pf(sysfs_root, addr, with_vfs=True, vf_details=True):
         raise TopologyError("cannot read PF %s: %s" % (addr, e.strerror)) from None
     virtfns = []
     for entry in entries:
-        if entry.startswith("virtfn") and entry[6:].isdigit():
+        index = numbers.whole(entry[6:], 0, 65535) if entry.startswith("virtfn") else None
+        if index is not None:
             vf_addr = pci.normalize(_link_name(os.path.join(dev, entry)) or "")
             if vf_addr:
-                virtfns.append((int(entry[6:]), vf_addr))
+                virtfns.append((index, vf_addr))
     virtfns.sort()
     ups, representors = uplinks(dev)
     netdev = ups[0] if ups else None
@@ -257,9 +254,10 @@ def node_cpus(sysfs_root):
     except OSError:
         return nodes
     for entry in entries:
-        if entry.startswith("node") and entry[4:].isdigit():
+        node = numbers.whole(entry[4:], 0, 65535) if entry.startswith("node") else None
+        if node is not None:
             cpus = cpulist.parse(_read(os.path.join(base, entry, "cpulist")))
-            nodes[int(entry[4:])] = cpus or frozenset()
+            nodes[node] = cpus or frozenset()
     return nodes
 
 

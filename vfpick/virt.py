@@ -137,7 +137,9 @@ def all_domains(conn):
 
 def define_xml(conn, xml, name, undo, outcome):
     """Defines *xml* (bytes); when libvirt refuses, calls undo() and raises LibvirtFailure
-    naming the domain, libvirt's reason and the *outcome* ("no claim changed")."""
+    naming the domain, libvirt's reason and the *outcome* ("no claim changed"). Any other
+    failure before libvirt accepted (an exception, an interrupt) calls undo() too, then
+    propagates: the claims written for this definition never outlive it."""
     libvirt = _libvirt()
     try:
         conn.defineXML(xml.decode("utf-8"))
@@ -145,6 +147,9 @@ def define_xml(conn, xml, name, undo, outcome):
         undo()
         raise LibvirtFailure("libvirt refused the definition of '%s': %s (%s)"
                              % (name, error_message(e), outcome)) from None
+    except BaseException:
+        undo()
+        raise
 
 
 def start(dom, reserved):

@@ -131,3 +131,27 @@ def parse(data):
         raise XmlError("domain XML holds nodes vfpick cannot rewrite safely")
     # The dict keeps every proxy alive, so lxml hands back these same objects later.
     return root, dict(zip(nodes, spans))
+
+
+def parse_fragment(data, what, depth):
+    """The root element of a small document that goes into a domain (the interface `vfpick
+    attach` reads), with the domain's refusals: size, encoding (UTF-16/32 included, so a DTD
+    in any encoding), any DTD, and at most *depth* levels (where it lands in the domain counts
+    against MAX_DEPTH). XmlError naming *what* otherwise."""
+    try:
+        _check_raw(data)
+        _node_spans(data)
+        root = etree.fromstring(data, _hardened_parser())
+    except XmlError as exc:
+        text = str(exc)
+        if text.startswith("malformed domain XML: "):
+            text = "%s is not well-formed XML: %s" % (what, text[len("malformed domain XML: "):])
+        raise XmlError(text.replace("domain XML", what, 1)) from None
+    except etree.XMLSyntaxError as exc:
+        raise XmlError("%s is not well-formed XML: %s" % (what, (str(exc).splitlines() or ["?"])[0]))
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.doctype:
+        raise XmlError("%s must not contain a DOCTYPE or entity declaration" % what)
+    if max(sum(1 for _ in el.iterancestors()) for el in root.iter()) + 1 > depth:
+        raise XmlError("%s is nested deeper than %d elements" % (what, depth))
+    return root

@@ -38,6 +38,8 @@ def corpus():
     return docs or [b"<domain type='kvm'><name>x</name><devices/></domain>"]
 
 
+HUGE = b"9" * 4301   # past Python's int digit limit
+
 TOKENS = [
     b"<!DOCTYPE d [<!ENTITY a 'aaaa'>]>", b"<!ENTITY x SYSTEM 'file:///etc/passwd'>", b"&a;",
     b"&#0;", b"&#x110000;", b"&lt;", b"<![CDATA[x]]>", b"<?pi x?>", b"<!-- c -->", b"\x00",
@@ -61,6 +63,19 @@ TOKENS = [
     b"<numatune><memory nodeset='0-99999999'/></numatune>", b"<vcpu cpuset='^0,1-'>2</vcpu>",
     b"<devices>", b"</devices>", b"</domain>", b"<domain>", b"'", b'"', b"<", b">", b"=",
     b"<a>" * 70, b"</a>" * 70, b"xmlns:vfpick='" + NS.encode() + b"'",
+    # issue 31: numbers past Python's int digit limit, digits int() refuses, libvirt's MAC
+    # spellings, a guarantee above its cap, forged metadata rates, a DTD in UTF-16
+    b" average='" + HUGE + b"'", b" floor='" + HUGE + b"'", b" peak='" + HUGE + b"'",
+    b" floor='99999' average='1'", b" average='\xc2\xb2'",
+    b"<bandwidth><outbound average='" + HUGE + b"'/></bandwidth>",
+    b"<bandwidth><inbound floor='2000'/><outbound average='1000'/></bandwidth>",
+    b"<vcpu cpuset='\xc2\xb2'>2</vcpu>", b"<vcpu cpuset='" + HUGE + b"'>2</vcpu>",
+    b"<numatune><memory nodeset='1-" + HUGE + b"'/></numatune>",
+    b"<mac address='52:54:00:00:00:01 x'/>", b"<mac address='52:54:0:0:0:1'/>",
+    b"<vfpick:nic xmlns:vfpick='" + NS.encode() + b"' mac='52:54:00:00:00:01 x' pool='fast' "
+    b"vf='0000:3c:00.1' floor='" + HUGE + b"'/>",
+    b"<address type='pci' domain='0x" + HUGE + b"' bus='0x3c' slot='0' function='\xc2\xb2'/>",
+    "<?xml version='1.0' encoding='UTF-16'?><!DOCTYPE d [<!ENTITY a 'x'>]><d>&a;</d>".encode("utf-16"),
 ]
 
 
@@ -97,7 +112,9 @@ INI_TOKENS = ["[vfpick]", "[pool fast]", "[pool ]", "[link l]", "[pool a b]", "[
               "policy = pack", "trust = on", "spoofchk = unset", "state_dir = relative",
               "state_dir = /tmp/x", "sysfs_root = /nonexistent", "connect = ", "key", "= value",
               "  continued", "; comment", "# comment", "x = y ; inline", "\t", "\x00", "\ufeff",
-              "pfs = ens1f0\n  ens1f1", "[pool fast]\n[pool fast]", "pfs = ens1f0\npfs = ens1f1"]
+              "pfs = ens1f0\n  ens1f1", "[pool fast]\n[pool fast]", "pfs = ens1f0\npfs = ens1f1",
+              "nic_rate = " + HUGE.decode(), "nic_rate = \u00b2", "nic_rate = 0", "guarantee = yes",
+              "lock_timeout = " + HUGE.decode(), "lock_timeout = nan"]
 
 
 @st.composite
@@ -156,6 +173,74 @@ def rewriter(data):
     assert scanned.uuid == uuid
     assert {m.index for m in again.managed_interfaces()} >= set(assignments)
     del managed
+
+
+NUMBER_TOKENS = ["0", "1", "-1", "0x3b", "010", "\u00b2", "\u0661", HUGE.decode(), "-" + HUGE.decode(),
+                 "0x" + HUGE.decode(), "1_0", " 1 ", "1-3", "^2", ",", "4294967296", "65536"]
+
+numbers_text = st.one_of(
+    st.lists(st.sampled_from(NUMBER_TOKENS), max_size=6).map("".join), st.text(max_size=40))
+
+
+def numbers_target(text):
+    """Every parser of numbers from outside (vfpick.numbers, cpulist, PCI addresses, MACs,
+    <bandwidth> rates) on any text: a value within its bounds or a refusal, nothing else."""
+    from vfpick import bandwidth, cpulist, numbers, pci
+
+    for value in (numbers.whole(text), numbers.whole(text, 0, 255, 16), numbers.libvirt_int(text),
+                  numbers.sysfs_int(text)):
+        assert value is None or type(value) is int
+    cpus = cpulist.parse(text)
+    assert cpus is None or all(0 <= c <= cpulist.MAX_ID for c in cpus)
+    pci.from_libvirt_attrs(text, text, text, text)
+    pci.normalize(text)
+    mac = domscan.libvirt_mac(text)
+    assert mac is None or (len(mac) == 17 and domscan.libvirt_mac(mac) == mac)
+    try:
+        bw = bandwidth.from_attrs({"average": text, "peak": None, "floor": text}.get)
+    except XmlError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert bw is None or bw.average <= bandwidth.MAX_KIB
+
+
+@st.composite
+def claims_file(draw):
+    """A claims file with claims whose fields are drawn from the hostile values issue 31 found
+    (rates past u32, lone surrogates, huge counts) and plain ones."""
+    value = st.one_of(st.none(), st.booleans(), st.integers(-1, 2 ** 70), st.sampled_from(
+        ["\udcff", "fast", "vm", "0000:3c:00.1", "52:54:00:00:00:01", ""]), st.text(max_size=8))
+    settings_ = st.fixed_dictionaries({"trust": value, "spoofchk": value},
+                                      optional={"max_tx_rate": value, "min_tx_rate": value})
+    claim = st.fixed_dictionaries({
+        "vf": st.sampled_from(["0000:3c:00.1", "0000:3C:00.1", "\udcff"]), "pf": value, "link": value,
+        "pool": value, "domain": value, "uuid": value, "mac": value, "active": value,
+        "pending": st.one_of(st.none(), st.fixed_dictionaries({"boot": value, "pid": value,
+                                                               "start": value})),
+        "applied": st.one_of(st.none(), settings_), "restore": st.one_of(st.none(), settings_),
+        "gen": value}, optional={"rate_mbps": value, "peak_mbps": value, "min_rate_mbps": value})
+    doc = {"version": 2, "generation": draw(st.integers(0, 2 ** 65)),
+           "claims": draw(st.lists(claim, max_size=2))}
+    return json.dumps(doc).encode()
+
+
+def claims_target(raw):
+    """The claims codec on a hostile file: claims within their bounds or a ValueError; and what
+    it accepts, every report prints (names escaped)."""
+    from vfpick import names
+    from vfpick.state import codec
+
+    try:
+        claims, _generation, _gens, _drained = codec.parse(raw)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    for claim in claims.values():
+        assert codec.claim_problem(claim) is None
+        for rate in (claim.rate_mbps, claim.peak_mbps, claim.min_rate_mbps):
+            assert rate is None or 1 <= rate <= codec.MAX_RATE
+        for field in (claim.pool, claim.domain, claim.mac, claim.link):
+            names.printable(field).encode("utf-8")
 
 
 def config(text):

@@ -124,6 +124,11 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None, live=False, a
             except VfpickError as e:
                 problems.append("domain '%s' cannot leave %s: %s" % (holder.name, target.label, e))
                 continue
+            except Exception as e:  # noqa: BLE001 - one domain's XML never stops the drain
+                # Its claims are as they were (moves roll back on any failure); the others go on.
+                problems.append("domain '%s' cannot leave %s: unexpected %s: %s" % (
+                    holder.name, target.label, type(e).__name__, " ".join(str(e).split())[:200]))
+                continue
             if not move.nics:
                 problems.append(
                     "domain '%s' holds %s on %s, but its definition does not use it; drop the "

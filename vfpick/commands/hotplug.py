@@ -17,10 +17,11 @@ import time
 
 from lxml import etree
 
-from vfpick import bandwidth, domscan, resolver, vfsettings, virt
+from vfpick import bandwidth, domscan, resolver, vfsettings, virt, xmlsplice
 from vfpick.commands import Report
 from vfpick.errors import LibvirtFailure, UnknownPool, VfpickError, XmlError
 from vfpick.hostdev import Assignment, DomainXml
+from vfpick.domscan import MAX_DEPTH
 from vfpick.placement import placement
 from vfpick.state import writer
 
@@ -52,9 +53,9 @@ def _parse_element(data, what):
 
 def parse_nic(config, data):
     """(pool, mac or None, <interface> element) of the one pool interface in *data*."""
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise XmlError("the interface XML must not contain a DOCTYPE or entity declaration")
-    iface = _parse_element(data, "the interface")
+    # Refused as a domain is (size, encoding, any DTD in any encoding) and no deeper than it
+    # may be where it goes (domain/devices/interface): before any claim is written.
+    iface = xmlsplice.parse_fragment(data, "the interface XML", MAX_DEPTH - 2)
     source = iface.find("source")
     network = None if source is None else source.get("network")
     if iface.tag != "interface" or iface.get("type") != "network" or not network:
@@ -152,30 +153,31 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
                                          definitions, rng=rng, store=store, pending=me, bw=bw)
         claim, warnings = extra.claim, list(extra.warnings)
         applied = False
-        if virt.LIVE in targets:
-            # Before libvirt's call: the guest never sees the VF without them.
-            try:
-                fresh = claim.applied is None
-                claim = _apply_live(config, store, claim, netlink_factory, warnings)
-            except VfpickError as e:
-                resolver.roll_back_extra_nic(store, extra)
-                raise VfpickError("%s (no claim changed)" % e) from None
-            applied = fresh and claim.applied is not None
-            extra = extra._replace(claim=claim)
-        assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
-                                link=claim.link, bandwidth=bw)
-        if iface.find("mac") is None:
-            etree.SubElement(iface, "mac", address=claim.mac)
-        parts = {side: _resolved_parts(xmls[side], iface, assignment) for side in targets}
+        # From the claim to libvirt's answer, ANY failure (a refusal, a parse error, a bug, an
+        # interrupt) rolls the claim back, and a live attach's VF settings with it.
         try:
-            # One call for both sides: libvirt changes live and persistent together or neither.
-            api.attach(dom, parts[targets[0]][0], targets)
-        except lv_error as e:
+            if virt.LIVE in targets:
+                # Before libvirt's call: the guest never sees the VF without them.
+                fresh = claim.applied is None
+                try:
+                    claim = _apply_live(config, store, claim, netlink_factory, warnings)
+                except VfpickError as e:
+                    raise VfpickError("%s (no claim changed)" % e) from None
+                applied = fresh and claim.applied is not None
+                extra = extra._replace(claim=claim)
+            parts = _attach_parts(xmls, targets, iface, pool_name, claim, bw)
+            try:
+                # One call for both sides: libvirt changes live and persistent together or neither.
+                api.attach(dom, parts[targets[0]][0], targets)
+            except lv_error as e:
+                raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim "
+                                     "changed)" % (name, virt.error_message(e))) from None
+        except BaseException as e:
             back = resolver.roll_back_extra_nic(store, extra, config if applied else None,
                                                 netlink_factory)
-            raise LibvirtFailure("libvirt refused to attach the NIC to '%s': %s (no claim changed)%s"
-                                 % (name, virt.error_message(e),
-                                    "".join("; " + w for w in back))) from None
+            if back and isinstance(e, VfpickError):
+                raise type(e)("%s%s" % (e, "".join("; " + w for w in back))) from None
+            raise
         for side in targets:
             try:
                 _set_metadata(api, dom, side, parts[side][1])
@@ -191,6 +193,16 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
     line = "attached %s to domain '%s' (%s): %s" % (
         claim.mac, name, " and ".join(targets), placement(claim.vf, claim.link, claim.pf))
     return Report((line,), tuple(warnings), claim)
+
+
+def _attach_parts(xmls, targets, iface, pool_name, claim, bw):
+    """{side: _resolved_parts} of the NIC placed on *claim*'s VF (gets the claim's MAC)."""
+    assignment = Assignment(mac=claim.mac, pool=pool_name, vf=claim.vf, pf=claim.pf,
+                            link=claim.link, bandwidth=bw)
+    if iface.find("mac") is None:
+        etree.SubElement(iface, "mac", address=claim.mac)
+    parts = {side: _resolved_parts(xmls[side], iface, assignment) for side in targets}
+    return parts
 
 
 def _definitions(api, dom, xmls):

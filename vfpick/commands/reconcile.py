@@ -1,7 +1,7 @@
 """`vfpick reconcile`: list libvirt's domains (without the claims lock), then plan
 (vfpick/reconcile.py, pure) and apply under the lock; also the watcher's sync."""
 
-from vfpick import config as configmod, domscan, reconcile, resolver, topology, vfsettings, virt
+from vfpick import config as configmod, domscan, policy, reconcile, resolver, topology, vfsettings, virt
 from vfpick.commands import Report
 from vfpick.state import ClaimSet
 
@@ -44,7 +44,32 @@ def live_writers(snapshot):
 
 def _plan(config, claims, views, topo, unsettled):
     pool_of_pf = {addr: pool.name for addr, pool in configmod.pool_of_pf(config.pools).items()}
-    return reconcile.plan(frozenset(config.pools), pool_of_pf, claims, views, topo, unsettled)
+    actions = reconcile.plan(frozenset(config.pools), pool_of_pf, claims, views, topo, unsettled)
+    return _guaranteed(config, claims, actions, topo)
+
+
+def _guaranteed(config, claims, actions, topo):
+    """*actions* with each claim added from a domain's metadata (lost state, a rebuild) held to
+    the guarantee's room, as a requested NIC is: one that does not fit is recorded without its
+    rates, and says so (the metadata is the domain's XML, anyone who defines domains writes it)."""
+    held, out = dict(claims.mapping()), []
+    for action in actions:
+        claim = action.claim
+        pool = config.pools.get(claim.pool) if claim is not None else None
+        if action.verb == "add" and pool is not None and pool.guarantee and (
+                claim.rate_mbps or claim.min_rate_mbps):
+            problem = policy.room_problem(topo, pool.pfs, held, claim.vf, claim.rate_mbps,
+                                          claim.min_rate_mbps)
+            if problem:
+                claim = claim._replace(rate_mbps=None, peak_mbps=None, min_rate_mbps=None)
+                action = reconcile.Action("add", claim, "%s, without the rates its metadata "
+                                          "names: %s" % (action.reason, problem))
+        if action.verb in ("add", "update"):
+            held[claim.vf] = claim
+        elif action.verb == "drop":
+            held.pop(claim.vf, None)
+        out.append(action)
+    return out
 
 
 def apply_reconcile(config, store, before, writers, views, topo, netlink_factory=None):
@@ -71,7 +96,10 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, netlink_factory=Non
     """Report.result: the actions (applied, or planned with *dry_run*)."""
     store = resolver.store_for(config)
     lines = []
-    conn = virt.connect(uri)  # before touching the state: a daemon that is down changes nothing
+    # Both before touching the state: a daemon that is down, or a host whose sysfs cannot be
+    # read, changes nothing (a rebuild never moves the file aside and then stops).
+    topo = topology.for_config(config)
+    conn = virt.connect(uri)
     try:
         if rebuild and not dry_run:
             moved = store.quarantine()
@@ -83,7 +111,6 @@ def cmd_reconcile(config, uri, dry_run=False, rebuild=False, netlink_factory=Non
         views = domain_views(conn, problems)  # after the snapshot: see apply_reconcile
     finally:
         virt.close(conn)
-    topo = topology.for_config(config)
     warnings = []
     if dry_run:
         actions = _plan(config, before, views, topo,

@@ -6,7 +6,7 @@ Imported by the qemu hook only for vfpick's own domains, like the store."""
 
 import json
 
-from vfpick import pci
+from vfpick import numbers, pci
 from vfpick.records import Claim, VfSettings, Writer
 
 VERSION = 2
@@ -22,8 +22,12 @@ _STRING_FIELDS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac")
 assert Claim._fields[:8] == _STRING_FIELDS + ("active",)  # zip() below relies on the order
 
 
-def _is_int(value, least):
-    return type(value) is int and value >= least  # bool is an int: not a count
+# IFLA_VF_RATE's fields are u32 Mb/s: a rate past them could never be set or put back.
+MAX_RATE = numbers.U32
+
+
+def _is_int(value, least, most=numbers.U64):
+    return type(value) is int and least <= value <= most  # bool is an int: not a count
 
 
 def _settings_problem(name, value):
@@ -33,7 +37,7 @@ def _settings_problem(name, value):
         return "'%s' is not an object of trust, spoofchk" % name
     if any(v is not None and type(v) is not bool for v in value[:2]):
         return "'%s' values are not true, false or null" % name
-    if any(v is not None and not _is_int(v, 0) for v in value[2:]):
+    if any(v is not None and not _is_int(v, 0, MAX_RATE) for v in value[2:]):
         return "'%s' rates are not Mb/s counts or null" % name
     return None
 
@@ -54,7 +58,7 @@ def claim_problem(claim):
         return "'pending' is not an object of boot (string), pid, start (counts)"
     for field in _RATE_FIELDS:
         value = getattr(claim, field)
-        if value is not None and not _is_int(value, 1):
+        if value is not None and not _is_int(value, 1, MAX_RATE):
             return "'%s' is not a rate in Mb/s" % field
     return _settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
 

@@ -8,6 +8,8 @@ import fcntl
 import os
 import time
 
+from vfpick import numbers
+
 
 def flock_bounded(fd, how, timeout):
     """True once the flock is taken, False after *timeout* seconds.
@@ -43,7 +45,9 @@ def holders(fd):
             fields = line.split()
             # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters carry a "->".
             if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
-                pids.append(int(fields[4]))
+                pid = numbers.whole(fields[4], 1)
+                if pid is not None:
+                    pids.append(pid)
     except (OSError, ValueError):
         return []
     return sorted(set(pids))

@@ -6,7 +6,7 @@ reconcile leaves a pending claim alone while its writer lives (docs/DESIGN.md, "
 
 import os
 
-from vfpick import safeio
+from vfpick import numbers, safeio
 from vfpick.records import Writer
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -27,10 +27,7 @@ def _start_ticks(pid):
         return None
     # The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
+    return numbers.whole(fields[19].decode("ascii", "replace")) if len(fields) > 19 else None
 
 
 def me():
