@@ -5,7 +5,8 @@
 A lab tool (issue 29), not a CI step. It boots one L1 (no vfpick: the panic is the emulator's),
 keeps one L2 with two VFs running and, round after round, starts K more L2s at the same time
 (each with a VF through a plain <hostdev>, as the foreign-VM scenario did), waits until each
-printed L2-DONE, destroys them. When L1's QEMU ends, its serial log is read for a kernel panic,
+printed L2-DONE, destroys them; an L2 that prints nothing for L2_BOOT_S is counted as hung
+(nested SVM under TCG has also left L2s stuck at boot) and destroyed. When L1's QEMU ends, its serial log is read for a kernel panic,
 kept, and L1 is booted again. At the end: panics per L2 starts, and the starts before the
 first panic. --qemu 10 runs L0 on QEMU 10.0.2 from bookworm-backports (the lab's L0 before
 11.1.3), unpacked beside the cache, for the comparison.
@@ -21,6 +22,7 @@ from lab.host import CACHE, LabError, LabUnavailable, locked, log, mirrors, run,
 from lab.labhost import L2_BOOT, LabHost
 from lab.vm import L1
 
+L2_BOOT_S = 300   # s for an L2 to print L2-DONE; 20-120 s measured, beyond it: hung
 LEGACY_PACKAGES = ("qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "qemu-utils")
 
 
@@ -91,20 +93,27 @@ class Stress:
         self.host = host
 
     def round(self):
-        """Starts the K L2s at once, waits for each one's L2-DONE; True when L1 survived."""
+        """Starts the K L2s at once, waits for each one's L2-DONE (bounded); (True when L1
+        survived, the names of the L2s that never finished booting: hung in nested SVM)."""
         host = self.host
         names = [f"s{i}" for i in range(self.at_once)]
+        hung = []
         try:
             host.run("rm -f " + " ".join(f"/var/lib/libvirt/qemu/{n}-serial.log" for n in names), quiet=True)
             host.run(" ".join(f"virsh start {n} >/dev/null & " for n in names) + "wait", timeout=600, quiet=True)
             for n in names:
-                host.l2_report(n)
+                try:
+                    host.l2_report(n, timeout=L2_BOOT_S if not hung else 10)
+                except LabError:
+                    if not host.vm.alive():
+                        raise
+                    hung.append(n)
             host.run(" ".join(f"virsh destroy {n} >/dev/null 2>&1; " for n in names), timeout=300, quiet=True)
-            return True
+            return True, hung
         except LabError:
             if host.vm.alive():
                 raise
-            return False
+            return False, hung
 
     def stop(self):
         if self.host:
@@ -123,14 +132,16 @@ def main(argv):
     version = ".".join(map(str, q.version()))
     stress = Stress(q, image.ensure("bookworm"), args.at_once, args.type)
     t0 = time.monotonic()
-    starts, panics, first = 0, [], None
+    starts, panics, first, hangs = 0, [], None, []
     try:
         stress.boot()
         while starts < args.starts and len(panics) < args.max_panics:
-            survived = stress.round()
+            survived, hung = stress.round()
             starts += args.at_once
+            hangs += [starts] * len(hung)
             if survived:
-                log(f"stress: round ok, {starts} L2 starts, {len(panics)} panics ({time.monotonic() - t0:.0f} s)")
+                log(f"stress: round {'ok' if not hung else 'with L2s hung at boot: ' + ' '.join(hung)}, "
+                    f"{starts} L2 starts, {len(panics)} L1 lost, {len(hangs)} L2 hung ({time.monotonic() - t0:.0f} s)")
                 continue
             vm = stress.host.vm
             kept = os.path.join(run_dir(), f"stress-panic-{len(panics) + 1}-serial.log")
@@ -144,11 +155,13 @@ def main(argv):
         stress.stop()
     result = {"qemu": version, "domain_type": args.type, "at_once": args.at_once, "starts": starts,
               "l1_lost": len(panics), "first_loss_after_starts": first, "losses": panics,
+              "l2_hung": len(hangs), "l2_hung_after_starts": hangs,
               "seconds": round(time.monotonic() - t0)}
     with open(os.path.join(run_dir(), f"stress-qemu{args.qemu}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     log(f"stress: QEMU {version}, L2 type {args.type}, {args.at_once} at once beside one running: "
         f"{len(panics)} L1 lost in {starts} L2 starts" + (f" (the first after {first})" if first else "")
+        + f", {len(hangs)} L2 hung at boot" + (f" (the first after {hangs[0]})" if hangs else "")
         + f", {result['seconds']} s")
     return 0
 
