@@ -19,20 +19,13 @@ from lxml import etree
 import libvirtd as lv
 from clitools import status_json, vfpick
 from test_livemove import Checked, nics
+from test_watch import Clock
 from vfpick import config as configmod, heal, simhost, virt
 from vfpick.commands import watch
 from vfpick.netlink import LinkEvent
 from vfpick.state import StateStore
 
 HOLD = 20
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def configure(env, heal_line, failover=True):
@@ -47,6 +40,15 @@ def configure(env, heal_line, failover=True):
 def healing(env):
     yield env
     env.conn.close()
+
+
+def running_domain(env, nics=2, heal_line="heal = live\n", failover=True):
+    """A domain of pool 'fast' (heal_line, hold-down HOLD) "running": its claims active.
+    Returns (name, its (mac, vf) pairs sorted)."""
+    configure(env, "%sheal_holddown = %d\n" % (heal_line, HOLD), failover=failover)
+    name = env.define(nics=nics)
+    mark_running(env, name)
+    return name, sorted((c["mac"], c["vf"]) for c in env.claims(name))
 
 
 def mark_running(env, name):
@@ -148,11 +150,8 @@ def test_live_heal_moves_the_nic_off_the_dead_link_once_and_not_back(healing):
 
 def test_the_report_default_changes_nothing(healing):
     env = healing
-    cfg = configure(env, "heal_holddown = %d\n" % HOLD)
-    assert cfg.pools["fast"].heal == "report"                     # the default
-    name = env.define(nics=2)
-    mark_running(env, name)
-    mac, vf = sorted((c["mac"], c["vf"]) for c in env.claims(name))[0]
+    name, [(mac, vf), _] = running_domain(env, heal_line="")
+    assert env.cfg.pools["fast"].heal == "report"                 # the default
     w = make_watcher(env, [name])
     xml, state = env.daemon.dumpxml(name, inactive=True), state_bytes(env)
     cut(env, w, pf_netdev(env, vf))
@@ -169,10 +168,7 @@ def test_the_report_default_changes_nothing(healing):
 
 def test_a_refused_attach_rolls_back_and_is_not_retried(healing):
     env = healing
-    configure(env, "heal = live\nheal_holddown = %d\n" % HOLD)
-    name = env.define(nics=2)
-    mark_running(env, name)
-    before = sorted((c["mac"], c["vf"]) for c in env.claims(name))
+    name, before = running_domain(env)
     mac, dead_vf = before[0]
     w = make_watcher(env, [name], fail=["attach"])
     cut(env, w, pf_netdev(env, dead_vf))
@@ -191,9 +187,7 @@ def test_a_refused_attach_rolls_back_and_is_not_retried(healing):
 
 def test_a_plain_single_nic_domain_is_refused_and_nothing_changes(healing):
     env = healing
-    configure(env, "heal = live\nheal_holddown = %d\n" % HOLD, failover=False)
-    name = env.define(nics=1)
-    mark_running(env, name)
+    name, _ = running_domain(env, nics=1, failover=False)
     [claim] = env.claims(name)
     xml = env.daemon.dumpxml(name, inactive=True)
     w = make_watcher(env, [name])
@@ -209,10 +203,7 @@ def test_a_plain_single_nic_domain_is_refused_and_nothing_changes(healing):
 
 def test_a_flap_within_the_holddown_moves_nothing(healing):
     env = healing
-    configure(env, "heal = live\nheal_holddown = %d\n" % HOLD)
-    name = env.define(nics=2)
-    mark_running(env, name)
-    before = sorted((c["mac"], c["vf"]) for c in env.claims(name))
+    name, before = running_domain(env)
     w = make_watcher(env, [name])
     netdev = pf_netdev(env, before[0][1])
     cut(env, w, netdev)
@@ -250,10 +241,7 @@ def test_heal_keys_are_checked(host):
 
 def test_the_live_move_keeps_the_guest_address(healing):
     env = healing
-    configure(env, "heal = live\nheal_holddown = %d\n" % HOLD)
-    name = env.define(nics=2)
-    mark_running(env, name)
-    mac, vf = sorted((c["mac"], c["vf"]) for c in env.claims(name))[0]
+    name, [(mac, vf), _] = running_domain(env)
 
     def guest_address():
         root = etree.fromstring(env.daemon.dumpxml(name, inactive=True).encode())
