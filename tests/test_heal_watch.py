@@ -127,6 +127,9 @@ def test_live_heal_moves_the_nic_off_the_dead_link_once_and_not_back(healing):
     assert any(x.startswith("heal: done: NIC %s" % mac) for x in w.lines), w.lines
     after = {c["mac"]: c for c in env.claims(name)}
     moved, other = after[mac], after[sorted(before)[1]]
+    steps = [x for x in w.lines if x.startswith("heal: step: ")]    # the lab's timeline
+    assert steps == ["heal: step: VF %s detached (NIC %s of '%s')" % (dead["vf"], mac, name),
+                     "heal: step: VF %s attached (NIC %s of '%s')" % (moved["vf"], mac, name)]
     assert moved["vf"] != dead["vf"] and moved["link"] not in (dead["link"], other["link"])
     assert other == before[sorted(before)[1]]                        # the other NIC stays
     assert nics(env, name)[mac] == (moved["vf"], "transient", ["bridge"])  # MAC, teaming kept

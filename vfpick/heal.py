@@ -170,7 +170,9 @@ class Healer:
             moved = livemove.move_nic(
                 self.config, devices, decision.name, nic.uuid, nic.mac, decision.to_vf,
                 store=self.store, topo=topo, busy=busy, allow_gap=decision.kind == "plain",
-                timeout=self.timeout, netlink_factory=self.netlink_factory)
+                timeout=self.timeout, netlink_factory=self.netlink_factory,
+                step=lambda what, vf: self.log("heal: step: VF %s %s (NIC %s of '%s')" % (
+                    vf, what, nic.mac, decision.name)))
         except (VfpickError, lv_error) as e:
             why = virt.error_message(e) if isinstance(e, lv_error) else str(e)
             self.said[nic.key] = ("rolled_back",)

@@ -227,9 +227,13 @@ def _plain_metadata(meta_el):
 
 
 def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, busy=None,
-             allow_gap=False, timeout=DETACH_TIMEOUT, netlink_factory=None, sleep=time.sleep):
+             allow_gap=False, timeout=DETACH_TIMEOUT, netlink_factory=None, sleep=time.sleep,
+             step=None):
     """Moves NIC *mac* of the domain behind *devices* (virt.Devices) to VF *to_vf*, steps 1-5
-    above; returns Moved. LiveMoveFailed (or ClaimConflict) says what the domain runs on."""
+    above; returns Moved. LiveMoveFailed (or ClaimConflict) says what the domain runs on.
+    step(what, vf): told as the old VF is gone ("detached") and the new one in ("attached"):
+    the watcher logs them (self-healing's timeline)."""
+    step = step or (lambda _what, _vf: None)
     from vfpick import topology
 
     lv_error = virt.libvirt_error()
@@ -284,12 +288,14 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
             "stays claimed and nothing moved (should the guest let go later, it runs on %s); "
             "check the guest (ACPI hotplug), then run the move again"
             % (name, nic.vf, timeout, alone))
+    step("detached", nic.vf)
     # 3. Attach the new VF: same MAC, teaming, guest address.
     try:
         devices.attach(new_xml)
     except lv_error as e:
         err, _ = put_old_back("libvirt refused to attach VF %s (%s)" % (to_vf, virt.error_message(e)))
         raise err from None
+    step("attached", to_vf)
     # 4. The definition and the metadata follow.
     warnings = []
     try:
