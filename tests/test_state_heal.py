@@ -93,11 +93,11 @@ def test_heal_families_on_the_watchers_metrics_server(host):
     finally:
         server.shutdown()
         server.server_close()
-    # prometheus_client writes the labels in the order they were declared
-    want = ['vfpick_heal_decisions_total{pool="fast",mode="live",decision="done",reason=""} 2.0',
-            'vfpick_heal_decisions_total{pool="fast",mode="live",decision="refused",'
+    # prometheus_client writes the labels sorted by name
+    want = ['vfpick_heal_decisions_total{decision="done",mode="live",pool="fast",reason=""} 2.0',
+            'vfpick_heal_decisions_total{decision="refused",mode="live",pool="fast",'
             'reason="no_spare_link"} 1.0',
-            'vfpick_heal_decisions_total{pool="fast",mode="live",decision="planned",reason=""} 0.0',
+            'vfpick_heal_decisions_total{decision="planned",mode="live",pool="fast",reason=""} 0.0',
             'vfpick_heal_waiting{pool="fast"} 1.0']
     lines = set(text.splitlines())
     for line in want:
