@@ -20,8 +20,9 @@ import libvirtd as lv
 from clitools import status_json, vfpick
 from test_livemove import Checked, nics
 from test_watch import Clock
-from vfpick import config as configmod, heal, simhost, virt
+from vfpick import config as configmod, heal, livemove, simhost, virt
 from vfpick.commands import watch
+from vfpick.hostevents import HostEvent
 from vfpick.netlink import LinkEvent
 from vfpick.state import StateStore
 
@@ -60,20 +61,39 @@ def mark_running(env, name):
                 claims.put(c._replace(active=True))
 
 
-def make_watcher(env, names, fail=(), clock=None):
+class Unplugged(Checked):
+    """The seam for a NIC QEMU already unplugged: the definition libvirt has now stands for
+    the live XML (the NIC detached from it for real), *defined* for the persistent
+    definition that still names the vanished VF."""
+
+    def __init__(self, env, dom, defined, **kw):
+        Checked.__init__(self, env, dom, **kw)
+        self.defined = defined
+
+    def persistent_xml(self):
+        return self.defined
+
+
+def make_watcher(env, names, fail=(), clock=None, defined=None):
     """A Watcher on the harness libvirtd whose healer sees *names* running (their persistent
-    XML) and moves on their definitions; libvirt refuses the steps in *fail*."""
+    XML) and moves on their definitions; libvirt refuses the steps in *fail*. defined: {name:
+    persistent XML} of domains that lost a NIC (see Unplugged)."""
     clock = clock or Clock()
     lines = []
     running = {env.uuid(n): n for n in names}
+    defined = defined or {}
 
     def describe(conn, uuid):
         if uuid not in running:
             return None
-        return running[uuid], env.daemon.dumpxml(running[uuid], inactive=True).encode()
+        now = env.daemon.dumpxml(running[uuid], inactive=True).encode()
+        return running[uuid], now, defined.get(running[uuid], now)
 
     def devices_for(conn, uuid):
-        return Checked(env, conn.lookupByUUIDString(uuid), fail=fail)
+        dom = conn.lookupByUUIDString(uuid)
+        if running.get(uuid) in defined:
+            return Unplugged(env, dom, defined[running[uuid]], fail=fail)
+        return Checked(env, dom, fail=fail)
 
     log = lines.append
     healer = heal.Healer(env.cfg, log, clock=clock, describe=describe, devices_for=devices_for,
@@ -259,3 +279,53 @@ def test_the_live_move_keeps_the_guest_address(healing):
     assert any(x.startswith("heal: done") for x in w.lines), w.lines
     assert guest_address() == address
     assert status_json(env.host)["claims"]
+
+
+def test_a_vanished_vf_the_guest_lost_gets_a_new_vf_attached(healing):
+    env = healing
+    name, [(mac, vf), (other_mac, other_vf)] = running_domain(env, failover=False)
+    dom = env.conn.lookupByName(name)
+    original = env.daemon.dumpxml(name, inactive=True).encode()
+    root = etree.fromstring(original)
+    [iface] = [i for i in root.findall("devices/interface[@type='hostdev']")
+               if i.find("mac").get("address") == mac]
+    address = dict(iface.find("address").attrib)
+    virt.Devices(dom, live=False).detach(etree.tostring(iface).decode())  # QEMU unplugged it
+    topo = env.host.topology()
+    pf = topo.vfs[vf].pf
+    os.unlink(os.path.join(env.host.sysfs, "bus", "pci", "devices", pf,
+                           "virtfn%d" % topo.vfs[vf].index))     # sriov_numvfs lowered: VF gone
+    w = make_watcher(env, [name], defined={name: original})
+    w.dispatch(watch.Work("host", event=HostEvent("pci", "remove", vf, vf)))
+    w.step(timeout=0)
+    assert any(x.startswith("heal: its VF is gone under NIC %s" % mac) for x in w.lines), w.lines
+    after_holddown(w)
+    assert any("plain NIC, unplugged from the guest: attach only" in x for x in w.lines), w.lines
+    steps = [x for x in w.lines if x.startswith("heal: step: ")]
+    after = {c["mac"]: c for c in env.claims(name)}
+    new = after[mac]["vf"]
+    assert steps == ["heal: step: VF %s attached (NIC %s of '%s')" % (new, mac, name)], w.lines
+    assert any(x.startswith("heal: done: NIC %s" % mac) for x in w.lines), w.lines
+    assert new != vf and after[mac]["link"] != after[other_mac]["link"]
+    assert after[other_mac]["vf"] == other_vf
+    assert sorted(c["vf"] for c in env.claims(name)) == sorted([new, other_vf])   # the old one ends
+    assert [(e["outcome"], e["why"]) for e in after[mac]["heal"]] == [("moved", "its VF is gone")]
+    now = etree.fromstring(env.daemon.dumpxml(name, inactive=True).encode())
+    mine = [i for i in now.findall("devices/interface[@type='hostdev']")
+            if i.find("mac").get("address") == mac]
+    assert len(mine) == 1 and dict(mine[0].find("address").attrib) == address
+    assert nics(env, name)[mac][0] == new
+
+
+def test_a_lost_nic_is_not_attached_twice(healing):
+    """replace_lost refuses a NIC the domain still has: that is a move's job."""
+    env = healing
+    name, [(mac, vf), _] = running_domain(env, failover=False)
+    dom = env.conn.lookupByName(name)
+    topo = env.host.topology()
+    used = {c["link"] for c in env.claims(name)}
+    to_vf = next(v for v, r in sorted(topo.vfs.items()) if topo.link_of[r.pf] not in used)
+    with pytest.raises(livemove.LiveMoveFailed) as e:
+        livemove.replace_lost(env.cfg, Checked(env, dom), name, env.uuid(name), mac, to_vf)
+    assert "still has its VF NIC" in str(e.value)
+    assert sorted((c["mac"], c["vf"]) for c in env.claims(name))[0] == (mac, vf)

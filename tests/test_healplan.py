@@ -256,3 +256,15 @@ def test_cannot_heal(links, nics, healable):
     host.dom("w", *["%s:failover" % link for link in links[:nics]])
     why = healplan.cannot_heal(host.t, pool(host.t), host.claims)
     assert (why is None) == healable, why
+
+
+def test_a_nic_the_guest_already_lost_gets_a_vf_attached_even_plain_and_alone():
+    host = Host(topo())
+    uuid = host.dom("w", "a:plain")
+    kinds = dict(host.running[uuid].kinds)
+    host.running[uuid] = healplan.Running(uuid=uuid, name="w", kinds={}, lost=kinds)
+    [d] = host.plan(topo(gone=[vf_on(host.t, "a")]))
+    assert (d.action, d.lost, d.kind) == ("move", True, "plain")   # nothing to take: it is out
+    host.running[uuid] = healplan.Running(uuid=uuid, name="w", kinds={})
+    [d] = host.plan(topo(gone=[vf_on(host.t, "a")]))
+    assert (d.action, d.reason) == ("refuse", "not_in_domain")

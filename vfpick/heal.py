@@ -31,8 +31,8 @@ FINAL = ("done", "planned-report", "rolled_back")   # an episode's last word
 
 
 class Healer:
-    """The healing state of one watcher. describe(conn, uuid) -> (name, live XML bytes) of a
-    running domain or None; devices_for(conn, uuid) -> virt.Devices the move acts on. Both
+    """The healing state of one watcher. describe(conn, uuid) -> (name, live XML, persistent
+    XML or None) of a running domain, or None; devices_for(conn, uuid) -> virt.Devices the move acts on. Both
     default to libvirt's running domain; the tests pass the persistent definition instead
     (virt.Devices(live=False): the seam livemove's tests use)."""
 
@@ -156,23 +156,28 @@ class Healer:
         nic, pool = decision.nic, self.pools[decision.nic.pool]
         target = "VF %s (PF %s, link %s)" % (decision.to_vf, decision.to_pf, decision.to_link)
         self.recent.setdefault(nic.pool, []).append(now)
+        what = "%s NIC%s" % (decision.kind, ", unplugged from the guest: attach only"
+                             if decision.lost else "")
         if pool.heal == "report":
             self._say(decision, ("planned-report",), "planned", "",
-                      "heal: planned (heal=report, nothing changed): move %s to %s (%s NIC)"
-                      % (self._where(decision), target, decision.kind))
+                      "heal: planned (heal=report, nothing changed): move %s to %s (%s)"
+                      % (self._where(decision), target, what))
             return
         self._say(decision, ("planned",), "planned", "",
-                  "heal: planned: move %s to %s (%s NIC)" % (self._where(decision), target,
-                                                             decision.kind))
+                  "heal: planned: move %s to %s (%s)" % (self._where(decision), target, what))
         lv_error = virt.libvirt_error()
         try:
             devices = self.devices_for(conn, nic.uuid)
-            moved = livemove.move_nic(
-                self.config, devices, decision.name, nic.uuid, nic.mac, decision.to_vf,
-                store=self.store, topo=topo, busy=busy, allow_gap=decision.kind == "plain",
-                timeout=self.timeout, netlink_factory=self.netlink_factory,
-                step=lambda what, vf: self.log("heal: step: VF %s %s (NIC %s of '%s')" % (
-                    vf, what, nic.mac, decision.name)))
+            kw = dict(store=self.store, topo=topo, busy=busy, timeout=self.timeout,
+                      netlink_factory=self.netlink_factory,
+                      step=lambda what, vf: self.log("heal: step: VF %s %s (NIC %s of '%s')" % (
+                          vf, what, nic.mac, decision.name)))
+            if decision.lost:   # QEMU unplugged it already: attach only
+                moved = livemove.replace_lost(self.config, devices, decision.name, nic.uuid,
+                                              nic.mac, decision.to_vf, **kw)
+            else:
+                moved = livemove.move_nic(self.config, devices, decision.name, nic.uuid, nic.mac,
+                                          decision.to_vf, allow_gap=decision.kind == "plain", **kw)
         except (VfpickError, lv_error) as e:
             why = virt.error_message(e) if isinstance(e, lv_error) else str(e)
             self.said[nic.key] = ("rolled_back",)
@@ -207,15 +212,19 @@ def _describe(conn, uuid):
         dom = virt.by_uuid(conn, uuid)
         if not virt.is_running(dom):
             return None
-        return virt.identity(dom)[0], virt.live_xml(dom)
+        live = virt.live_xml(dom)
+        return (virt.identity(dom)[0], live,
+                virt.inactive_xml(dom) if virt.is_persistent(dom) else None)
     except lv_error:
         return None  # gone meanwhile: not running
 
 
 def _running(uuid, described, pools):
-    name, xml = described
+    name, xml, persistent = described
     facts = domscan.scan(xml)
+    kinds = {mac: nic.kind for mac, nic in livemove.vf_nics(xml).items()}
+    defined = livemove.vf_nics(persistent) if persistent is not None else {}
     return healplan.Running(
-        uuid=uuid, name=name,
-        kinds={mac: nic.kind for mac, nic in livemove.vf_nics(xml).items()},
-        levels={p.name: distinct_level(p, facts) for p in pools.values()})
+        uuid=uuid, name=name, kinds=kinds,
+        levels={p.name: distinct_level(p, facts) for p in pools.values()},
+        lost={mac: nic.kind for mac, nic in defined.items() if mac not in kinds})

@@ -15,7 +15,8 @@ A move is planned only where it makes the domain better and never worse: the NIC
 dead (so it carries nothing now), the new VF is on an up link that none of the domain's other
 NICs uses, at the domain's distinct level too, so the domain ends at least as distinct as it
 is; a plain VF (no failover partner) moves only while another NIC of the domain is up to carry
-the traffic (the guest loses the NIC while it moves). The VF itself is chosen by the placement
+the traffic (the guest loses the NIC while it moves). A NIC whose VF QEMU already unplugged
+(the VF vanished) only gets a new VF attached. The VF itself is chosen by the placement
 policy (policy.pick, strict at the domain's level), among the pool's PFs on up links.
 """
 
@@ -33,8 +34,7 @@ WINDOW = 60.0  # seconds: heal_moves_per_minute counts the moves started within 
 DEAD_WHY = {"vf_gone": "its VF is gone", "pf_gone": "its PF is gone", "link_down": "link down"}
 REFUSED = {
     "not_running": "the domain is not running",
-    "not_in_domain": "its VF is no longer in the domain's live XML (unplugged); "
-                     "'vfpick detach --live' or a restart gives it a NIC again",
+    "not_in_domain": "the domain has no VF NIC with its MAC, live or in its definition",
     "last_working_nic": "it is a plain VF (no failover partner) and no other NIC of the domain "
                         "is up to carry the traffic while it moves",
     "no_spare_link": "no free VF on an up link that none of the domain's other NICs uses",
@@ -44,12 +44,14 @@ REFUSED = {
 @dataclass(frozen=True)
 class Running:
     """A running domain as libvirt has it live. kinds: {mac: 'failover' | 'plain'} of its VF
-    NICs (livemove.vf_nics); levels: {pool: distinct level} after its metadata overrides (a
-    pool missing: the pool's own)."""
+    NICs (livemove.vf_nics); lost: the same for the VF NICs of its definition that the live
+    XML lacks (QEMU unplugged the VF when it vanished); levels: {pool: distinct level} after
+    its metadata overrides (a pool missing: the pool's own)."""
     uuid: str
     name: str
     kinds: Mapping[str, str]
     levels: Mapping[str, str] = field(default_factory=dict)
+    lost: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ class Dead:
 class Decision:
     """What to do about one dead NIC. action: wait | defer | refuse | move. reason: for wait
     'holddown' (until: when it ends), for defer 'rate_limit', for refuse a REFUSED key, for a
-    move None. kind: 'failover' | 'plain' | None (not in the live XML)."""
+    move None. kind: 'failover' | 'plain' | None (not in the domain). lost: the NIC is out of
+    the running domain already (its VF vanished): the move only attaches the new VF."""
     nic: Dead
     action: str
     reason: Optional[str] = None
@@ -83,6 +86,7 @@ class Decision:
     to_pf: Optional[str] = None
     to_link: Optional[str] = None
     until: Optional[float] = None
+    lost: bool = False
 
     @property
     def why(self):
@@ -151,11 +155,15 @@ def plan(topo, pools, claims, busy, drained, running, dead, since, now, recent=N
             decide("refuse", "not_running")
             continue
         kind = domain.kinds.get(nic.mac)
+        lost = kind is None and nic.mac in domain.lost
+        kind = domain.lost.get(nic.mac) if lost else kind
         if kind is None:
             decide("refuse", "not_in_domain")
             continue
         others = [c for c in claims.values() if c.uuid == nic.uuid and c.mac != nic.mac]
-        if kind == "plain" and not any(_works(topo, c, domain.kinds, dead) for c in others):
+        # A NIC already out (lost) takes nothing from the guest when a VF is attached to it.
+        if kind == "plain" and not lost and not any(_works(topo, c, domain.kinds, dead)
+                                                     for c in others):
             decide("refuse", "last_working_nic", kind=kind)
             continue
         target = _target(topo, pool, claims, busy, drained, nic, domain, others,
@@ -170,7 +178,8 @@ def plan(topo, pools, claims, busy, drained, running, dead, since, now, recent=N
         planned[target.vf] = Claim(vf=target.vf, pf=target.pf, link=target.link, pool=nic.pool,
                                    domain=name, uuid=nic.uuid, mac=nic.mac, active=True)
         mine.setdefault(nic.uuid, []).append(target.vf)
-        decide("move", kind=kind, to_vf=target.vf, to_pf=target.pf, to_link=target.link)
+        decide("move", kind=kind, to_vf=target.vf, to_pf=target.pf, to_link=target.link,
+               lost=lost)
     return tuple(out)
 
 
