@@ -53,7 +53,7 @@ def test_round_trip_and_sorting(tmp_path):
     doc = json.loads(read_bytes(store))
     assert doc["version"] == 2 and doc["generation"] == 1
     # The rate keys are written only when set (tests/test_state_rates.py).
-    rates = {"rate_mbps", "peak_mbps", "min_rate_mbps"}
+    rates = {"rate_mbps", "peak_mbps", "min_rate_mbps", "heal"}  # and the heal history
     assert [set(c) for c in doc["claims"]] == [set(Claim._fields) - rates | {"gen"}] * 3
     assert doc["claims"][0]["active"] is False
     assert doc["claims"][0]["pending"] is None and doc["claims"][0]["gen"] == 1

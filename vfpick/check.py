@@ -312,6 +312,33 @@ def check_lost(config):
                    "restart the domain to plug the VF back" % (first.domain, first.mac))
 
 
+def check_heal(config, topo):
+    """heal = live on a pool that cannot heal: no spare distinct link (healplan.cannot_heal)."""
+    from vfpick import healplan
+    from vfpick.errors import VfpickError
+    from vfpick.state import StateStore
+
+    live = [p for p in config.pools.values() if p.heal == "live"]
+    if not live:
+        return []
+    try:
+        snapshot = StateStore(config.state_dir).snapshot()
+        claims, drained = snapshot.mapping(), snapshot.drained()
+    except VfpickError:
+        claims, drained = {}, frozenset()  # check_state reports the state itself
+    out = []
+    for pool in live:
+        why = healplan.cannot_heal(topo, pool, claims, drained)
+        if why:
+            out.append(Finding("heal", WARN, "[pool %s] heal = live cannot heal: %s" % (pool.name, why),
+                               "add PFs on another link to the pool, or set heal = report"))
+        else:
+            out.append(Finding("heal", OK, "[pool %s] heal = live: a spare distinct link for every "
+                               "domain's NICs (hold-down %gs, at most %d moves a minute)"
+                               % (pool.name, pool.heal_holddown, pool.heal_moves_per_minute), ""))
+    return out
+
+
 # ---------------------------------------------------------------- all of it
 
 def run(config_path, paths=None):
@@ -338,6 +365,7 @@ def run(config_path, paths=None):
     if config:
         findings.append(check_state(config))
         findings.append(check_lost(config))
+        findings += check_heal(config, topo)
     return findings
 
 

@@ -24,14 +24,18 @@ Config.__doc__ = """pools: {name: Pool} in file order; links: {name: tuple of PF
 lock_timeout: seconds any command or the hook waits for the claims lock."""
 
 Pool = namedtuple("Pool", "name pfs distinct strict numa policy trust spoofchk failover missing "
-                  "nic_rate guarantee pcie_affinity", defaults=(None, (), 1000, False, "preferred"))
+                  "nic_rate guarantee pcie_affinity heal heal_holddown heal_moves_per_minute",
+                  defaults=(None, (), 1000, False, "preferred", "report", 30.0, 4))
 Pool.__doc__ = """pfs: PF PCI addresses in the order the file lists them (``pack`` uses it), of the
 PFs present on this host. missing: the names the file lists that are not on this host (a netdev
 renamed by a kernel upgrade, a card removed): the pool degrades to the PFs present.
 trust/spoofchk: True, False or None (leave the VF as the driver set it).
 failover: a Failover, or None (plain VF NICs). nic_rate: Mb/s a NIC without a <bandwidth> rate
 weighs on its link. guarantee: the guaranteed (floor, else average) rates on a link never exceed
-its speed. pcie_affinity: required|preferred|ignore (the domain's other PCI hostdevs)."""
+its speed. pcie_affinity: required|preferred|ignore (the domain's other PCI hostdevs).
+heal: off|report|live (what ``vfpick watch`` does when a link dies under running domains);
+heal_holddown: seconds a NIC's link must stay dead before it is healed; heal_moves_per_minute:
+the most live heal moves of the pool's NICs started in any 60 s."""
 
 Failover = namedtuple("Failover", "kind name")
 Failover.__doc__ = """``failover = bridge:BR | network:NET``: each NIC of the pool also gets a
@@ -56,8 +60,11 @@ MAIN_KEYS = {
 }
 _NOT_PATHS = {"connect", "lock_timeout"}
 POOL_KEYS = {"pfs", "distinct", "strict", "numa", "policy", "trust", "spoofchk", "failover",
-             "nic_rate", "guarantee", "pcie_affinity"}
+             "nic_rate", "guarantee", "pcie_affinity", "heal", "heal_holddown",
+             "heal_moves_per_minute"}
 PCIE_AFFINITY = ("required", "preferred", "ignore")
+HEAL = ("off", "report", "live")
+MAX_HEAL_MOVES = 600  # per minute: one every 100 ms is already past what libvirt's hotplug does
 MAX_RATE_MBPS = 10 ** 7  # 10 Tb/s: far past any link, well inside IFLA_VF_RATE's u32
 LINK_KEYS = {"pfs"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -174,6 +181,13 @@ def _mbps(where, section, key, value):
         raise where.error(section, key, "%r is not a rate in Mb/s from 1 to %d"
                           % (value[:40], MAX_RATE_MBPS))
     return rate
+
+
+def _count(where, section, key, value, most):
+    value = value.strip()
+    if not value or not set(value) <= set("0123456789") or not 1 <= int(value) <= most:
+        raise where.error(section, key, "%r is not a whole number from 1 to %d" % (value, most))
+    return int(value)
 
 
 def _name(where, section, kind, name):
@@ -331,6 +345,10 @@ def parse(text, path="<config>"):
             guarantee=_mapped(where, section, "guarantee", items.get("guarantee", "no"), _BOOL),
             pcie_affinity=_choice(where, section, "pcie_affinity",
                                   items.get("pcie_affinity", "preferred"), PCIE_AFFINITY),
+            heal=_choice(where, section, "heal", items.get("heal", "report"), HEAL),
+            heal_holddown=_seconds(where, section, "heal_holddown", items.get("heal_holddown", "30")),
+            heal_moves_per_minute=_count(where, section, "heal_moves_per_minute",
+                                         items.get("heal_moves_per_minute", "4"), MAX_HEAL_MOVES),
         )
     for section, name, _items in pools_raw:
         failover = pools[name].failover

@@ -224,10 +224,53 @@ def _plain_metadata(meta_el):
     return etree.tostring(plain).decode()
 
 
+def _redefine(devices, persistent_xml, store, name, old, new, new_xml, timeout, sleep):
+    """Step 4: the definition (persistent_xml(), None for a transient domain) names the new VF
+    of claim *new*. None when done; why libvirt refused once the new VF has left the domain
+    again; LiveMoveFailed (both VFs claimed) when it cannot leave."""
+    lv_error = virt.libvirt_error()
+    try:
+        data = persistent_xml()
+        if data is not None:
+            xml, _ = new_definition(data, new.mac, new)
+            devices.define(xml)
+        return None
+    except (lv_error, VfpickError) as e:
+        reason = virt.error_message(e) if isinstance(e, lv_error) else str(e)
+    try:
+        devices.detach(new_xml)
+        stuck = None if wait_removed(devices, new.vf, timeout, sleep=sleep) else \
+            "the guest has not released VF %s within %g s" % (new.vf, timeout)
+    except lv_error as e:
+        stuck = "the detach of VF %s (%s)" % (new.vf, virt.error_message(e))
+    if stuck:
+        _both(store, old, new, devices.live)
+        raise LiveMoveFailed(
+            "domain '%s': libvirt refused the new definition (%s) and %s: it runs on VF %s, its "
+            "definition names VF %s; both stay claimed (run 'vfpick reconcile' once the guest "
+            "has let go)" % (name, reason, stuck, new.vf, old.vf))
+    return reason
+
+
+def _live_metadata(devices, name, mac, new, old_vf, warnings):
+    """The live side's vfpick metadata names the NIC's new VF; a refusal is one warning."""
+    lv_error = virt.libvirt_error()
+    try:
+        _, meta = new_definition(devices.xml(), mac, new)
+        devices.set_metadata(_plain_metadata(meta), domscan.NS, "vfpick")
+    except (lv_error, VfpickError) as e:
+        warnings.append("NIC %s of '%s' moved, but its live metadata still names VF %s: %s"
+                        % (mac, name, old_vf, virt.error_message(e) if isinstance(e, lv_error) else e))
+
+
 def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, busy=None,
-             allow_gap=False, timeout=DETACH_TIMEOUT, netlink_factory=None, sleep=time.sleep):
+             allow_gap=False, timeout=DETACH_TIMEOUT, netlink_factory=None, sleep=time.sleep,
+             step=None):
     """Moves NIC *mac* of the domain behind *devices* (virt.Devices) to VF *to_vf*, steps 1-5
-    above; returns Moved. LiveMoveFailed (or ClaimConflict) says what the domain runs on."""
+    above; returns Moved. LiveMoveFailed (or ClaimConflict) says what the domain runs on.
+    step(what, vf): told as the old VF is gone ("detached") and the new one in ("attached"):
+    the watcher logs them (self-healing's timeline)."""
+    step = step or (lambda _what, _vf: None)
     from vfpick import topology
 
     lv_error = virt.libvirt_error()
@@ -282,47 +325,77 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
             "stays claimed and nothing moved (should the guest let go later, it runs on %s); "
             "check the guest (ACPI hotplug), then run the move again"
             % (name, nic.vf, timeout, alone))
+    step("detached", nic.vf)
     # 3. Attach the new VF: same MAC, teaming, guest address.
     try:
         devices.attach(new_xml)
     except lv_error as e:
         err, _ = put_old_back("libvirt refused to attach VF %s (%s)" % (to_vf, virt.error_message(e)))
         raise err from None
+    step("attached", to_vf)
     # 4. The definition and the metadata follow.
     warnings = []
-    try:
-        data = devices.persistent_xml()
-        if data is not None:
-            xml, _ = new_definition(data, mac, new)
-            devices.define(xml)
-    except (lv_error, VfpickError) as e:
-        reason = virt.error_message(e) if isinstance(e, lv_error) else str(e)
-        try:
-            devices.detach(new_xml)
-            released = wait_removed(devices, to_vf, timeout, sleep=sleep)
-        except lv_error as e2:
-            _both(store, old, new, devices.live)
-            raise LiveMoveFailed(
-                "domain '%s': libvirt refused the new definition (%s) and the detach of VF %s "
-                "(%s): it runs on VF %s, its definition names VF %s; both stay claimed"
-                % (name, reason, to_vf, virt.error_message(e2), to_vf, nic.vf)) from None
-        if not released:
-            _both(store, old, new, devices.live)
-            raise LiveMoveFailed(
-                "domain '%s': libvirt refused the new definition (%s) and the guest has not "
-                "released VF %s within %g s: both VFs stay claimed; run 'vfpick reconcile' once "
-                "it has" % (name, reason, to_vf, timeout))
+    reason = _redefine(devices, devices.persistent_xml, store, name, old, new, new_xml,
+                       timeout, sleep)
+    if reason:
         err, _ = put_old_back("libvirt refused the new definition (%s), so VF %s left again"
                               % (reason, to_vf))
-        raise err from None
+        raise err
     if devices.live:
-        try:
-            _, meta = new_definition(devices.xml(), mac, new)
-            devices.set_metadata(_plain_metadata(meta), domscan.NS, "vfpick")
-        except (lv_error, VfpickError) as e:
-            warnings.append("NIC %s of '%s' moved, but its live metadata still names VF %s: %s"
-                            % (mac, name, nic.vf, virt.error_message(e) if isinstance(e, lv_error) else e))
+        _live_metadata(devices, name, mac, new, nic.vf, warnings)
     # 5. Settle: the new claim is the NIC's, the old one ends.
+    warnings += _settle(config, store, old, new, devices.live)
+    return Moved(uuid, name, mac, nic.vf, to_vf, warnings)
+
+
+def replace_lost(config, devices, name, uuid, mac, to_vf, store=None, topo=None, busy=None,
+                 netlink_factory=None, step=None, timeout=DETACH_TIMEOUT, sleep=time.sleep):
+    """Gives NIC *mac*, whose VF QEMU already unplugged from the running domain (its VF
+    vanished: sriov_numvfs lowered, the PF removed; the live XML no longer has it, the
+    definition still does), VF *to_vf*: steps 1, 3, 4 and 5 above, no detach. The NIC is taken
+    from the persistent definition (same MAC, teaming, guest address). Returns Moved; on a
+    failure (LiveMoveFailed, ClaimConflict) the NIC stays out as it was, its claim kept."""
+    from vfpick import topology
+
+    lv_error = virt.libvirt_error()
+    step = step or (lambda _what, _vf: None)
+    store = store or resolver.store_for(config)
+    topo = topo or topology.for_config(config)
+    busy = resolver.running_vfs(config) if busy is None else busy
+    try:
+        if devices.live and not devices.running():
+            raise LiveMoveFailed("domain '%s' is not running (any more): nothing attached" % name)
+        if mac in vf_nics(devices.xml()):
+            raise LiveMoveFailed("domain '%s' still has its VF NIC %s: nothing attached (a "
+                                 "move detaches it first)" % (name, mac))
+        data = devices.persistent_xml()
+    except lv_error as e:
+        raise LiveMoveFailed("libvirt cannot describe domain '%s': %s; nothing attached"
+                             % (name, virt.error_message(e))) from None
+    nic = vf_nics(data).get(mac) if data is not None else None
+    if nic is None:
+        raise LiveMoveFailed("domain '%s' has no VF NIC %s in its definition; nothing attached"
+                             % (name, mac))
+    old, new = _reserve(config, store, uuid, name, mac, nic.vf, to_vf, topo, busy,
+                        netlink_factory)
+    new_xml = _attach_xml(nic.iface, to_vf)
+    try:
+        devices.attach(new_xml)
+    except lv_error as e:
+        _forget(config, store, new)
+        raise LiveMoveFailed("libvirt refused to attach VF %s to domain '%s' (%s): NIC %s stays "
+                             "out (its VF %s is gone), nothing attached"
+                             % (to_vf, name, virt.error_message(e), mac, nic.vf)) from None
+    step("attached", to_vf)
+    warnings = []
+    reason = _redefine(devices, lambda: data, store, name, old, new, new_xml, timeout, sleep)
+    if reason:
+        _forget(config, store, new)
+        raise LiveMoveFailed("domain '%s': libvirt refused the new definition (%s), so VF %s "
+                             "left again: NIC %s stays out, nothing attached"
+                             % (name, reason, to_vf, mac))
+    if devices.live:
+        _live_metadata(devices, name, mac, new, nic.vf, warnings)
     warnings += _settle(config, store, old, new, devices.live)
     return Moved(uuid, name, mac, nic.vf, to_vf, warnings)
 

@@ -14,7 +14,7 @@ import platform
 from collections import Counter, namedtuple
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
 from vfpick import names, numbers, pci, policy, resolver, stale, topology
@@ -169,6 +169,33 @@ def drained_families(facts):
     return [pf_drained, link_drained]
 
 
+HEAL_DECISIONS = ("planned", "done", "refused", "rolled_back", "deferred")
+
+
+def heal_families(healer):
+    """The watcher's self-healing families (its own counts: they live in the watcher's memory,
+    so only ``vfpick watch --metrics-listen`` has them): vfpick_heal_decisions_total{pool, mode,
+    decision, reason} and vfpick_heal_waiting{pool} (NICs on a dead link not decided yet: in
+    their hold-down). *healer*: a heal.Healer, or None when no pool heals."""
+    decisions = CounterMetricFamily(
+        "vfpick_heal_decisions", "Self-healing decisions of vfpick watch: planned (report: what it "
+        "would move), done, refused (reason), rolled_back, deferred (rate limit)",
+        labels=["pool", "mode", "decision", "reason"])
+    waiting = GaugeMetricFamily("vfpick_heal_waiting", "NICs of running domains on a dead link "
+                                "that self-healing has not decided about yet (hold-down)",
+                                labels=["pool"])
+    counts, waits = healer.counts() if healer is not None else ({}, {})
+    pools = healer.pools if healer is not None else {}
+    for name, pool in sorted(pools.items()):
+        # Zeros for the usual series, so rate() and alerts see them before the first death.
+        for decision in ("planned", "done", "refused", "rolled_back"):
+            counts.setdefault((name, pool.heal, decision, ""), 0)
+        waiting.add_metric([name], waits.get(name, 0))
+    for (pool_name, mode, decision, reason), n in sorted(counts.items()):
+        decisions.add_metric([pool_name, mode, decision, reason], n)
+    return [decisions, waiting]
+
+
 def build_info():
     return InfoMetricFamily("vfpick_build", "vfpick version and the Python that runs it",
                             value={"version": vfpick.__version__, "python": platform.python_version()})
@@ -269,10 +296,10 @@ def parse_listen(text):
     return host, number
 
 
-def _live(config, log):
+def _live(config, log, extra=None):
     def load():
         try:
-            return families(gather(config))
+            return families(gather(config)) + (extra() if extra else [])
         except VfpickError as e:
             # The scrape still answers, with build info only: the gap shows in Prometheus and
             # the reason in the journal, and the watcher goes on.
@@ -281,8 +308,10 @@ def _live(config, log):
     return load
 
 
-def serve(config, listen, log, request_timeout=REQUEST_TIMEOUT, max_handlers=MAX_HANDLERS):
+def serve(config, listen, log, request_timeout=REQUEST_TIMEOUT, max_handlers=MAX_HANDLERS,
+          extra=None):
     """Serves /metrics on *listen* from a daemon thread; returns the server (``shutdown()``).
+    extra() -> more families of the serving process (the watcher's self-healing counts).
 
     At most *max_handlers* requests are served at once, each within *request_timeout* seconds
     for receiving it (and as much again for the answer)."""
@@ -350,7 +379,7 @@ def serve(config, listen, log, request_timeout=REQUEST_TIMEOUT, max_handlers=MAX
             self.sock.settimeout(left)
             return self.sock.recv_into(buf)
 
-    class Handler(MetricsHandler.factory(registry_for(_live(config, log)))):
+    class Handler(MetricsHandler.factory(registry_for(_live(config, log, extra)))):
         timeout = request_timeout
 
         def setup(self):

@@ -45,7 +45,7 @@ The mappings are read-only views.
 """
 
 Claim = namedtuple("Claim", "vf pf link pool domain uuid mac active pending applied restore "
-                   "rate_mbps peak_mbps min_rate_mbps", defaults=(None,) * 6)
+                   "rate_mbps peak_mbps min_rate_mbps heal", defaults=(None,) * 7)
 Claim.__doc__ = """One VF held by one domain. Keyed by vf; the domain by uuid
 (names change, UUIDs do not). active: the domain is running on it.
 
@@ -53,10 +53,20 @@ pending: the Writer of a define/repick that wrote the claim and has not yet hear
 answer, else None (see docs/DESIGN.md, "Reconcile"). applied: VfSettings vfpick set on the VF
 at prepare, else None. restore: VfSettings to put back on the VF when the claim ends (a setting
 None: nothing to put back), else None. rate_mbps, peak_mbps, min_rate_mbps: the NIC's
-<bandwidth> in Mb/s (outbound average, outbound peak, inbound floor), None when unset. The
+<bandwidth> in Mb/s (outbound average, outbound peak, inbound floor), None when unset. heal:
+the NIC's self-healing history, a tuple of HealEvent (oldest first, at most HEAL_HISTORY), or
+None; a live move carries it to the NIC's new claim. The
 claim's write generation is the store's business
 (ClaimSet.gen), not part of the record: two claims that say the same are equal.
 """
+
+HealEvent = namedtuple("HealEvent", "at outcome from_vf to_vf from_link to_link why")
+HealEvent.__doc__ = """One self-healing decision that acted (or tried to) on a NIC: at (Unix
+time, whole seconds), outcome (moved | rolled_back | refused), from_vf/from_link (where the NIC
+was), to_vf/to_link (where it went or was to go; None for a refusal), why (one phrase, or
+None). Only heal = live records them: report changes nothing."""
+HEAL_HISTORY = 5  # events kept per NIC: enough to see a flapping cable, bounded in the state file
+HEAL_OUTCOMES = ("moved", "rolled_back", "refused")
 
 VfSettings = namedtuple("VfSettings", "trust spoofchk max_tx_rate min_tx_rate",
                         defaults=(None, None))

@@ -98,6 +98,8 @@ def status_report(config, topo, claims, busy, stale=frozenset(), drained=frozens
         row["stale"] = claim.uuid in stale
         row["drained"] = claim.pf in drained
         row["lost"] = claim.vf in lost
+        # Self-healing history (heal = live): oldest first, bounded by records.HEAL_HISTORY.
+        row["heal"] = [event._asdict() for event in claim.heal or ()]
         if row["lost"]:
             row["active"] = False  # the running guest does not use it
         claim_rows.append(row)
@@ -180,7 +182,30 @@ def render_status(report):
         lines += _table(rows, ["domain", "uuid", "mac", "vf", "pf", "link", "pool", "active", ""])
     else:
         lines.append("no claims")
+    healed = [c for c in report["claims"] if c.get("heal")]
+    if healed:
+        lines.append("")
+    for c in healed:
+        lines.append("self-healing of NIC %s of '%s':" % (names.printable(c["mac"]),
+                                                         names.printable(c["domain"])))
+        for event in c["heal"]:
+            lines.append("  " + names.printable(heal_line(event)))
     return "\n".join(lines)
+
+
+def heal_line(event):
+    """One HealEvent (as a dict) of a NIC's history, for the status table."""
+    import time
+
+    at = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(event["at"]))
+    where = "VF %s (link %s)" % (event["from_vf"], event["from_link"] or "?")
+    if event["outcome"] == "moved":
+        return "%s moved %s -> VF %s (link %s)%s" % (
+            at, where, event["to_vf"], event["to_link"] or "?",
+            ": " + event["why"] if event["why"] else "")
+    if event["outcome"] == "rolled_back":
+        return "%s move from %s to VF %s rolled back: %s" % (at, where, event["to_vf"], event["why"])
+    return "%s refused on %s: %s" % (at, where, event["why"])
 
 
 def topology_report(topo, claims):

@@ -5,7 +5,8 @@ block the loop). The main thread takes the queue: resolve + redefine on DEFINED,
 UNDEFINED, reconnect with backoff when the connection closes (libvirtd restart, keepalive
 timeout), then reconcile and resolve whatever was defined meanwhile. Host events
 (vfpick.hostevents) are logged: one line per action through the *log* callback the CLI passes
-(vfpick/cli.py timestamps them on stderr).
+(vfpick/cli.py timestamps them on stderr); they also wake self-healing (vfpick/heal.py), which
+otherwise looks at the links every few seconds.
 """
 
 import queue
@@ -14,7 +15,7 @@ import threading
 import time
 from collections import namedtuple
 
-from vfpick import domscan, hostevents, resolver, topology, vfsettings, virt
+from vfpick import domscan, heal, hostevents, resolver, topology, vfsettings, virt
 from vfpick.commands import define, reconcile
 from vfpick.errors import VfpickError
 from vfpick.placement import placement
@@ -29,7 +30,8 @@ closed (reason) | host (event: a hostevents record); generation: the connection'
 
 
 class Watcher:
-    def __init__(self, config, uri, log, opener=None, host_events=True, clock=time.monotonic):
+    def __init__(self, config, uri, log, opener=None, host_events=True, clock=time.monotonic,
+                 healer=None):
         self.config, self.uri, self.log, self.clock = config, uri, log, clock
         self.lv_error = virt.libvirt_error()
         self.opener = opener or virt.open_connection
@@ -44,6 +46,9 @@ class Watcher:
         self.resolves = {}             # uuid -> [times] (loop guard)
         self.monitor = None
         self._loop_thread = None
+        # healer: a heal.Healer (the tests pass one with their seams); else one when a pool heals
+        self.healer = healer or (heal.Healer(config, self.log, store=self.store, clock=clock)
+                                 if heal.Healer.wanted(config) else None)
 
     # ------------------------------------------------ event loop thread: queue only, never block
     def on_lifecycle(self, _conn, dom, event, _detail, generation):
@@ -88,8 +93,11 @@ class Watcher:
         try:
             item = self.queue.get(timeout=timeout)
         except queue.Empty:
-            return
-        self.dispatch(item)
+            item = None
+        if item is not None:
+            self.dispatch(item)
+        if self.healer is not None and self.healer.due():
+            self.guarded("self-healing", self.healer.tick, self.conn)
 
     def guarded(self, what, call, *args):
         """call(*args); an error is logged naming *what*, and the watcher goes on."""
@@ -107,6 +115,8 @@ class Watcher:
         if kind == "host":
             if self.monitor is not None:
                 self.guarded("host event", self.monitor.handle, item.event)
+            if self.healer is not None:
+                self.healer.poke()
         elif kind == "closed":
             self.guarded("connection closed", self.closed, item.generation, item.reason)
         elif self.conn is None:
@@ -246,7 +256,8 @@ def cmd_watch(config, uri, log, metrics_listen=None):
     if metrics_listen:
         from vfpick import metrics  # prometheus_client: only when asked for
 
-        server = metrics.serve(config, metrics_listen, watcher.log)
+        server = metrics.serve(config, metrics_listen, watcher.log,
+                               extra=lambda: metrics.heal_families(watcher.healer))
         addr, port = server.server_address[:2]
         watcher.log("serving metrics on http://%s:%d/metrics" % ("[%s]" % addr if ":" in addr else addr, port))
 

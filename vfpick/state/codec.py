@@ -7,7 +7,7 @@ Imported by the qemu hook only for vfpick's own domains, like the store."""
 import json
 
 from vfpick import numbers, pci
-from vfpick.records import Claim, VfSettings, Writer
+from vfpick.records import HEAL_HISTORY, HEAL_OUTCOMES, Claim, HealEvent, VfSettings, Writer
 
 VERSION = 2
 # Version 1 had no "generation" and claims without gen/pending/applied/restore: still read.
@@ -16,6 +16,8 @@ _FIELDS = Claim._fields + ("gen",)
 # Written only when set, so a file without rates reads the same in a vfpick without them.
 _RATE_FIELDS = ("rate_mbps", "peak_mbps", "min_rate_mbps")
 _VF_RATES = ("max_tx_rate", "min_tx_rate")
+# Written only when a NIC has a self-healing history: older files read the same.
+_OPTIONAL = _RATE_FIELDS + ("heal",)
 
 
 _STRING_FIELDS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac")
@@ -60,7 +62,28 @@ def claim_problem(claim):
         value = getattr(claim, field)
         if value is not None and not _is_int(value, 1, MAX_RATE):
             return "'%s' is not a rate in Mb/s" % field
-    return _settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
+    return (_settings_problem("applied", claim.applied) or _settings_problem("restore", claim.restore)
+            or _heal_problem(claim.heal))
+
+
+def _heal_problem(heal):
+    if heal is None:
+        return None
+    if not isinstance(heal, tuple) or not 1 <= len(heal) <= HEAL_HISTORY:
+        return "'heal' is not a list of 1 to %d events" % HEAL_HISTORY
+    for event in heal:
+        if not isinstance(event, HealEvent) or not _is_int(event.at, 0) \
+                or event.outcome not in HEAL_OUTCOMES:
+            return "'heal' event is not an object of at (count), outcome (%s), ..." % (
+                ", ".join(HEAL_OUTCOMES))
+        if not isinstance(event.from_vf, str) or not pci.is_canonical(event.from_vf) or (
+                event.to_vf is not None and not (isinstance(event.to_vf, str)
+                                                 and pci.is_canonical(event.to_vf))):
+            return "'heal' event VFs are not canonical PCI addresses"
+        if any(v is not None and not isinstance(v, str)
+               for v in (event.from_link, event.to_link, event.why)):
+            return "'heal' event links and reason are not strings or null"
+    return None
 
 
 def _record(make, value, name, n):
@@ -75,7 +98,7 @@ def _record(make, value, name, n):
 
 
 def _from_json(entry, n, fields):
-    optional = _RATE_FIELDS if fields is _FIELDS else ()
+    optional = _OPTIONAL if fields is _FIELDS else ()
     if not set(fields) - set(optional) <= set(entry) <= set(fields):
         raise ValueError("claim %d: missing keys %s; unknown keys %s" % (
             n, ", ".join(sorted(set(fields) - set(optional) - set(entry))) or "none",
@@ -88,6 +111,10 @@ def _from_json(entry, n, fields):
     entry.update(pending=_record(Writer, entry["pending"], "pending", n),
                  applied=_record(VfSettings, entry["applied"], "applied", n),
                  restore=_record(VfSettings, entry["restore"], "restore", n))
+    if "heal" in entry:
+        if not isinstance(entry["heal"], list):
+            raise ValueError("claim %d: 'heal' is not a list" % n)
+        entry["heal"] = tuple(_record(HealEvent, e, "heal", n) for e in entry["heal"])
     return Claim(**entry), gen
 
 
@@ -99,9 +126,11 @@ def _to_json(claim, gen):
             for rate in _VF_RATES if name != "pending" else ():
                 if row[name][rate] is None:
                     del row[name][rate]
-    for name in _RATE_FIELDS:
+    for name in _OPTIONAL:
         if row[name] is None:
             del row[name]
+    if claim.heal is not None:
+        row["heal"] = [event._asdict() for event in claim.heal]
     row["gen"] = gen
     return row
 
