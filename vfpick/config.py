@@ -185,9 +185,10 @@ def _mbps(where, section, key, value):
 
 def _count(where, section, key, value, most):
     value = value.strip()
-    if not value or not set(value) <= set("0123456789") or not 1 <= int(value) <= most:
-        raise where.error(section, key, "%r is not a whole number from 1 to %d" % (value, most))
-    return int(value)
+    count = numbers.whole(value, 1, most)
+    if count is None:
+        raise where.error(section, key, "%r is not a whole number from 1 to %d" % (value[:40], most))
+    return count
 
 
 def _name(where, section, kind, name):
