@@ -82,10 +82,11 @@ def single_nic_guests(host, names, define):
         ip = f"10.99.0.{21 + i}"
         guests[name] = ip
         define(name, ip)
-    for name in names:   # started back to back: their boots overlap
+    # one at a time, each booted before the next starts: nested-KVM L2s booting at once under
+    # TCG's emulated SVM crash L1 (docs/lab.md, "Reruns, L1 losses")
+    for name, ip in guests.items():
         r = host.start(name)
         assert r.rc == 0, r.stderr
-    for name, ip in guests.items():
         host.l2_report(name)
         traffic.wait_reachable(host, ip)
     return {name: (ip, traffic.guest_macs(host, name)[0]) for name, ip in guests.items()}
