@@ -5,7 +5,9 @@ down`: carrier and operstate go down); VFPICK_LAB_HEAL_CUT=ip|qmp chooses. Withi
 hold-down plus a bound, the watcher moves the NIC on the dead PF to the third PF: detach
 (the guest lets go), attach with the same MAC and guest address, redefinition, claims
 settled. The guest reports the VF gone and back at the same address (L2-PCI-NOW lines); the
-watcher's /metrics counts the move; the link coming back moves nothing back.
+watcher's /metrics counts the move; the link coming back moves nothing back. With traffic: a
+steady ping from L1's peer to the guest's bond crosses the cut and the heal, and the bond ends
+with two working legs.
 
 Evidence: the timeline, in seconds after the cut (L1's clock; the watcher's journal lines):
 link down, seen (hold-down starts), planned (hold-down over), detached, attached, done
@@ -17,9 +19,10 @@ import os
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab import traffic
 from lab.guestwatch import guest_vfs, pci_reports, wait_guest_vfs
 from lab.host import LabError
-from lab.labhost import CONFIG_TEXT, POOL, wait_until
+from lab.labhost import CONFIG_TEXT, PEER_IP, POOL, wait_until
 from test_livemove_lab import claims_of, netdev_of, nic_in_xml, wait_gone_and_back
 
 HOLDDOWN = float(os.environ.get("VFPICK_LAB_HEAL_HOLDDOWN", "10"))
@@ -28,6 +31,8 @@ MOVE_BOUND = 300    # s after the hold-down: the next look (<= 10 s), the guest'
 UNIT = "vfpick-lab-heal"
 METRICS = "127.0.0.1:9731"
 NAME = "l2h"
+BOND_IP = "10.99.0.41"
+SILENCE_MAX_S = 8   # s without a reply: the bond's ARP monitor (0.3 s) fails over, under TCG
 
 
 def heal_config(host):
@@ -118,7 +123,8 @@ def heal_metrics(host):
 
 def test_watch_heals_a_bonded_l2_when_a_pf_link_dies(host, evidence):
     host.write_config(heal_config(host))
-    host.put(f"/root/{NAME}.xml", host.domain_xml(NAME, pool_nics=2))
+    host.put(f"/root/{NAME}.xml", host.domain_xml(NAME, pool_nics=2,
+                                                  kernel_args=f"lab.ip={BOND_IP}/24 lab.bond={PEER_IP}"))
     host.vfpick(f"define /root/{NAME}.xml", check=True)
     r = host.start(NAME)
     assert r.rc == 0, r.stderr
@@ -130,6 +136,9 @@ def test_watch_heals_a_bonded_l2_when_a_pf_link_dies(host, evidence):
     stays = before[1]
     third = {addr for addr, _, _ in host.pfs} - {c["pf"] for c in before}
     dead_dev = netdev_of(host, dying["pf"])
+    traffic.wait_reachable(host, BOND_IP)
+    traffic.start_ping(host, BOND_IP, NAME)
+    t_ping = traffic.l1_now(host)
     try:
         start_watcher(host)
         seen_reports = len(pci_reports(host, NAME))
@@ -195,6 +204,15 @@ def test_watch_heals_a_bonded_l2_when_a_pf_link_dies(host, evidence):
                  f"link {dying['link']} up {link_up.get(dying['link'])}; {NAME} degraded "
                  f"{degraded.get(NAME)}\n")
         host.vfpick("status")
+        # with traffic: the guest's bond has two working legs again and the ping never stopped
+        # for longer than a failover (the cut leg's ARP monitor, then the move of a backup leg)
+        legs = wait_until(lambda: sum(tok.startswith("carrier:") for tok in pci_reports(host, NAME)[-1][1]) == 2,
+                          120, interval=2)
+        ping = traffic.account(traffic.stop_ping(host, NAME), t_ping, traffic.l1_now(host))
+        evidence(f"  {NAME}'s bond through the cut and the heal: {ping.sent} pings, {ping.lost} lost, "
+                 f"longest silence {ping.longest_gap} s; last guest report: {pci_reports(host, NAME)[-1][1][-4:]}\n")
+        assert legs, f"the guest's bond did not get its second leg back: {pci_reports(host, NAME)[-1]}"
+        assert ping.back and ping.longest_gap <= SILENCE_MAX_S, ping
 
         # the link comes back: nothing moves back
         cut_link(host, dead_dev, up=True)
@@ -204,6 +222,7 @@ def test_watch_heals_a_bonded_l2_when_a_pf_link_dies(host, evidence):
         assert [c["vf"] for c in claims_of(host, NAME)] == [c["vf"] for c in after]
         assert not [m for _, m in journal(host)[n:] if m.startswith("heal: planned")]
     finally:
+        host.run(f"pkill -f 'ping -D -i 0.2 -W 1 {BOND_IP}'", quiet=True)
         stop_watcher(host)
         host.run(f"ip link set {dead_dev} up", quiet=True)
         if hasattr(host.vm, "set_cable"):
