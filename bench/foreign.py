@@ -32,7 +32,7 @@ def main(argv=None):
         for n, source in enumerate(args.sources):
             inst = perf.Install(os.path.join(root, "i%d" % n), os.path.abspath(source))
             inst.import_vfpick()
-            from vfpick import simhost
+            from vfpick.host import simhost
 
             hosts.append(perf.Host(inst, os.path.join(root, "h%d" % n),
                                    os.path.join(root, "s%d" % n), simhost.bench_spec()))

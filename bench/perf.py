@@ -146,7 +146,7 @@ class Host:
     """A simulated host with config, state, run and config dirs, and the installed hook."""
 
     def __init__(self, inst, root, state_root, spec):
-        from vfpick import simhost
+        from vfpick.host import simhost
 
         self.inst = inst
         self.root = root
@@ -173,7 +173,8 @@ class Host:
     def populate(self, fill=0.4, running_share=0.5, seed=1):
         """Claims on *fill* of the VFs by 1-4-NIC domains; *running_share* of them running
         (status file in run_dir, claims active). Done in-process (fast), through the same code."""
-        from vfpick import config as configmod, hook, resolver, topology
+        from vfpick import config as configmod, hook, resolver
+        from vfpick.host import topology
 
         cfg = configmod.load(self.config)
         topo = topology.for_config(cfg)
@@ -316,7 +317,7 @@ def run_release_path(quick=False, log=print, source=REPO, vfs_per_pf=16):
     try:
         inst = Install(root, source)
         inst.import_vfpick()
-        from vfpick import simhost
+        from vfpick.host import simhost
 
         host = Host(inst, os.path.join(root, "h"), os.path.join(disk, "h"),
                     simhost.bench_spec(vfs_per_pf=vfs_per_pf)).populate()
@@ -479,7 +480,7 @@ def run(quick=False, log=print, source=REPO, only=None):
         t0 = time.time()
         inst = Install(root, source)
         inst.import_vfpick()
-        from vfpick import simhost
+        from vfpick.host import simhost
 
         res["install"] = inst.how
         log("installed %s in %.1fs: %s" % (inst.site, time.time() - t0, inst.how))

@@ -3,7 +3,7 @@
 Random arrivals and departures of 1-4-NIC domains on simulated hosts (the simhost presets with
 32 VFs per PF, discovered from a real sysfs layout so that link identity is what vfpick sees:
 NPAR partitions share a link, a pulled cable is a down link). ``spread`` and ``pack`` are
-``vfpick.policy.pick`` itself, called with in-memory claims (it is pure); ``random`` draws
+``vfpick.plan.policy.pick`` itself, called with in-memory claims (it is pure); ``random`` draws
 uniformly from the VFs that pass the same hard filters (free, and with strict=yes on a link the
 domain does not use yet). Every domain asks for distinct=link.
 
@@ -23,13 +23,13 @@ Metrics:
                 the slow links) as if placement had left it on the table.
   over optimum  the busiest up link's claims/speed against the distinctness-aware optimum: the
                 lowest any placement of the same domains reaches while keeping each domain's
-                NICs on distinct links (vfpick.rebalance / vfpick.optimum: exact, binary search
+                NICs on distinct links (vfpick.plan.rebalance / vfpick.plan.optimum: exact, binary search
                 on claims/speed with a max-flow per step). Mean and worst over checkpoints of
                 every seed, with arrivals only (filling an empty host until a refusal or 95 %,
                 a checkpoint at each arrival from 25 % occupancy)
                 and in churn (steady state around 70 %).
   rebalance     at each churn checkpoint, what `vfpick rebalance` would reach from there (the
-                same planner, vfpick.rebalance.plan): every domain stopped (all movable), or
+                same planner, vfpick.plan.rebalance.plan): every domain stopped (all movable), or
                 every other domain running (never moved); and the NICs it moves.
   refused       with strict=yes, arrivals refused while the pool still had a free VF for every
                 NIC asked and the host has at least as many up links as NICs asked, in a run
@@ -39,7 +39,7 @@ Metrics:
                 imbalance is back under 0.25 (or "never" within the window).
   mixed rates   a population whose NICs carry rates (<bandwidth> outbound average: 1, 5, 10 or
                 20 Gb/s, 40/30/20/10 %), arrivals only until half the VFs are claimed: the busiest
-                link by rate (Mb/s over speed) against the rate-aware optimum (vfpick.rateopt:
+                link by rate (Mb/s over speed) against the rate-aware optimum (vfpick.plan.rateopt:
                 the splittable bound, since unsplittable NICs of mixed weights make the exact
                 optimum bin packing; so the figure is an upper bound on the true excess), mean
                 and worst over a checkpoint every 4 arrivals from 25 % occupancy.
@@ -74,7 +74,9 @@ def _vfpick():
     # vfpick they already imported (the installed package).
     if "vfpick" not in sys.modules and REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from vfpick import policy, records, simhost, topology
+    from vfpick.plan import policy
+    from vfpick import records
+    from vfpick.host import simhost, topology
     from vfpick.errors import DistinctImpossible, PoolExhausted
 
     return policy, records, simhost, topology, (DistinctImpossible, PoolExhausted)
@@ -82,7 +84,8 @@ def _vfpick():
 
 def _rebalance():
     _vfpick()
-    from vfpick import config, rebalance
+    from vfpick import config
+    from vfpick.plan import rebalance
 
     return config, rebalance
 
@@ -242,9 +245,9 @@ class Sim:
 
 
 def over_rate_optimum(sim):
-    """Busiest up link by rate over the rate-aware optimum (vfpick.rateopt)."""
+    """Busiest up link by rate over the rate-aware optimum (vfpick.plan.rateopt)."""
     _rebalance()
-    from vfpick import rateopt
+    from vfpick.plan import rateopt
 
     f = rateopt.figures(sim.topo, sim.pools, sim.claims, {})
     return _rebalance()[1].over(f.load, f.optimum)
@@ -496,7 +499,7 @@ def markdown(res):
         out.append("**Mixed rates** (NICs of 1/5/10/20 Gb/s, 40/30/20/10 %; arrivals only to half "
                    "the VFs): the busiest link by rate (Mb/s over speed) against the rate-aware "
                    "optimum, mean / worst over checkpoints. The optimum here is the splittable "
-                   "bound (vfpick.rateopt): no placement beats it, so these are upper bounds on "
+                   "bound (vfpick.plan.rateopt): no placement beats it, so these are upper bounds on "
                    "the real excess.")
         out.append("")
         out.append("| topology | policy | busiest link by rate over the rate-aware optimum |")

@@ -168,7 +168,7 @@ def worker(args):
 # --- the driver ----------------------------------------------------------------------------------
 
 def setup(base):
-    from vfpick import simhost
+    from vfpick.host import simhost
 
     sysfs = simhost.build(base, SPEC)
     for d in ("run", "etc/networks", "journal"):
@@ -182,7 +182,8 @@ def setup(base):
 
 
 def check(base, config_path, journals):
-    from vfpick import config as configmod, topology
+    from vfpick import config as configmod
+    from vfpick.host import topology
     from vfpick.state import StateStore
 
     cfg = configmod.load(config_path)

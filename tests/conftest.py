@@ -50,7 +50,7 @@ def pytest_sessionstart(session):
                     % (problem, sys.executable, REPO), returncode=4)
 
 from vfpick import config as configmod  # noqa: E402
-from vfpick import simhost, topology  # noqa: E402
+from vfpick.host import simhost, topology  # noqa: E402
 
 
 class Host:

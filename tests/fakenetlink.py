@@ -1,4 +1,4 @@
-"""FakeNetlink: vfpick.netlink's interface (set_vf, get_vf, link_state, watch_links) in memory.
+"""FakeNetlink: vfpick.host.netlink's interface (set_vf, get_vf, link_state, watch_links) in memory.
 
 A test double, so it lives with the tests, not in the package. It shares the real module's
 records, errors and argument checks (netlink._requested), so a caller cannot pass the fake
@@ -9,7 +9,7 @@ import errno
 import os
 import queue
 
-from vfpick import netlink
+from vfpick.host import netlink
 
 
 class FakeNetlink(netlink._Closing):

@@ -1,4 +1,4 @@
-"""One module owns the libvirt binding (vfpick/virt.py): no other vfpick module imports
+"""One module owns the libvirt binding (vfpick/domain/virt.py): no other vfpick module imports
 libvirt, nor reaches into the adapter's private names."""
 
 import ast
@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vfpick"
-ADAPTER = PACKAGE / "virt.py"
+ADAPTER = PACKAGE / "domain" / "virt.py"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p != ADAPTER)
 
 
@@ -32,7 +32,7 @@ def test_the_adapter_imports_libvirt():
 def test_only_the_adapter_imports_libvirt(path):
     tree = ast.parse(path.read_text(), str(path))
     found = [name for name in _imports(tree) if name == "libvirt" or name.startswith("libvirt.")]
-    assert found == [], "%s imports %s: only vfpick/virt.py may" % (path.name, found)
+    assert found == [], "%s imports %s: only vfpick/domain/virt.py may" % (path.name, found)
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -60,4 +60,4 @@ def test_nobody_else_calls_the_binding(path):
                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in BINDING_CALLS
                     and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("os", "io"))})
-    assert calls == [], "%s calls libvirt's %s itself: go through vfpick/virt.py" % (path.name, calls)
+    assert calls == [], "%s calls libvirt's %s itself: go through vfpick/domain/virt.py" % (path.name, calls)

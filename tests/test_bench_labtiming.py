@@ -102,7 +102,7 @@ def test_bench_measures_an_install_and_then_imports_vfpick_again_for_the_quality
     # bench/quality.py in one process: the install is gone by then.
     code = ("import sys; sys.path.insert(0, %r); import perf; "
             "perf.run_release_path(quick=True, log=lambda m: None, vfs_per_pf=4); "
-            "from vfpick import rebalance; print(rebalance.__file__)" % os.path.join(REPO, "bench"))
+            "from vfpick.plan import rebalance; print(rebalance.__file__)" % os.path.join(REPO, "bench"))
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

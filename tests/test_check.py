@@ -13,7 +13,8 @@ import time
 import pytest
 
 from clitools import vfpick
-from vfpick import check, installhook, simhost
+from vfpick.commands import check, installhook
+from vfpick.host import simhost
 
 BOOT = 1_700_000_000
 TCK = os.sysconf("SC_CLK_TCK")

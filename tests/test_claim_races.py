@@ -21,7 +21,8 @@ import pytest
 import libvirtd as lv
 from clitools import VFPICK, cli_env, domain, status_json, vfpick
 from test_hook import run_hook
-from vfpick import resolver, topology
+from vfpick import resolver
+from vfpick.host import topology
 from vfpick.commands import define, reconcile
 from vfpick.errors import VfpickError
 from vfpick.records import Claim, Writer

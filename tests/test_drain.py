@@ -13,7 +13,7 @@ from libvirtfixtures import URI
 from test_virt import claims, claims_of, libvirt_xml, state_bytes
 from vfpick import cli, resolver
 from vfpick.commands import define as define_cmd
-from vfpick.metrics import exposition
+from vfpick.commands.metrics import exposition
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -334,7 +334,7 @@ def test_a_dry_run_counts_the_guarantees_it_planned_and_agrees_with_the_drain(ma
                                                                               capsys):
     import copy
 
-    from vfpick import simhost
+    from vfpick.host import simhost
 
     spec = copy.deepcopy(simhost.load_spec("two-dual-port"))
     spec["cards"][1]["pfs"][0]["speed"] = 20000  # ens2f0; the others 25000

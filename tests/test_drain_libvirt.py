@@ -10,7 +10,8 @@ test_e2e_libvirt's.
 import libvirtd as lv
 from clitools import hostdev_vfs, vfpick
 from test_e2e_libvirt import PASSTHROUGH_ERROR, start_error
-from vfpick import config as configmod, moves, virt
+from vfpick import config as configmod, moves
+from vfpick.domain import virt
 
 
 def nics_of(env, name):
@@ -42,7 +43,7 @@ def test_move_domain_redefines_through_libvirt_and_prepare_accepts_it(env):
     cfg = configmod.load(env.host.config_path)
     conn = virt.connect(lv.URI)
     try:
-        move = moves.move_domain(cfg, conn, name, avoid={leave})
+        move = moves.move_stopped_domain(cfg, conn, name, avoid={leave})
     finally:
         conn.close()
     after = nics_of(env, name)

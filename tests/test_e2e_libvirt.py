@@ -427,7 +427,7 @@ def bridge():
 
 class Tee:
     def __init__(self, env, package_dir):
-        from vfpick import installhook
+        from vfpick.commands import installhook
 
         env.cli("uninstall-hook", "--hooks-dir", HOOKS_DIR)
         self.real = str(env.tmp / "vfpick-hook")

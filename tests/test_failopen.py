@@ -16,7 +16,8 @@ import pytest
 from clitools import assert_user_error, claims_file, domain, vfpick
 from test_hook import resolved, run_hook
 from test_lock_timeout import Holder, write_timeout
-from vfpick import hook, installhook
+from vfpick import hook
+from vfpick.commands import installhook
 
 GPU = ("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' "
        "bus='0x65' slot='0x00' function='0x0'/></source></hostdev>\n")

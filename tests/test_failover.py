@@ -11,7 +11,8 @@ import os
 import pytest
 from lxml import etree
 
-from vfpick import failover, resolver
+from vfpick.domain import failover
+from vfpick import resolver
 from vfpick.config import Failover
 from vfpick.errors import ConfigError, UnknownPool
 from vfpick.hostdev import DomainXml

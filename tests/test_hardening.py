@@ -14,7 +14,8 @@ import urllib.request
 import pytest
 
 from clitools import HOOK, VFPICK, assert_user_error, cli_env, domain, free_port, vfpick
-from vfpick import check, checkhook, cli, installhook, metrics, resolver
+from vfpick.commands import check, checkhook, installhook, metrics
+from vfpick import cli, resolver
 from vfpick.errors import VfpickError
 from vfpick.hostdev import DomainXml
 from vfpick.records import Claim
@@ -615,13 +616,13 @@ def test_the_hook_tells_a_gpu_is_no_vf_without_loading_the_topology_reader(host)
     proc = subprocess.run([sys.executable, "-S", "-X", "importtime", HOOK, "gpu", "prepare",
                            "begin", "-"], input=xml, capture_output=True, timeout=WAIT,
                           env={"PATH": "/usr/bin:/bin", "VFPICK_CONFIG": host.config_path,
-                               "PYTHONPATH": os.path.dirname(os.path.dirname(
-                                   os.path.abspath(metrics.__file__)))})
+                               "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(
+                                   os.path.abspath(metrics.__file__))))})
     assert proc.returncode == 0, proc.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines()
                 if line.startswith("import time:")}
     assert "vfpick.config" in imported  # the pools are still read from the config
-    assert "vfpick.topology" not in imported and "vfpick.state" not in imported
+    assert "vfpick.host.topology" not in imported and "vfpick.state" not in imported
 
 
 # The installed hook bakes what install-hook read in the config (sysfs_root, pool names) with

@@ -1,4 +1,4 @@
-"""Real NIC layouts (vfpick/simnics.py): the links, cards, netdevs and speeds vfpick derives.
+"""Real NIC layouts (vfpick/host/simnics.py): the links, cards, netdevs and speeds vfpick derives.
 
 Each row is what the kernel driver exposes (docs/hardware.md cites the sources) and what
 vfpick must make of it: NPAR partitions of one port are one link, switchdev representors
@@ -11,7 +11,7 @@ import pytest
 
 from clitools import assert_user_error, domain, hostdev_vfs, vfpick
 from vfpick import config as configmod
-from vfpick import simhost, topology
+from vfpick.host import simhost, topology
 from vfpick.errors import ConfigError
 
 # preset: ({link: (basis, [netdevs])}, number of cards, link speed, representors per PF, ports)

@@ -20,10 +20,12 @@ import libvirtd as lv
 from clitools import status_json, vfpick
 from test_livemove import Checked, nics
 from test_watch import Clock
-from vfpick import config as configmod, heal, livemove, simhost, virt
+from vfpick import config as configmod, heal, livemove
+from vfpick.host import simhost
+from vfpick.domain import virt
 from vfpick.commands import watch
-from vfpick.hostevents import HostEvent
-from vfpick.netlink import LinkEvent
+from vfpick.host.hostevents import HostEvent
+from vfpick.host.netlink import LinkEvent
 from vfpick.state import StateStore
 
 HOLD = 20

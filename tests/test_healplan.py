@@ -1,4 +1,4 @@
-"""Self-healing's planner (vfpick/healplan.py): a pure function of the host, the claims and the
+"""Self-healing's planner (vfpick/plan/healplan.py): a pure function of the host, the claims and the
 clock, driven as tables. Links are named a, b, c, ... (one port per card unless said)."""
 
 from types import MappingProxyType
@@ -6,7 +6,8 @@ from types import MappingProxyType
 import pytest
 
 import memtopo
-from vfpick import config as configmod, healplan
+from vfpick import config as configmod
+from vfpick.plan import healplan
 from vfpick.records import Claim
 
 HOLD = 30.0

@@ -299,7 +299,7 @@ DTD_CASES = ["billion-laughs", "external-entity", "parameter-entity", "external-
 @pytest.mark.parametrize("bypass", ["raw-scan", "raw-scan+expat"])
 def test_each_dtd_defence_holds_alone(monkeypatch, name, bypass):
     """The raw byte scan, the expat pass and the hardened lxml parser each refuse a DTD."""
-    from vfpick import xmlsplice
+    from vfpick.domain import xmlsplice
 
     monkeypatch.setattr(xmlsplice, "_check_raw", lambda data: None)
     if bypass == "raw-scan+expat":

@@ -1,4 +1,4 @@
-"""vfpick.hostevents: warnings about claimed VFs from udev and rtnetlink events.
+"""vfpick.host.hostevents: warnings about claimed VFs from udev and rtnetlink events.
 
 The logic runs on fakes; the real kernel is exercised with veth links (rtnetlink in a netns,
 kernel uevents through pyudev) when root and iproute2 are available; skipped otherwise.
@@ -14,9 +14,9 @@ import uuid as uuidmod
 
 import pytest
 
-from vfpick import hostevents, netlink, simhost
-from vfpick.hostevents import HostEvent, HostMonitor
-from vfpick.netlink import LinkEvent
+from vfpick.host import hostevents, netlink, simhost
+from vfpick.host.hostevents import HostEvent, HostMonitor
+from vfpick.host.netlink import LinkEvent
 from vfpick.records import Claim
 
 from fakenetlink import FakeNetlink

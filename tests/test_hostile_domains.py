@@ -278,7 +278,7 @@ def test_5_define_repick_and_moves_roll_back_on_any_failure_of_the_call(cfg, con
                                    domain("kept", nics=2, uuid=kept.uuid), only_if_changed=True)
     assert claims(cfg) == before
     with pytest.raises(error):
-        moves.move_domain(cfg, FailingDefine(conn, error), "kept", avoid={before[0].pf})
+        moves.move_stopped_domain(cfg, FailingDefine(conn, error), "kept", avoid={before[0].pf})
     assert claims(cfg) == before and libvirt_xml(conn, "kept") == xml
 
 
@@ -299,7 +299,7 @@ def test_7_clients_that_reset_after_get_metrics_leave_no_traceback(host, capfd):
     import threading
     import urllib.request
 
-    from vfpick import metrics
+    from vfpick.commands import metrics
     from waiting import wait_until
 
     cfg = host.write_config()
@@ -423,7 +423,7 @@ def test_12_a_lone_surrogate_in_a_claim_is_escaped_by_metrics_and_release(host, 
 # ---------------------------------------------------------------- seen once: daemon
 
 def test_a_masked_unit_with_a_wants_link_left_behind_is_not_enabled(tmp_path):
-    from vfpick import daemon
+    from vfpick.host import libvirtdaemon
 
     root = tmp_path
     for d in ("lib/systemd/system", "etc/systemd/system/multi-user.target.wants"):
@@ -435,14 +435,14 @@ def test_a_masked_unit_with_a_wants_link_left_behind_is_not_enabled(tmp_path):
     os.symlink("/dev/null", root / "etc/systemd/system/virtqemud.service")
     os.makedirs(root / "run")
     os.makedirs(root / "proc")
-    assert daemon.service(str(root)) == "libvirtd"
+    assert libvirtdaemon.service(str(root)) == "libvirtd"
 
 
 def test_a_fifo_at_the_daemons_pid_file_does_not_hang(tmp_path):
-    from vfpick import daemon
+    from vfpick.host import libvirtdaemon
 
     os.makedirs(tmp_path / "run")
     os.makedirs(tmp_path / "proc")
     os.mkfifo(tmp_path / "run" / "libvirtd.pid")
     # a plain open() of the FIFO would block here forever
-    assert daemon.restart_command(str(tmp_path)) == "systemctl restart libvirtd"
+    assert libvirtdaemon.restart_command(str(tmp_path)) == "systemctl restart libvirtd"

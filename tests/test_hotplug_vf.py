@@ -13,7 +13,8 @@ from lxml import etree
 
 from clitools import domain
 from fakenetlink import FakeNetlink
-from vfpick import resolver, virt
+from vfpick import resolver
+from vfpick.domain import virt
 from vfpick.commands import hotplug
 from vfpick.errors import GuaranteeImpossible, LibvirtFailure, VfpickError
 from vfpick.records import VfSettings
@@ -33,7 +34,7 @@ def nic(extra=BANDWIDTH, mac=MAC):
 
 
 class Dom:
-    """One domain as libvirt would hold it, answering the vfpick.virt calls hotplug makes (its
+    """One domain as libvirt would hold it, answering the vfpick.domain.virt calls hotplug makes (its
     libvirt_api); attach records the VF's state at the call."""
 
     def __init__(self, nl, host, running=True, refuse=False):

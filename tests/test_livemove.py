@@ -16,7 +16,8 @@ from lxml import etree
 
 import libvirtd as lv
 from clitools import hostdev_vfs
-from vfpick import config as configmod, livemove, virt
+from vfpick import config as configmod, livemove
+from vfpick.domain import virt
 from vfpick.errors import ClaimConflict, LiveMoveFailed
 
 

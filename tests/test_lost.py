@@ -10,7 +10,8 @@ from lxml import etree
 
 from clitools import domain, hostdev_vfs, status_json, vfpick
 from test_metrics import samples, value
-from vfpick import check, config as configmod, resolver
+from vfpick.commands import check
+from vfpick import config as configmod, resolver
 
 
 def running_domain_that_lost_a_vf(host, name="web"):

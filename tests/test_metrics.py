@@ -12,7 +12,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from clitools import HOOK, REPO, VFPICK, assert_user_error, cli_env, domain, free_port, status_json, vfpick
-from vfpick import __version__, metrics, simhost
+from vfpick import __version__
+from vfpick.commands import metrics
+from vfpick.host import simhost
 from vfpick.config import DISTINCT
 from waiting import WAIT, wait_until
 
@@ -336,4 +338,4 @@ def test_the_hook_never_imports_prometheus_client(host, op, subop):
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = proc.stderr.decode()
     assert "vfpick.hook" in imported and "prometheus_client" not in imported
-    assert "vfpick.metrics" not in imported
+    assert "vfpick.commands.metrics" not in imported

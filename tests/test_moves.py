@@ -13,7 +13,10 @@ from lxml import etree
 from clitools import hostdev_vfs
 from libvirtfixtures import URI
 from test_virt import claims, claims_of, libvirt_xml, state_bytes
-from vfpick import moves, policy, resolver, topology, virt
+from vfpick import moves, resolver
+from vfpick.plan import policy
+from vfpick.host import topology
+from vfpick.domain import virt
 from vfpick.commands import define as define_cmd
 from vfpick.domscan import NS
 from vfpick.errors import (ClaimConflict, DistinctImpossible, DomainChanged, DomainRunning,
@@ -62,7 +65,7 @@ def test_avoid_moves_only_the_nics_on_those_pfs_and_keeps_every_nic_setting(cfg,
     d = define(cfg, "vm1")
     before = nics(conn, "vm1")
     leave = pf_of(host, before[0][1])
-    move = moves.move_domain(cfg, conn, "vm1", avoid={leave})
+    move = moves.move_stopped_domain(cfg, conn, "vm1", avoid={leave})
     after = nics(conn, "vm1")
     assert [m.mac for m in move.nics] == [before[0][0]]
     assert move.nics[0].old == before[0][1] and move.nics[0].new.vf == after[0][1]
@@ -85,7 +88,7 @@ def test_a_move_with_nothing_to_do_changes_nothing(cfg, conn, host):
     xml, state = libvirt_xml(conn, "vm1"), state_bytes(cfg)
     unrelated = [a for a in host.topology().pfs if a not in
                  {pf_of(host, n[1]) for n in nics(conn, "vm1")}]
-    move = moves.move_domain(cfg, conn, "vm1", avoid=set(unrelated))
+    move = moves.move_stopped_domain(cfg, conn, "vm1", avoid=set(unrelated))
     assert move.nics == ()
     assert libvirt_xml(conn, "vm1") == xml and state_bytes(cfg) == state
 
@@ -96,7 +99,7 @@ def test_targets_put_nics_on_the_given_vfs(cfg, conn, host):
     topo = host.topology()
     pf = pf_of(host, before[0][1])
     target = next(vf for vf in topo.pfs[pf].vfs if vf != before[0][1])
-    move = moves.move_domain(cfg, conn, d.uuid, targets={before[0][0]: target})
+    move = moves.move_stopped_domain(cfg, conn, d.uuid, targets={before[0][0]: target})
     assert [(m.old, m.new.vf) for m in move.nics] == [(before[0][1], target)]
     assert [n[1] for n in nics(conn, "vm1")] == [target, before[1][1]]
     assert sorted(c.vf for c in claims_of(cfg, d.uuid)) == sorted([target, before[1][1]])
@@ -109,15 +112,15 @@ def test_a_target_that_is_not_free_or_breaks_distinctness_changes_nothing(cfg, c
     xml, state = libvirt_xml(conn, "vm1"), state_bytes(cfg)
     taken = claims_of(cfg, other.uuid)[0].vf
     with pytest.raises(ClaimConflict, match="VF %s is not free" % taken):
-        moves.move_domain(cfg, conn, "vm1", targets={mine[0][0]: taken})
+        moves.move_stopped_domain(cfg, conn, "vm1", targets={mine[0][0]: taken})
     # onto the link of its other NIC: two NICs on one link where there were two links
     topo = host.topology()
     same_link = next(vf for vf in topo.pfs[pf_of(host, mine[1][1])].vfs
                      if vf not in {c.vf for c in claims(cfg)})
     with pytest.raises(DistinctImpossible, match="nothing moved"):
-        moves.move_domain(cfg, conn, "vm1", targets={mine[0][0]: same_link})
+        moves.move_stopped_domain(cfg, conn, "vm1", targets={mine[0][0]: same_link})
     with pytest.raises(Exception, match="no vfpick NIC with MAC 52:54:00:99:99:99"):
-        moves.move_domain(cfg, conn, "vm1", targets={"52:54:00:99:99:99": same_link})
+        moves.move_stopped_domain(cfg, conn, "vm1", targets={"52:54:00:99:99:99": same_link})
     assert libvirt_xml(conn, "vm1") == xml and state_bytes(cfg) == state
 
 
@@ -128,7 +131,7 @@ def test_strict_distinct_that_cannot_be_kept_refuses_the_whole_domain(cfg, conn,
     card = host.topology().card_of[pf_of(host, mine[0][1])]
     whole_card = {a for a, c in host.topology().card_of.items() if c == card}
     with pytest.raises(DistinctImpossible):
-        moves.move_domain(cfg, conn, "vm1", avoid=whole_card)
+        moves.move_stopped_domain(cfg, conn, "vm1", avoid=whole_card)
     assert libvirt_xml(conn, "vm1") == xml and state_bytes(cfg) == state
 
 
@@ -136,7 +139,7 @@ def test_a_full_pool_refuses_the_move(cfg, conn, host):
     define(cfg, "vm1")
     xml, state = libvirt_xml(conn, "vm1"), state_bytes(cfg)
     with pytest.raises(PoolExhausted):  # every PF avoided: nowhere to go
-        moves.move_domain(cfg, conn, "vm1", avoid=set(host.topology().pfs))
+        moves.move_stopped_domain(cfg, conn, "vm1", avoid=set(host.topology().pfs))
     assert libvirt_xml(conn, "vm1") == xml and state_bytes(cfg) == state
 
 
@@ -146,7 +149,7 @@ def test_a_running_domain_is_never_moved(cfg, conn, host):
     xml, state = libvirt_xml(conn, "vm1"), state_bytes(cfg)
     with pytest.raises(DomainRunning, match="migrate it to another host, or stop it and run "
                                             "'vfpick repick vm1'"):
-        moves.move_domain(cfg, conn, "vm1", avoid=set(host.topology().pfs))
+        moves.move_stopped_domain(cfg, conn, "vm1", avoid=set(host.topology().pfs))
     assert libvirt_xml(conn, "vm1") == xml and state_bytes(cfg) == state
 
 
@@ -158,7 +161,7 @@ def test_claims_gone_active_refuse_though_libvirt_says_stopped(cfg, conn, host):
     state = state_bytes(cfg)
     leave = pf_of(host, nics(conn, "vm1")[0][1])
     with pytest.raises(DomainRunning):
-        moves.move_domain(cfg, conn, "vm1", avoid={leave})
+        moves.move_stopped_domain(cfg, conn, "vm1", avoid={leave})
     assert state_bytes(cfg) == state
 
 
@@ -191,7 +194,7 @@ def test_a_libvirt_refusal_rolls_the_reservation_back(cfg, conn, host):
 
     xml = libvirt_xml(conn, "vm1")
     with pytest.raises(LibvirtFailure, match="refused the definition of 'vm1'.*nothing moved"):
-        moves.move_domain(cfg, Intercept(conn, refuse), "vm1", avoid={leave})
+        moves.move_stopped_domain(cfg, Intercept(conn, refuse), "vm1", avoid={leave})
     assert len(seen[0]) == 3 and {c.vf for c in old} < set(seen[0])
     assert sorted(claims_of(cfg, d.uuid)) == old and libvirt_xml(conn, "vm1") == xml
 
@@ -208,7 +211,7 @@ def test_a_domain_started_meanwhile_is_left_alone(cfg, conn, host):
                     cs.put(c._replace(active=True))
 
     with pytest.raises(DomainRunning, match="started while vfpick moved it"):
-        moves.move_domain(cfg, Intercept(conn, prepare_runs), "vm1", avoid={leave})
+        moves.move_stopped_domain(cfg, Intercept(conn, prepare_runs), "vm1", avoid={leave})
     # it runs on the old VFs (still claimed, active); its next boot's VF is reserved
     now = {c.vf: c.active for c in claims_of(cfg, d.uuid)}
     assert {vf for vf, active in now.items() if active} == old
@@ -243,7 +246,7 @@ def test_a_domain_redefined_meanwhile_is_not_overwritten(cfg, conn, host):
             return text.replace("edited", "before the edit") if self._reads == 1 else text
 
     with pytest.raises(DomainChanged, match="redefined while vfpick moved it"):
-        moves.move_domain(cfg, LateEdit(conn, lambda xml: None), "vm1", avoid={leave})
+        moves.move_stopped_domain(cfg, LateEdit(conn, lambda xml: None), "vm1", avoid={leave})
     assert sorted(claims_of(cfg, d.uuid)) == old and libvirt_xml(conn, "vm1") == edited
 
 
@@ -281,7 +284,7 @@ def test_drained_pfs_in_the_state_are_avoided_by_picks_and_left_by_moves(cfg, co
         define(cfg, "new%d" % n, first=10 + 2 * n)
         assert leave not in {pf_of(host, vf) for _, vf, *_ in nics(conn, "new%d" % n)}
     before = nics(conn, "vm1")
-    move = moves.move_domain(cfg, conn, "vm1")  # no avoid: the state's drained set
+    move = moves.move_stopped_domain(cfg, conn, "vm1")  # no avoid: the state's drained set
     assert [(m.old, m.new.vf) for m in move.nics] == [(before[0][1], nics(conn, "vm1")[0][1])]
     assert leave not in {c.pf for c in claims(cfg)}
     assert resolver.store_for(cfg).snapshot().drained() == {leave}

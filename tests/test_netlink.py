@@ -1,4 +1,4 @@
-"""vfpick.netlink: the fake, the rtnl codec (checked against pyroute2's), the real kernel in a
+"""vfpick.host.netlink: the fake, the rtnl codec (checked against pyroute2's), the real kernel in a
 netns.
 
 Kernel tests need root, `ip` and veth; they skip with the reason otherwise. netdevsim (the
@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from vfpick import netlink, rtnl
+from vfpick.host import netlink, rtnl
 from vfpick.errors import VfpickError
-from vfpick.netlink import LinkEvent, LinkState, NetlinkError, VfState
+from vfpick.host.netlink import LinkEvent, LinkState, NetlinkError, VfState
 
 from fakenetlink import FakeNetlink
 from waiting import WAIT
@@ -136,7 +136,7 @@ def test_fake_watch_stops_when_idle(fake):
 
 
 def test_importing_does_not_import_pyroute2():
-    code = "import sys, vfpick.netlink; assert 'pyroute2' not in sys.modules, 'imported'"
+    code = "import sys, vfpick.host.netlink; assert 'pyroute2' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -155,8 +155,8 @@ def _imported(code, *prefix):
 
 def test_open_netlink_does_not_import_pyroute2():
     """The hook's path: the real object, set_vf ready, without pyroute2 (public socket only)."""
-    names = _imported("from vfpick.netlink import open_netlink; open_netlink()")
-    assert "vfpick.rtnl" in names  # the log is read right
+    names = _imported("from vfpick.host.netlink import open_netlink; open_netlink()")
+    assert "vfpick.host.rtnl" in names  # the log is read right
     assert not [n for n in names if n.split(".")[0] == "pyroute2"]
     assert "socket" in names and "_socket" in names  # through the public module
     assert "ctypes" not in names  # only for a named netns
@@ -548,7 +548,7 @@ def test_set_vf_fails_as_pyroute2_does(netns, real, ifname, vf):
 
 
 def test_set_vf_in_a_netns_without_pyroute2(netns):
-    code = ("import sys; from vfpick.netlink import open_netlink, NetlinkError\n"
+    code = ("import sys; from vfpick.host.netlink import open_netlink, NetlinkError\n"
             "try: open_netlink(%r).set_vf('va', 3, trust=True)\n"
             "except NetlinkError as e: print(e)\n"
             "assert not [m for m in sys.modules if m.startswith('pyroute2')]" % netns)

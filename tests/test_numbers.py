@@ -54,20 +54,20 @@ ALLOWED = {
                                           "(inf, nan), range-checked after",
     ("vfpick/docgen.py", 'int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))'):
         "build time, the packager's environment",
-    ("vfpick/netlink.py", "int(value)"): "a claim's rate, already an int",
-    ("vfpick/optimum.py", "int(threshold * speed // 1)"): "arithmetic",
-    ("vfpick/rateplan.py", "int(threshold * speed)"): "arithmetic",
-    ("vfpick/rateplan.py", "int(hi * speed)"): "arithmetic",
-    ("vfpick/rateplan.py", "int(goal * host.speed[link])"): "arithmetic",
-    ("vfpick/rebalance.py", "float(figure / reference)"): "arithmetic",
-    ("vfpick/rebalance.py", 'float("inf")'): "a constant",
+    ("vfpick/host/netlink.py", "int(value)"): "a claim's rate, already an int",
+    ("vfpick/plan/optimum.py", "int(threshold * speed // 1)"): "arithmetic",
+    ("vfpick/plan/rateplan.py", "int(threshold * speed)"): "arithmetic",
+    ("vfpick/plan/rateplan.py", "int(hi * speed)"): "arithmetic",
+    ("vfpick/plan/rateplan.py", "int(goal * host.speed[link])"): "arithmetic",
+    ("vfpick/plan/moveplan.py", "float(figure / reference)"): "arithmetic",
+    ("vfpick/plan/moveplan.py", 'float("inf")'): "a constant",
     ("vfpick/commands/rebalance.py", "float(load)"): "a Fraction",
     ("vfpick/commands/rebalance.py", "float(plan.optimum)"): "a Fraction",
     ("vfpick/commands/rebalance.py", "float(figures.load)"): "a Fraction",
     # the simulated host's own spec (presets, or the operator's JSON for `vfpick simulate`)
-    ("vfpick/simhost.py", 'int(str(card.get("bus", "%02x" % (0x10 + card_no * 0x20))), 16)'): "spec",
-    ("vfpick/simhost.py", 'int(str(card.get("domain", "0")), 16)'): "spec",
-    ("vfpick/simhost.py", 'int(name_or_path[len("bench-"):])'): "spec",
+    ("vfpick/host/simhost.py", 'int(str(card.get("bus", "%02x" % (0x10 + card_no * 0x20))), 16)'): "spec",
+    ("vfpick/host/simhost.py", 'int(str(card.get("domain", "0")), 16)'): "spec",
+    ("vfpick/host/simhost.py", 'int(name_or_path[len("bench-"):])'): "spec",
 }
 
 

@@ -1,4 +1,4 @@
-"""vfpick.optimum: hand-checked optima, and brute force on small random hosts."""
+"""vfpick.plan.optimum: hand-checked optima, and brute force on small random hosts."""
 
 import itertools
 import random
@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from vfpick.optimum import Demand, Host, feasible, max_load, min_max_load, min_moves
+from vfpick.plan.optimum import Demand, Host, feasible, max_load, min_max_load, min_moves
 
 
 def host(links, pfs):

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from clitools import domain
-from vfpick import cli, resolver, simhost, topology
+from vfpick import cli, resolver
+from vfpick.host import simhost, topology
 from vfpick.errors import PcieAffinityImpossible
 
 GPU = ("<hostdev mode='subsystem' type='pci' managed='yes'><source>"

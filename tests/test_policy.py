@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 import memtopo
-from vfpick import policy
+from vfpick.plan import policy
 from vfpick.errors import DistinctImpossible, PoolExhausted
 from vfpick.records import Claim, Nic, Request
 

@@ -1,11 +1,11 @@
-"""Placement by rate, guarantees and PCIe affinity (vfpick.policy): pure, records in memory."""
+"""Placement by rate, guarantees and PCIe affinity (vfpick.plan.policy): pure, records in memory."""
 
 import itertools
 
 import pytest
 
 import memtopo
-from vfpick import policy
+from vfpick.plan import policy
 from vfpick.errors import GuaranteeImpossible, PcieAffinityImpossible
 from vfpick.records import Claim, Nic, Request
 

@@ -102,15 +102,15 @@ def test_no_module_uses_another_modules_private_names():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("from vfpick import policy\npolicy._speeds(1, 2)\n", ["policy._speeds"]),
-    ("from vfpick import optimum as o\nx = o._INF\n", ["o._INF"]),
-    ("import vfpick.rebalance\nvfpick.rebalance._pool_of_pf({})\n", ["vfpick.rebalance._pool_of_pf"]),
-    ("def f():\n    from vfpick import rebalance\n    return rebalance._Population\n",
+    ("from vfpick.plan import policy\npolicy._speeds(1, 2)\n", ["policy._speeds"]),
+    ("from vfpick.plan import optimum as o\nx = o._INF\n", ["o._INF"]),
+    ("import vfpick.plan.rebalance\nvfpick.plan.rebalance._pool_of_pf({})\n", ["vfpick.plan.rebalance._pool_of_pf"]),
+    ("def f():\n    from vfpick.plan import rebalance\n    return rebalance._Population\n",
      ["rebalance._Population"]),
     # Not a module: a record's namedtuple API, argparse's parser, a dunder.
     ("from vfpick.records import Claim\nClaim(*'a' * 8)._replace(vf=1)\n", []),
     ("import argparse\nparser = argparse.ArgumentParser()\nparser._actions\n", []),
-    ("from vfpick import policy\npolicy.__name__\n", []),
+    ("from vfpick.plan import policy\npolicy.__name__\n", []),
 ])
 def test_the_walk_finds_module_private_names(source, expected):
     got = [what for what, _line in _accesses(ast.parse(source), "vfpick/example.py", _modules())]

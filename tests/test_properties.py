@@ -1,7 +1,7 @@
 """Property-based tests: the policy's invariants over random topologies and claim sets, and the
 resolver/rewriter's over random domains against a simulated host.
 
-Every expectation is computed independently of vfpick/policy.py (feasibility, eligibility),
+Every expectation is computed independently of vfpick/plan/policy.py (feasibility, eligibility),
 so a policy change that breaks an invariant fails here even when its own unit tests pass.
 """
 
@@ -15,7 +15,9 @@ from lxml import etree
 
 import domgen
 import memtopo
-from vfpick import domscan, policy, resolver, simhost
+from vfpick import domscan, resolver
+from vfpick.plan import policy
+from vfpick.host import simhost
 from vfpick import config as configmod
 from vfpick.errors import DistinctImpossible, PoolExhausted, VfpickError
 from vfpick.records import Claim, Nic, Request

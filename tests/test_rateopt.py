@@ -1,4 +1,4 @@
-"""The rate-aware figures (vfpick.rateopt) and the mixed-rate population of bench/quality.py."""
+"""The rate-aware figures (vfpick.plan.rateopt) and the mixed-rate population of bench/quality.py."""
 
 from fractions import Fraction
 
@@ -6,7 +6,7 @@ import pytest
 
 import memtopo
 from test_quality import quality  # the study (bench/quality.py), loaded by its path
-from vfpick import rateopt, rebalance
+from vfpick.plan import rateopt, rebalance
 from vfpick.config import Pool
 from vfpick.records import Claim
 

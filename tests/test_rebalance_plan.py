@@ -5,9 +5,9 @@ from fractions import Fraction
 import pytest
 
 import memtopo
-from vfpick import rebalance
+from vfpick.plan import rebalance
 from vfpick.config import Pool
-from vfpick.rebalance import Domain
+from vfpick.plan.rebalance import Domain
 from vfpick.records import Rule
 from vfpick.records import Claim
 

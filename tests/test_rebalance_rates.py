@@ -1,4 +1,4 @@
-"""The rebalance planner by rate (vfpick.rateplan via vfpick.rebalance): pure, records in memory.
+"""The rebalance planner by rate (vfpick.plan.rateplan via vfpick.plan.rebalance): pure, records in memory.
 
 A link's load is the Mb/s of its NICs' weights over its speed, as in the placement; the optimum
 by rate is a lower bound (checked against brute force), the moves keep distinct, free VFs and
@@ -11,9 +11,9 @@ from fractions import Fraction
 import pytest
 
 import memtopo
-from vfpick import rebalance
+from vfpick.plan import rebalance
 from vfpick.config import Pool
-from vfpick.rebalance import Domain
+from vfpick.plan.rebalance import Domain
 from vfpick.records import Rule
 from vfpick.records import Claim
 

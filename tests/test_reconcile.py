@@ -1,12 +1,12 @@
-"""vfpick/reconcile.py: the pure planning, table-driven (no libvirt, no files)."""
+"""vfpick/plan/reconcile.py: the pure planning, table-driven (no libvirt, no files)."""
 
 import dataclasses
 
 import pytest
 
-from vfpick import reconcile
+from vfpick.plan import reconcile
 from vfpick.domscan import DomainFacts, MetaNic
-from vfpick.reconcile import Action, DomainView
+from vfpick.plan.reconcile import Action, DomainView
 from vfpick.records import VF, Claim, Topology, Writer
 from vfpick.state import ClaimSet
 

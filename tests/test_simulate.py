@@ -13,9 +13,9 @@ import pytest
 from lxml import etree
 
 from clitools import VFPICK, assert_user_error, domain, hostdev_vfs
-from vfpick import simhost
+from vfpick.host import simhost
 
-# simhost's documented defaults (vfpick/simhost.py docstring)
+# simhost's documented defaults (vfpick/host/simhost.py docstring)
 CARD_DEFAULTS = {"numa": 0, "driver": "i40e"}
 PF_DEFAULTS = {"vfs": 8, "speed": 25000, "carrier": True}
 
@@ -54,7 +54,7 @@ def expected_pfs(spec):
 
 def expected_links(spec):
     """The PF netdevs grouped per link, from what the spec says the driver exposes
-    (vfpick/simhost.py docstring, docs/hardware.md): partitions of one port share a link
+    (vfpick/host/simhost.py docstring, docs/hardware.md): partitions of one port share a link
     when they share phys_port_id (``port_id``, the default) or the devlink name p<port>
     (``port_name: "port"``); p<function> or nothing leaves each PF its own link."""
     groups = {}

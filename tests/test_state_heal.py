@@ -6,7 +6,8 @@ import urllib.request
 
 import pytest
 
-from vfpick import config as configmod, metrics
+from vfpick import config as configmod
+from vfpick.commands import metrics
 from vfpick.errors import StateCorrupt
 from vfpick.records import HEAL_HISTORY, Claim, HealEvent
 from vfpick.state import StateStore

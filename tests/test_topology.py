@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from vfpick import simhost, topology
+from vfpick.host import simhost, topology
 
 
 def test_two_dual_port_layout(host):

@@ -9,7 +9,8 @@ import pytest
 
 from clitools import domain, hostdev_vfs
 from fakenetlink import FakeNetlink
-from vfpick import cli, hook, resolver, simhost
+from vfpick import cli, hook, resolver
+from vfpick.host import simhost
 from vfpick.errors import XmlError
 from vfpick.records import VfSettings
 
@@ -184,7 +185,7 @@ def test_status_json_claims_have_the_rate_keys(make_host, capsys):
 
 
 def test_metrics_reserved_per_link(make_host):
-    from vfpick import metrics
+    from vfpick.commands import metrics
 
     host, _nl = rates_host(make_host)
     cfg = host.write_config(pools={"fast": "pfs = ens1f0 ens1f1\nguarantee = yes\n"})

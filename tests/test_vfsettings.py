@@ -12,7 +12,8 @@ import pytest
 
 from clitools import domain, hostdev_vfs
 from fakenetlink import FakeNetlink
-from vfpick import hook, resolver, vfsettings
+from vfpick import hook, resolver
+from vfpick.host import vfsettings
 from vfpick.commands import define, reconcile, release
 from vfpick.records import VfSettings
 

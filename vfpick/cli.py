@@ -78,7 +78,9 @@ def cmd_resolve(args):
 
 
 def cmd_status(args):
-    from vfpick import resolver, stale, status, topology
+    from vfpick import resolver, stale
+    from vfpick.commands import status
+    from vfpick.host import topology
 
     cfg = _load_config(args)
     topo = topology.for_config(cfg)
@@ -94,7 +96,9 @@ def cmd_status(args):
 
 
 def cmd_topology(args):
-    from vfpick import resolver, status, topology
+    from vfpick import resolver
+    from vfpick.commands import status
+    from vfpick.host import topology
 
     cfg = _load_config(args)
     topo = topology.discover(cfg.sysfs_root, None, cfg.links)
@@ -105,7 +109,7 @@ def cmd_topology(args):
 
 
 def cmd_check(args):
-    from vfpick import check
+    from vfpick.commands import check
 
     findings = check.run(configmod.config_path(args.config), check.Paths(hooks_dir=args.hooks_dir))
     print(check.to_json(findings) if args.json else check.render(findings))
@@ -120,7 +124,7 @@ def cmd_release(args):
 
 
 def cmd_simulate(args):
-    from vfpick import simhost
+    from vfpick.host import simhost
 
     try:
         spec = simhost.load_spec(args.spec)
@@ -216,7 +220,7 @@ def cmd_watch(args):
 
 
 def cmd_metrics(args):
-    from vfpick import metrics
+    from vfpick.commands import metrics
 
     cfg = _load_config(args)
     if args.textfile:
@@ -279,7 +283,7 @@ def _add_live(p):
 
 
 def cmd_install_hook(args):
-    from vfpick import installhook
+    from vfpick.commands import installhook
 
     config_path = os.path.abspath(configmod.config_path(args.config))
     configmod.load(config_path)  # refuse to bake a config that does not load
@@ -290,7 +294,7 @@ def cmd_install_hook(args):
 
 
 def cmd_uninstall_hook(args):
-    from vfpick import installhook
+    from vfpick.commands import installhook
 
     target = installhook.uninstall(args.hooks_dir)
     print("removed %s" % target if target else "no vfpick hook in %s" % args.hooks_dir)

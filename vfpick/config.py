@@ -128,7 +128,7 @@ def _derived_link_clash(sysfs_root, name):
     addr = pf_address(sysfs_root, name)
     if addr is None:
         return None
-    from vfpick import topology
+    from vfpick.host import topology
 
     ups, _ = topology.uplinks(os.path.join(sysfs_root, "bus", "pci", "devices", addr))
     return addr if ups and ups[0] == name else None

@@ -20,10 +20,13 @@ import threading
 import time
 from collections import Counter
 
-from vfpick import domscan, healplan, livemove, resolver, topology, virt
+from vfpick import domscan, livemove, resolver
+from vfpick.plan import healplan
+from vfpick.host import topology
+from vfpick.domain import virt
 from vfpick.errors import VfpickError
 from vfpick.records import HEAL_HISTORY, HealEvent
-from vfpick.status import distinct_level
+from vfpick.commands.status import distinct_level
 
 POLL = 10.0          # seconds between ticks while no event asks for one
 RETRY = 5.0          # seconds between ticks while a move waits for the rate limit

@@ -159,7 +159,7 @@ def prepare(config, name, facts, netlink_factory=None, reassert=False):
                 # Only a VF nobody claimed yet (hand-edited XML, lost state) needs the links:
                 # the full sysfs scan stays off the common path.
                 if pool and not link_of:
-                    from vfpick import topology
+                    from vfpick.host import topology
 
                     link_of = topology.for_config(config).link_of
                 link = link_of.get(pf, pf)
@@ -190,7 +190,8 @@ def _meta_rates(config, name, dvf, pool, claims, ready):
 
     rates = of_meta(dvf.nic)
     if pool is not None and pool.guarantee and (rates["rate_mbps"] or rates["min_rate_mbps"]):
-        from vfpick import policy, topology
+        from vfpick.plan import policy
+        from vfpick.host import topology
 
         others = dict(claims.mapping())
         others.update((claim.vf, claim) for claim, _pool in ready)
@@ -216,7 +217,7 @@ def _put_with_vf_settings(config, claims, ready, netlink_factory, reassert, warn
     """Puts the claims; sets the pools' trust/spoofchk and the NICs' rates, recording what to
     put back (not on a reconnect: the running guest has them already). A failure takes back
     this run's changes; a rate the driver refuses outside guarantee = yes goes to *warnings*."""
-    from vfpick import vfsettings
+    from vfpick.host import vfsettings
 
     netlink, first_set = vfsettings.Netlink(netlink_factory), []
     try:
@@ -270,7 +271,7 @@ def release(config, name, facts, netlink_factory=None):
         if not mine:
             return []
         if not persistent:
-            from vfpick import vfsettings
+            from vfpick.host import vfsettings
 
             return vfsettings.put_back(config, claims.drop_uuid(facts.uuid), netlink_factory)
         # What only the ending live domain used (a --live-only NIC) ends with it; the
@@ -282,7 +283,7 @@ def release(config, name, facts, netlink_factory=None):
             elif claim.active:
                 claims.put(claim._replace(active=False))
         if ended:
-            from vfpick import vfsettings
+            from vfpick.host import vfsettings
 
             return vfsettings.put_back(config, ended, netlink_factory)
     return []

@@ -5,7 +5,7 @@ serialization: libxml2 rewrites every attribute with double quotes (libvirt writ
 turns ``<a></a>`` into ``<a/>``, drops the whitespace after the root, and so on. The contract
 says everything else in the domain stays byte for byte, so edits are spliced into the original
 bytes at element offsets taken from an expat pass over the same document (that parse and the
-text inserted: vfpick/xmlsplice.py). Each mutation (``ensure_uuid``, ``apply``) splices, then
+text inserted: vfpick/domain/xmlsplice.py). Each mutation (``ensure_uuid``, ``apply``) splices, then
 re-parses the result, so queries always describe exactly the bytes ``to_bytes()`` returns.
 
 Only UTF-8 / ASCII / ISO-8859-1 documents are accepted (libvirt only ever writes UTF-8): byte
@@ -16,7 +16,8 @@ then valid in the document's own encoding.
 import collections
 import uuid as uuidmod
 
-from vfpick import bandwidth as bandwidthmod, cpulist, pci, xmlsplice
+from vfpick import bandwidth as bandwidthmod, cpulist, pci
+from vfpick.domain import xmlsplice
 from vfpick.config import DISTINCT, NUMA
 from vfpick.domscan import NS, canonical_uuid, normalize_mac, pci_source
 from vfpick.errors import XmlError
@@ -275,7 +276,7 @@ class DomainXml(object):
     def pair_interface(self, index, partner, children):
         """Inserts *partner* ((open tag, [child elements], close tag) bytes) as a sibling right
         before interface #index and appends *children* (element bytes) to that interface, in
-        the document's own layout: a failover pair (vfpick.failover)."""
+        the document's own layout: a failover pair (vfpick.domain.failover)."""
         iface = self._interfaces()[index]
         start, stag_end, etag_start, _end = self._span[iface]
         if etag_start is None:

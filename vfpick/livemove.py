@@ -32,7 +32,9 @@ from collections import namedtuple
 
 from lxml import etree
 
-from vfpick import domscan, pci, resolver, vfsettings, virt
+from vfpick import domscan, pci, resolver
+from vfpick.host import vfsettings
+from vfpick.domain import virt
 from vfpick.errors import ClaimConflict, LiveMoveFailed, VfpickError
 from vfpick.hostdev import Assignment, DomainXml
 from vfpick.state import writer
@@ -271,7 +273,7 @@ def move_nic(config, devices, name, uuid, mac, to_vf, store=None, topo=None, bus
     step(what, vf): told as the old VF is gone ("detached") and the new one in ("attached"):
     the watcher logs them (self-healing's timeline)."""
     step = step or (lambda _what, _vf: None)
-    from vfpick import topology
+    from vfpick.host import topology
 
     lv_error = virt.libvirt_error()
     store = store or resolver.store_for(config)
@@ -355,7 +357,7 @@ def replace_lost(config, devices, name, uuid, mac, to_vf, store=None, topo=None,
     definition still does), VF *to_vf*: steps 1, 3, 4 and 5 above, no detach. The NIC is taken
     from the persistent definition (same MAC, teaming, guest address). Returns Moved; on a
     failure (LiveMoveFailed, ClaimConflict) the NIC stays out as it was, its claim kept."""
-    from vfpick import topology
+    from vfpick.host import topology
 
     lv_error = virt.libvirt_error()
     step = step or (lambda _what, _vf: None)
@@ -400,7 +402,7 @@ def replace_lost(config, devices, name, uuid, mac, to_vf, store=None, topo=None,
     return Moved(uuid, name, mac, nic.vf, to_vf, warnings)
 
 
-def move_domain(config, conn, who, targets, allow_gap=False, timeout=DETACH_TIMEOUT, live=True,
+def move_running_domain(config, conn, who, targets, allow_gap=False, timeout=DETACH_TIMEOUT, live=True,
                 store=None, topo=None, netlink_factory=None):
     """Moves the NICs *targets* ({mac: vf}) of the running domain *who*, one after the other
     (never two in flight). Returns [Moved]; the first failure stops the domain's moves

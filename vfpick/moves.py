@@ -22,17 +22,20 @@ No libvirt call is made while the claims lock is held (a VM start waits for the 
 waits for the lock).
 
     move = plan_move(config, topo, xml, claims_map, busy, avoid=pfs, targets={mac: vf})
-    move = move_domain(config, conn, "NAME|UUID", avoid=pfs, targets={mac: vf})
+    move = move_stopped_domain(config, conn, "NAME|UUID", avoid=pfs, targets={mac: vf})
     claims_map = apply_to(claims_map, move)    # plan the next domain of a dry run after it
 """
 
 import random
 from collections import namedtuple
 
-from vfpick import bandwidth, policy, resolver, topology, vfsettings, virt
+from vfpick import bandwidth, resolver
+from vfpick.plan import policy
+from vfpick.host import topology, vfsettings
+from vfpick.domain import virt
 from vfpick.errors import (DistinctImpossible, DomainChanged, DomainRunning, StartedDuringMove,
                            VfpickError)
-from vfpick.placement import placement
+from vfpick.where import where
 from vfpick.records import Claim, Nic, Request
 from vfpick.state import writer
 
@@ -218,7 +221,7 @@ def _stopped_definition(dom, name):
                             % (name, virt.error_message(e))) from None
 
 
-def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, topo=None,
+def move_stopped_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, topo=None,
                 repair=False):
     """Moves the defined, stopped domain *who* (name or UUID) as above; returns its Move.
 
@@ -264,5 +267,5 @@ def move_domain(config, conn, who, avoid=frozenset(), targets=None, store=None, 
 def describe(move):
     """One line per moving NIC: '  MAC: OLD -> NEW (PF, link)'."""
     return ["  %s: %s -> %s%s" % (
-        m.mac, m.old or "unresolved", placement(m.new.vf, m.new.link, m.new.pf, word=""),
+        m.mac, m.old or "unresolved", where(m.new.vf, m.new.link, m.new.pf, word=""),
         " (restores distinct)" if m.mac in move.repaired else "") for m in move.nics]

@@ -10,7 +10,9 @@ import os
 import random
 from collections import namedtuple
 
-from vfpick import bandwidth, config as configmod, domscan, numbers, policy, topology, vfsettings
+from vfpick import bandwidth, config as configmod, domscan, numbers
+from vfpick.plan import policy
+from vfpick.host import topology, vfsettings
 from vfpick.errors import ClaimConflict, PoolError, UnknownPool, XmlError
 from vfpick.records import Assignment, Claim, Nic, Request, Rule
 from vfpick.state import StateStore
@@ -245,7 +247,7 @@ def resolve(config, data, network_exists=None, rng=None, store=None, topo=None, 
     A VF a NIC leaves gets its trust/spoofchk put back (netlink_factory, for tests).
     Raises a VfpickError (unknown pool, exhausted, strict, bad XML); then nothing is claimed.
     """
-    from vfpick import failover  # lxml: only the commands that rewrite
+    from vfpick.domain import failover  # lxml: only the commands that rewrite
     from vfpick.hostdev import DomainXml
 
     rng = rng or random.SystemRandom()

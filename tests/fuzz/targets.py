@@ -14,7 +14,8 @@ import random
 from hypothesis import strategies as st
 
 from vfpick import config as configmod
-from vfpick import domscan, hook, resolver, simhost
+from vfpick import domscan, hook, resolver
+from vfpick.host import simhost
 from vfpick.errors import ConfigError, VfpickError, XmlError
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -3,7 +3,7 @@ attach/detach (hotplug), watch, drain/undrain, rebalance.
 
 Each returns a report; vfpick/cli.py renders it (stdout lines, `vfpick: warning: ...` lines,
 the exit status). Nothing here prints: the long-running watcher logs through the callback
-the CLI hands it. libvirt is reached through vfpick/virt.py only.
+the CLI hands it. libvirt is reached through vfpick/domain/virt.py only.
 """
 
 from dataclasses import dataclass

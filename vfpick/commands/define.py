@@ -1,10 +1,11 @@
 """`vfpick define` and `vfpick repick`: resolve a domain's pool interfaces, define it through
 libvirt (the claims are written first, pending, and rolled back when libvirt refuses)."""
 
-from vfpick import domscan, resolver, virt
+from vfpick import domscan, resolver
+from vfpick.domain import virt
 from vfpick.commands import Report
 from vfpick.errors import LibvirtFailure
-from vfpick.placement import placement
+from vfpick.where import where
 
 
 def network_checker(config, conn):
@@ -46,7 +47,7 @@ def define_resolved(config, conn, data, store=None, only_if_changed=False, netli
 
 
 def describe(result):
-    return ["  %s -> %s" % (mac, placement(pick.vf, pick.link, pick.pf))
+    return ["  %s -> %s" % (mac, where(pick.vf, pick.link, pick.pf))
             for mac, pick in sorted(result.picks.items())]
 
 

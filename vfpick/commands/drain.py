@@ -11,7 +11,9 @@ first and stays when some domain could not move: running drain again retries tho
 
 from collections import namedtuple
 
-from vfpick import config as configmod, moves, pci, resolver, topology, virt
+from vfpick import config as configmod, moves, pci, resolver
+from vfpick.host import topology
+from vfpick.domain import virt
 from vfpick.errors import DomainNotFound, DomainRunning, StartedDuringMove, VfpickError
 
 Target = namedtuple("Target", "label pfs")
@@ -148,7 +150,7 @@ def drain(config, uri, name, dry_run=False, store=None, topo=None, live=False, a
 def _drain_one(config, conn, holder, dry_run, planned, busy, avoid, store, topo):
     """The Move of one holder; DomainRunning when it runs (libvirt or its claims say so)."""
     if not dry_run:
-        return moves.move_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo,
+        return moves.move_stopped_domain(config, conn, holder.uuid, avoid=avoid, store=store, topo=topo,
                                  repair=True)
     dom = virt.lookup(conn, holder.uuid)
     if any(c.active for c in planned.values() if c.uuid == holder.uuid):
@@ -182,7 +184,7 @@ def _drain_live(config, conn, holder, dry_run, planned, busy, avoid, store, topo
     move = moves.plan_move(config, topo, xml, planned, busy, avoid=avoid)
     if dry_run or not move.nics:
         return move, []
-    return move, livemove.move_domain(config, conn, holder.uuid,
+    return move, livemove.move_running_domain(config, conn, holder.uuid,
                                       {m.mac: m.new.vf for m in move.nics},
                                       allow_gap=allow_gap, store=store, topo=topo)
 

@@ -17,12 +17,14 @@ import time
 
 from lxml import etree
 
-from vfpick import bandwidth, domscan, resolver, vfsettings, virt, xmlsplice
+from vfpick import bandwidth, domscan, resolver
+from vfpick.host import vfsettings
+from vfpick.domain import virt, xmlsplice
 from vfpick.commands import Report
 from vfpick.errors import LibvirtFailure, UnknownPool, VfpickError, XmlError
 from vfpick.hostdev import Assignment, DomainXml
 from vfpick.domscan import MAX_DEPTH
-from vfpick.placement import placement
+from vfpick.where import where
 from vfpick.state import writer
 
 DETACH_TIMEOUT = 30.0
@@ -126,7 +128,7 @@ def _apply_live(config, store, claim, netlink_factory, warnings):
 
 def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
                netlink_factory=None, libvirt_api=virt):
-    """Report.result: the new NIC's claim. libvirt_api: the libvirt calls (vfpick.virt's
+    """Report.result: the new NIC's claim. libvirt_api: the libvirt calls (vfpick.domain.virt's
     connect, lookup, identity, is_running, is_persistent, side_xml, attach, set_metadata,
     close); a test's stand-in where no libvirt can hot-plug a VF."""
     api = libvirt_api
@@ -191,7 +193,7 @@ def cmd_attach(config, uri, who, data, live=False, persistent=False, rng=None,
     if virt.LIVE in targets:
         _update(store, claim, active=True)
     line = "attached %s to domain '%s' (%s): %s" % (
-        claim.mac, name, " and ".join(targets), placement(claim.vf, claim.link, claim.pf))
+        claim.mac, name, " and ".join(targets), where(claim.vf, claim.link, claim.pf))
     return Report((line,), tuple(warnings), claim)
 
 

@@ -1,6 +1,6 @@
 """``vfpick rebalance``: gather the inputs, ask the pure planner, apply domain by domain.
 
-The plan is vfpick/rebalance.py (pure); moving one domain is vfpick/moves.py (reserve the new
+The plan is vfpick/plan/rebalance.py (pure); moving one domain is vfpick/moves.py (reserve the new
 VFs beside the old ones, redefine through libvirt without the claims lock, settle or roll
 back; a domain that starts meanwhile is left alone: its claims decide, not our listing).
 With --live, a running domain whose every NIC may move live (failover pairs; plain VFs beside
@@ -10,10 +10,13 @@ its NICs one at a time.
 
 from collections import namedtuple
 
-from vfpick import moves, rebalance, resolver, topology, virt
+from vfpick import moves, resolver
+from vfpick.plan import rebalance
+from vfpick.host import topology
+from vfpick.domain import virt
 from vfpick.commands import Report
 from vfpick.errors import DomainChanged, DomainRunning, VfpickError
-from vfpick.placement import placement
+from vfpick.where import where
 
 
 def _domains(config, conn, claims, topo, live=False, allow_gap=False):
@@ -86,8 +89,8 @@ def optimum_line(plan):
 
 
 def _move_line(verb, m, live=False):
-    return "%s %s NIC %s: %s -> %s%s" % (verb, m.domain, m.mac, placement(m.vf, m.link),
-                                          placement(m.to_vf, m.to_link), " live" if live else "")
+    return "%s %s NIC %s: %s -> %s%s" % (verb, m.domain, m.mac, where(m.vf, m.link),
+                                          where(m.to_vf, m.to_link), " live" if live else "")
 
 
 Gathered = namedtuple("Gathered", "store topo domains drained plan running stays allow_gap",
@@ -111,7 +114,7 @@ def gather(config, conn, max_moves=None, live=False, allow_gap=False):
 
 
 def apply(config, conn, gathered, out):
-    """Moves each planned domain with moves.move_domain, one line each appended to the list
+    """Moves each planned domain with moves.move_stopped_domain, one line each appended to the list
     *out*; returns (status, NICs, domains moved).
 
     The plan is a listing from the past: moves.py checks again, under the claims lock, that
@@ -126,13 +129,13 @@ def apply(config, conn, gathered, out):
         targets = {m.mac: m.to_vf for m in mine}
         try:
             if uuid in gathered.running:
-                for done in livemove.move_domain(config, conn, uuid, targets,
+                for done in livemove.move_running_domain(config, conn, uuid, targets,
                                                  allow_gap=gathered.allow_gap,
                                                  store=gathered.store, topo=gathered.topo):
                     for warning in done.warnings:
                         out.append("warning: %s" % warning)
             else:
-                moves.move_domain(config, conn, uuid, targets=targets, store=gathered.store,
+                moves.move_stopped_domain(config, conn, uuid, targets=targets, store=gathered.store,
                                   topo=gathered.topo)
         except (DomainRunning, DomainChanged) as e:
             out.append("left alone: %s" % e)

@@ -1,7 +1,10 @@
 """`vfpick reconcile`: list libvirt's domains (without the claims lock), then plan
-(vfpick/reconcile.py, pure) and apply under the lock; also the watcher's sync."""
+(vfpick/plan/reconcile.py, pure) and apply under the lock; also the watcher's sync."""
 
-from vfpick import config as configmod, domscan, policy, reconcile, resolver, topology, vfsettings, virt
+from vfpick import config as configmod, domscan, resolver
+from vfpick.plan import policy, reconcile
+from vfpick.host import topology, vfsettings
+from vfpick.domain import virt
 from vfpick.commands import Report
 from vfpick.state import ClaimSet
 

@@ -1,7 +1,9 @@
 """`vfpick release DOMAIN`: drop a domain's claims by name or UUID (a renamed domain: libvirt
 is asked for its UUID, without the lock)."""
 
-from vfpick import resolver, vfsettings, virt
+from vfpick import resolver
+from vfpick.host import vfsettings
+from vfpick.domain import virt
 from vfpick.commands import Report
 from vfpick.errors import DomainNotFound, VfpickError
 

@@ -4,7 +4,7 @@ libvirt's default event loop runs in a thread; its callbacks only queue work (th
 block the loop). The main thread takes the queue: resolve + redefine on DEFINED, drop claims on
 UNDEFINED, reconnect with backoff when the connection closes (libvirtd restart, keepalive
 timeout), then reconcile and resolve whatever was defined meanwhile. Host events
-(vfpick.hostevents) are logged: one line per action through the *log* callback the CLI passes
+(vfpick.host.hostevents) are logged: one line per action through the *log* callback the CLI passes
 (vfpick/cli.py timestamps them on stderr); they also wake self-healing (vfpick/heal.py), which
 otherwise looks at the links every few seconds.
 """
@@ -15,10 +15,12 @@ import threading
 import time
 from collections import namedtuple
 
-from vfpick import domscan, heal, hostevents, resolver, topology, vfsettings, virt
+from vfpick import domscan, heal, resolver
+from vfpick.host import hostevents, topology, vfsettings
+from vfpick.domain import virt
 from vfpick.commands import define, reconcile
 from vfpick.errors import VfpickError
-from vfpick.placement import placement
+from vfpick.where import where
 
 BACKOFF = (0.5, 1, 2, 5, 10, 30)       # seconds between reconnect attempts
 KEEPALIVE = (5, 3)                     # interval s, missed replies: a hung daemon closes in ~20 s
@@ -213,7 +215,7 @@ class Watcher:
                      "fix it, then `vfpick repick %s`" % (name, uuid, e, name))
             return
         self.log("resolved domain '%s' (%s): %s" % (result.name, result.uuid, "; ".join(
-            "%s -> %s" % (mac, placement(p.vf, p.link, p.pf, word="")) for mac, p in sorted(result.picks.items()))))
+            "%s -> %s" % (mac, where(p.vf, p.link, p.pf, word="")) for mac, p in sorted(result.picks.items()))))
         for w in result.warnings:
             self.log("warning: %s" % w)
 
@@ -254,7 +256,7 @@ def cmd_watch(config, uri, log, metrics_listen=None):
     watcher = Watcher(config, uri, log)
     server = None
     if metrics_listen:
-        from vfpick import metrics  # prometheus_client: only when asked for
+        from vfpick.commands import metrics  # prometheus_client: only when asked for
 
         server = metrics.serve(config, metrics_listen, watcher.log,
                                extra=lambda: metrics.heal_families(watcher.healer))

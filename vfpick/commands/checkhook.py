@@ -1,6 +1,6 @@
 """`vfpick check`, the libvirt side: the hook installed as install-hook baked it, the daemon
 that runs it started after it (or it never consults it), no other qemu hook in the way, and a
-libvirt that runs qemu.d hooks. The host side and the report are vfpick/check.py.
+libvirt that runs qemu.d hooks. The host side and the report are vfpick/commands/check.py.
 """
 
 import os
@@ -9,25 +9,25 @@ import stat
 import subprocess
 
 from vfpick import numbers
-from vfpick.check import FAIL, OK, QEMU_D_MIN, WARN, Finding, Paths, iso_time, list_dir, read_text
+from vfpick.commands.findings import FAIL, OK, QEMU_D_MIN, WARN, Finding, Paths, iso_time, list_dir, read_text
 
 
 def _baked(text, key):
     """The value install-hook baked for *key* (``python``, ``package``, ``config``)."""
-    from vfpick import installhook
+    from vfpick.commands import installhook
 
     return installhook.baked(text, key)
 
 
 def _restart(paths):
-    from vfpick import daemon
+    from vfpick.host import libvirtdaemon
 
-    return daemon.restart_command(paths.systemd_root, paths.run_dir, paths.proc_root)
+    return libvirtdaemon.restart_command(paths.systemd_root, paths.run_dir, paths.proc_root)
 
 
 def check_hook(paths, config_path):
     """(findings, hook mtime or None)."""
-    from vfpick import installhook
+    from vfpick.commands import installhook
 
     hook = os.path.join(paths.hooks_dir, "qemu.d", "vfpick")
     # Every path in a command we suggest is shell-quoted: pasting it must not run a file name.
@@ -65,7 +65,7 @@ def check_hook(paths, config_path):
 def _stale_known(text, config_path, install):
     """A warning when the config changed since install-hook read it: the hook then parses it
     for every VM start, even a GPU VM's (still right, only slower)."""
-    from vfpick import installhook
+    from vfpick.commands import installhook
     from vfpick.hook import config_stamp
 
     known = installhook.baked_known(text)
@@ -123,14 +123,14 @@ def _other_hooks(paths, before):
 
 
 def check_daemon(paths, hook_mtime):
-    from vfpick import daemon
+    from vfpick.host import libvirtdaemon
 
-    found = daemon.in_use(paths.run_dir, paths.proc_root)
+    found = libvirtdaemon.in_use(paths.run_dir, paths.proc_root)
     if found is None:
         return Finding("daemon", WARN, "no libvirtd or virtqemud: neither runs, and no socket in %s"
                        % os.path.join(paths.run_dir, "libvirt"),
                        "systemctl start %s"
-                       % daemon.service(paths.systemd_root, paths.run_dir, paths.proc_root))
+                       % libvirtdaemon.service(paths.systemd_root, paths.run_dir, paths.proc_root))
     if found.pid is None:
         return Finding("daemon", OK, "%s is not running; its socket %s is there: socket activation "
                        "starts it on demand, and it reads the hooks then"
@@ -189,7 +189,7 @@ def libvirt_version(paths):
         found = _version(proc.stdout) if proc.returncode == 0 else None
         if found:
             return found, " ".join(argv)
-    from vfpick import virt
+    from vfpick.domain import virt
 
     found = virt.client_version()  # the client library: the daemon is usually the same package
     return (found, "libvirt-python getVersion()") if found else (None, None)

@@ -1,6 +1,6 @@
 """Simulated hosts for the NIC drivers operators run, as the kernel driver exposes them.
 
-Each preset is a simhost spec (see vfpick/simhost.py) written from what the driver really
+Each preset is a simhost spec (see vfpick/host/simhost.py) written from what the driver really
 implements: ndo_get_phys_port_id, a devlink physical port (phys_port_name ``p<N>``: the
 physical port on bnxt_en, the PCI function on mlx5/ice), a switch id (phys_switch_id: the
 devlink port's switch_id or ndo_get_port_parent_id) and switchdev representors. The facts

@@ -1,4 +1,4 @@
-"""Which libvirt daemon is in use (vfpick/daemon.py), from a fake root in tmp_path: sockets under
+"""Which libvirt daemon is in use (vfpick/host/libvirtdaemon.py), from a fake root in tmp_path: sockets under
 run/libvirt, /proc-like comm files, pid files, systemd unit files and enablement links."""
 
 import os
@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from vfpick import daemon, installhook
+from vfpick.host import libvirtdaemon
+from vfpick.commands import installhook
 
 # Where Debian 12 and 13's libvirt-daemon(-system) put them (mmdebstrap root, `systemctl --root
 # is-enabled`): libvirtd.service and its sockets enabled, no virtqemud unit at all.
@@ -54,7 +55,7 @@ class Root:
             os.symlink("/dev/null", self.path("etc/systemd/system/" + name))
 
     def in_use(self):
-        return daemon.in_use(self.path("run"), self.path("proc"))
+        return libvirtdaemon.in_use(self.path("run"), self.path("proc"))
 
 
 @pytest.fixture
@@ -87,16 +88,16 @@ def test_in_use_by_socket_then_process(root, sockets, procs, expected):
         assert found is None
     else:
         name, pid, sock = expected
-        assert found == daemon.Daemon(name, pid, sock and root.path("run/libvirt/" + sock))
+        assert found == libvirtdaemon.Daemon(name, pid, sock and root.path("run/libvirt/" + sock))
 
 
 def test_stale_pid_file_names_no_daemon_but_the_scan_finds_the_real_one(root):
     with open(root.path("run/libvirtd.pid"), "w") as f:
         f.write("999\n")
     root.process(999, "bash")
-    assert daemon.processes(root.path("run"), root.path("proc")) == {}
+    assert libvirtdaemon.processes(root.path("run"), root.path("proc")) == {}
     root.process(1234, "libvirtd")
-    assert daemon.processes(root.path("run"), root.path("proc")) == {"libvirtd": 1234}
+    assert libvirtdaemon.processes(root.path("run"), root.path("proc")) == {"libvirtd": 1234}
 
 
 @pytest.mark.parametrize("layout, sockets, procs, expected", [
@@ -121,8 +122,8 @@ def test_service_to_restart(root, layout, sockets, procs, expected):
         root.socket(name)
     for pid, comm in procs:
         root.process(pid, comm)
-    assert daemon.service(root.base) == expected
-    assert daemon.restart_command(root.base) == "systemctl restart " + expected
+    assert libvirtdaemon.service(root.base) == expected
+    assert libvirtdaemon.restart_command(root.base) == "systemctl restart " + expected
 
 
 @pytest.mark.parametrize("layout, command", [(DEBIAN, "systemctl restart libvirtd"),

@@ -1,6 +1,6 @@
 """The narrow rtnetlink interface: VF trust/spoofchk/rates on a PF, link state, link events.
 
-set_vf and get_vf speak rtnetlink themselves (vfpick.rtnl: standard library only, ~1 ms):
+set_vf and get_vf speak rtnetlink themselves (vfpick.host.rtnl: standard library only, ~1 ms):
 the qemu hook calls set_vf on every VM start of a pool with trust/spoofchk, and pyroute2
 costs ~200 ms to import. pyroute2 is imported only by link_state and watch_links (the
 long-running watcher), on first use. For the same reason socket and queue are imported where
@@ -118,11 +118,11 @@ def _connect(pyroute2, netns):
 class RealNetlink(_Closing):
     """The kernel. netns: a named network namespace (tests, containers).
 
-    set_vf/get_vf: vfpick.rtnl on a socket opened here. link_state/watch_links: pyroute2,
+    set_vf/get_vf: vfpick.host.rtnl on a socket opened here. link_state/watch_links: pyroute2,
     imported and connected on first use."""
 
     def __init__(self, netns=None):
-        from vfpick import rtnl
+        from vfpick.host import rtnl
 
         self.netns, self._ipr = netns, None
         try:
@@ -198,7 +198,7 @@ class RealNetlink(_Closing):
         states after calling it and no change in between is missed.
         """
         import socket
-        from vfpick import rtnl
+        from vfpick.host import rtnl
 
         _pyroute2("link events")  # the events are decoded with it
         sock = None

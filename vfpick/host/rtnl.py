@@ -3,7 +3,7 @@
 pyroute2 costs ~200 ms to import and the hook runs on every VM start; this costs ~1 ms.
 Public modules only (``socket``, not its private ``_socket`` core, although ``socket`` adds
 ``selectors`` to the imports): this runs only for vfpick's own domains in pools that set
-trust/spoofchk, where correctness beats milliseconds. vfpick.netlink wraps this.
+trust/spoofchk, where correctness beats milliseconds. vfpick.host.netlink wraps this.
 
 Requests are RTM_SETLINK / RTM_GETLINK with ifi_index 0 and IFLA_IFNAME: the kernel looks
 the link up by name (in the socket's netns), one round trip, no rename. Errors are OSError:

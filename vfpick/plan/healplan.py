@@ -23,7 +23,7 @@ policy (policy.pick, strict at the domain's level), among the pool's PFs on up l
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from vfpick import policy
+from vfpick.plan import policy
 from vfpick.errors import VfpickError
 from vfpick.records import Claim, Nic, Request
 

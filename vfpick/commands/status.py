@@ -2,7 +2,8 @@
 
 import json
 
-from vfpick import config as configmod, names, pci, policy
+from vfpick import config as configmod, names, pci
+from vfpick.plan import policy
 
 # The claim keys of `status --json` (the contract); pending and VF settings are internal.
 CLAIM_KEYS = ("vf", "pf", "link", "pool", "domain", "uuid", "mac", "active", "rate_mbps",

@@ -10,8 +10,9 @@ import os
 import threading
 from collections import namedtuple
 
-from vfpick import pci, topology
-from vfpick.netlink import LinkEvent
+from vfpick import pci
+from vfpick.host import topology
+from vfpick.host.netlink import LinkEvent
 
 HostEvent = namedtuple("HostEvent", "subsystem action name pci")
 HostEvent.__doc__ = """One udev event. subsystem: "pci" | "net". action: add, remove, bind,
@@ -159,7 +160,7 @@ def start(put, stop, log, open_netlink=None, udev=udev_events):
 
     Returns the threads (they end when *stop* is set)."""
     if open_netlink is None:
-        from vfpick.netlink import open_netlink
+        from vfpick.host.netlink import open_netlink
 
     def pump(label, subscribe):
         try:

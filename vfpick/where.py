@@ -2,6 +2,6 @@
 link ens1f0)``. One formatter, so define, repick, attach, watch, drain and rebalance agree."""
 
 
-def placement(vf, link, pf=None, word="VF "):
+def where(vf, link, pf=None, word="VF "):
     """*word* + *vf* + ``(PF pf, link link)``; the PF left out when None."""
     return "%s%s (%slink %s)" % (word, vf, "" if pf is None else "PF %s, " % pf, link)

@@ -2,7 +2,7 @@
 
 Each finding is ``ok``, ``warn`` or ``fail``, one line with its fix. Every outside path is a
 field of ``Paths`` (defaults: the real ones), so tests point them at a temporary tree. The
-hook, daemon and libvirt version findings are vfpick/checkhook.py; the host's (config, IOMMU,
+hook, daemon and libvirt version findings are vfpick/commands/checkhook.py; the host's (config, IOMMU,
 vfio-pci, PFs, watcher, state) are here.
 Nothing here changes the host: it reads sysfs, /proc, the hooks dir and the state dir, and
 asks ``libvirtd --version``.
@@ -11,44 +11,10 @@ asks ``libvirtd --version``.
 import os
 import shlex
 import stat
-from collections import namedtuple
 
-from vfpick import numbers, pci, safeio
-
-OK, WARN, FAIL = "ok", "warn", "fail"
-QEMU_D_MIN = (6, 5, 0)  # libvirt runs hooks/qemu.d/* since 6.5.0
-
-Finding = namedtuple("Finding", "check status message fix")
-Finding.__doc__ = """One line of the report. fix: what to do, or "" for ok."""
-
-Paths = namedtuple(
-    "Paths", "hooks_dir run_dir proc_root modules_dir version_commands systemd_root",
-    defaults=("/etc/libvirt/hooks", "/run", "/proc", None,
-              (("libvirtd", "--version"), ("virtqemud", "--version")), "/"))
-Paths.__doc__ = """Where the host keeps things. modules_dir None: /lib/modules/`uname -r`.
-version_commands: argv lists whose output ends with the daemon's libvirt version.
-systemd_root: the root whose etc/systemd and lib/systemd tell which daemon is installed."""
-
-
-def read_text(path, limit=1 << 16):
-    """The start of a small text file (sysfs, /proc, the hook), or None when unreadable."""
-    try:
-        return safeio.read_text(path, limit, errors="replace")[:limit]
-    except OSError:
-        return None
-
-
-def list_dir(path):
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
-
-
-def iso_time(epoch):
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+from vfpick import numbers, pci
+from vfpick.commands.findings import (  # noqa: F401  (check's public names)
+    FAIL, OK, QEMU_D_MIN, WARN, Finding, Paths, iso_time, list_dir, read_text)
 
 
 # ---------------------------------------------------------------- config
@@ -156,7 +122,7 @@ def _speed(mbps):
 
 
 def check_pfs(config, topo):
-    from vfpick import topology
+    from vfpick.host import topology
 
     out = []
     for pool in config.pools.values():
@@ -314,7 +280,7 @@ def check_lost(config):
 
 def check_heal(config, topo):
     """heal = live on a pool that cannot heal: no spare distinct link (healplan.cannot_heal)."""
-    from vfpick import healplan
+    from vfpick.plan import healplan
     from vfpick.errors import VfpickError
     from vfpick.state import StateStore
 
@@ -343,7 +309,8 @@ def check_heal(config, topo):
 
 def run(config_path, paths=None):
     """Every finding for the host, in report order."""
-    from vfpick import checkhook, topology
+    from vfpick.commands import checkhook
+    from vfpick.host import topology
 
     paths = paths or Paths()
     config, finding = check_config(config_path)

@@ -1,6 +1,6 @@
 """PURE: the rebalance plan when NICs weigh differently (rates): the optimum's bound and the moves.
 
-vfpick.rebalance hands its population here when not every NIC on the up links weighs the same
+vfpick.plan.rebalance hands its population here when not every NIC on the up links weighs the same
 (policy.weight: a NIC's rate, else its pool's nic_rate), or a guarantee=yes pool holds room
 back. A link's load is then the Mb/s of weight on it over its speed, as in the placement.
 
@@ -26,7 +26,7 @@ back. A link's load is then the Mb/s of weight on it over its speed, as in the p
 
 from fractions import Fraction
 
-from vfpick import optimum, rebalance
+from vfpick.plan import moveplan, optimum
 
 _BISECT = 60
 
@@ -49,14 +49,14 @@ def _link_totals(population, where):
 
 
 def figures(population, where, reference):
-    """rebalance.Figures by rate of the placement *where* {vf: pf}."""
+    """moveplan.Figures by rate of the placement *where* {vf: pf}."""
     speed = population.host.speed
     mbps, nics, _ = _link_totals(population, where)
     busiest = max((l for l in mbps if mbps[l]), key=lambda l: (Fraction(mbps[l], speed[l]), l),
                   default=None)
     if busiest is None:
-        return rebalance.Figures(Fraction(0), None, 0, None, reference, 0, True)
-    return rebalance.Figures(Fraction(mbps[busiest], speed[busiest]), busiest, nics[busiest],
+        return moveplan.Figures(Fraction(0), None, 0, None, reference, 0, True)
+    return moveplan.Figures(Fraction(mbps[busiest], speed[busiest]), busiest, nics[busiest],
                              speed[busiest], reference, mbps[busiest], True)
 
 
@@ -286,8 +286,8 @@ class _State:
                 self.move(vf, home)
 
 
-def plan(population, claims, busy, max_moves=None, slack=rebalance.SLACK):
-    """rebalance.Plan by rate for *population* (a rebalance.Population): the same steps and
+def plan(population, claims, busy, max_moves=None, slack=moveplan.SLACK):
+    """moveplan.Plan by rate for *population* (a rebalance.Population): the same steps and
     notes as the count planner, with the bound above for the optimum."""
     p = population
     movable = sorted(p.movable)
@@ -340,10 +340,10 @@ def plan(population, claims, busy, max_moves=None, slack=rebalance.SLACK):
                     if p.host.pf_link[pf] == state.busiest()):
                 notes.append("running domains hold the busiest links: the best that moving "
                              "stopped domains reaches is %+.0f %% over the optimum's bound"
-                             % (rebalance.over(reachable, before.optimum) * 100))
+                             % (moveplan.over(reachable, before.optimum) * 100))
             elif reachable > target and not balanced:
                 notes.append("by rate the optimum is a lower bound (NICs cannot be split): the "
-                             "moves reach %+.0f %% over it" % (rebalance.over(reachable,
+                             "moves reach %+.0f %% over it" % (moveplan.over(reachable,
                                                                          before.optimum) * 100))
     made = set(made)
     pending = {}
@@ -355,10 +355,10 @@ def plan(population, claims, busy, max_moves=None, slack=rebalance.SLACK):
                 shared = key in made and sum(
                     1 for o in held if demands[key].units[o.pf] == unit) > 1
                 pending.setdefault(key[0], []).append((c, to, shared))
-    moves, skipped = rebalance.order(p, claims, busy, pending)
+    moves, skipped = moveplan.order(p, claims, busy, pending)
     after_where = dict(p.where)
     for m in moves:
         after_where[m.vf] = m.to_pf
     after = figures(p, after_where, before.optimum)
-    return rebalance.Plan(before, after, before.optimum, reachable, goal, tuple(moves), skipped,
+    return moveplan.Plan(before, after, before.optimum, reachable, goal, tuple(moves), skipped,
                           notes, tuple(unrepaired))

@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 import vfpick
-from vfpick import names, numbers, pci, policy, resolver, stale, topology
-from vfpick.status import distinct_level
+from vfpick import names, numbers, pci, resolver, stale
+from vfpick.plan import policy
+from vfpick.host import topology
+from vfpick.commands.status import distinct_level
 from vfpick.errors import VfpickError
 
 TEXTFILE_NAME = "vfpick.prom"

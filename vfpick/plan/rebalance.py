@@ -1,12 +1,12 @@
 """PURE: the rebalance plan, and the distinctness-aware optimum it aims at.
 
 (topology, pools, claims, busy VFs, which domains may move) -> figures and NIC moves. No I/O:
-``vfpick.virt`` gathers the inputs from libvirt and the state, ``vfpick.moves`` applies them.
+``vfpick.domain.virt`` gathers the inputs from libvirt and the state, ``vfpick.moves`` applies them.
 
 The load of a link is its claims/speed (speed in Mb/s; unknown counts as the slowest known,
 as in the policy) when every NIC weighs the same (policy.weight: its rate, else its pool's
 nic_rate) and no guarantee=yes pool reserves room; otherwise it is the Mb/s of weight over the
-speed and vfpick/rateplan.py plans instead (a lower bound for the optimum, heuristic moves,
+speed and vfpick/plan/rateplan.py plans instead (a lower bound for the optimum, heuristic moves,
 the same rules). Only up links count: a NIC on a down link is left where it is and out of
 the figures. The *optimum* is the lowest busiest-link load over every placement of the same
 domains that keeps each domain's NICs on distinct units (its ``distinct`` level): one NIC per
@@ -16,7 +16,7 @@ VFs allow it (a max-flow with no load limit: all such domains at once, else one 
 name); only one that cannot be keeps today's overlap (up to k on that unit, never fewer units),
 and the plan names it with why. NUMA-required domains stay on their nodes,
 NUMA-preferred ones never move to a remote PF; no NIC moves onto an *avoid* (drained) PF. See
-vfpick/optimum.py for the exact search.
+vfpick/plan/optimum.py for the exact search.
 
 The plan: if a movable domain can be repaired or the busiest link is more than 5 % over the
 optimum, find the fewest NICs to move (only NICs of movable domains: defined and stopped; the
@@ -26,47 +26,13 @@ exact in the number of NICs that change PF. ``max_moves`` caps that number: then
 load reachable within it. Which VF on the target PF: the lowest free address.
 """
 
-from collections import namedtuple
 from fractions import Fraction
 
-from vfpick import config as configmod, optimum, pci, policy
+from vfpick import config as configmod, pci
+from vfpick.plan import optimum, policy, rateplan
+from vfpick.plan.moveplan import (  # noqa: F401  (rebalance's public names)
+    SLACK, Domain, Figures, Plan, Relocation, order, over)
 from vfpick.records import Rule
-
-SLACK = Fraction(21, 20)  # "within 5 % of the optimum"
-
-Domain = namedtuple("Domain", "uuid name movable rules numa_nodes")
-Domain.__doc__ = """What the planner knows of one domain with claims. movable: defined and
-stopped (libvirt says so, and none of its claims is active). rules: {pool: records.Rule}; a pool
-missing there uses the pool's own settings. numa_nodes: frozenset, or None (not placed)."""
-
-Relocation = namedtuple("Relocation", "uuid domain pool mac vf pf link to_vf to_pf to_link repair",
-                        defaults=(False,))
-Relocation.__doc__ = """One NIC the plan moves, from VF vf (on pf, link) to to_vf (on to_pf,
-to_link); moves.Move is a whole domain's move as applied. repair: it leaves a unit it shared
-with another NIC of its domain (redundancy restored)."""
-
-Figures = namedtuple("Figures", "load busiest claims speed optimum mbps by_rate",
-                     defaults=(None, False))
-Figures.__doc__ = """load: the busiest up link's claims/speed (Fraction, claims per Mb/s) when every
-NIC weighs the same, else its Mb/s of weight over its speed (by_rate True, vfpick.rateplan);
-busiest: that link's name (None when nothing is placed), claims, speed (Mb/s) and Mb/s of
-weight on it; optimum: the distinctness-aware optimum for the same population (Fraction,
-exact), or by rate a lower bound no placement beats; None when no placement keeps them apart."""
-
-Plan = namedtuple("Plan", "before after optimum reachable goal moves skipped notes unrepaired")
-Plan.__doc__ = """before/after: Figures now and once the moves are done. optimum: as in
-Figures. reachable: the lowest busiest load moving only the movable domains. goal: the load
-the moves aim at (None: nothing to do). moves: tuple of Relocation, grouped by domain, in the order
-to apply them (Relocation.repair: restores distinctness). skipped: domains whose moves could not be
-ordered (a cycle of full PFs). notes: one-line remarks for the user. unrepaired: one line per
-domain that shares a unit and stays so, with why."""
-
-
-def over(figure, reference):
-    """*figure* over *reference* as a fraction (+0.05 = 5 % over); 0 when both are 0."""
-    if not reference:
-        return 0.0 if not figure else float("inf")
-    return float(figure / reference) - 1
 
 
 def host_for(topology, pools):
@@ -92,7 +58,7 @@ def _unit(topology, distinct, pf):
 class Population:
     """The claims on the host's up links, grouped into demands (one per domain and pool).
 
-    Public for vfpick.rateplan, which plans on the same population when NICs weigh
+    Public for vfpick.plan.rateplan, which plans on the same population when NICs weigh
     differently: host (optimum.Host), counts {pf: claims + busy VFs}, foreign {pf: busy VFs
     nobody claimed}, claims_of {(uuid, pool): [Claim]}, demands {key: optimum.Demand},
     movable, names {uuid: domain name}, rules {key: Rule}, overlap, and the weights of _weigh."""
@@ -195,7 +161,6 @@ class Population:
 
     def figures(self, counts, reference):
         if self.unit_weight is None:
-            from vfpick import rateplan
             return rateplan.figures(self, self.where, reference)
         per_link = optimum.link_fixed(self.host, counts)
         busiest = max((link for link in per_link if per_link[link]),
@@ -244,7 +209,6 @@ class Population:
 
     def optimum(self):
         if self.unit_weight is None:
-            from vfpick import rateplan
             return rateplan.bound(self, self.repairable(list(self.demands), self.foreign)[1])
         load = optimum.max_load(self.host, self.counts)
         repaired, demands = self.repairable(list(self.demands), self.foreign)
@@ -270,7 +234,6 @@ def plan(topology, pools, claims, busy, domains, max_moves=None, slack=SLACK, av
     Returns Plan."""
     population = Population(topology, pools, claims, busy, domains, avoid)
     if population.unit_weight is None:
-        from vfpick import rateplan
         return rateplan.plan(population, claims, busy, max_moves, slack)
     before = population.figures(population.counts, population.optimum())
     load = before.load
@@ -378,34 +341,3 @@ def _concretize(population, claims, busy, placement, repairs=()):
         pending.setdefault(key[0], []).extend(
             (claim, pf, repair) for (claim, repair), pf in zip(marked, arriving))
     return order(population, claims, busy, pending)
-
-
-def order(population, claims, busy, pending):
-    """Moves in apply order from *pending* {uuid: [(claim, target pf, repair)]}: VFs the lowest
-    free address, VFs free now before VFs another move frees; a domain whose targets wait on a
-    cycle of full PFs is skipped. Returns (moves, skipped uuids)."""
-    topology = population.topology
-    taken = set(claims) | set(busy)
-    free = {pf: [vf for vf in topology.pfs[pf].vfs if vf in topology.vfs and vf not in taken]
-            for pf in population.host.pf_link}
-    vacated = {pf: [] for pf in free}
-    moves = []
-    progress = True
-    while pending and progress:
-        progress = False
-        for uuid in sorted(pending, key=lambda u: (population.names.get(u, ""), u)):
-            wanted = {}
-            for _, pf, _ in pending[uuid]:
-                wanted[pf] = wanted.get(pf, 0) + 1
-            if any(len(free[pf]) + len(vacated[pf]) < n for pf, n in wanted.items()):
-                continue
-            for claim, pf, repair in pending.pop(uuid):
-                source = free[pf] if free[pf] else vacated[pf]
-                vf = source.pop(0)
-                moves.append(Relocation(uuid=uuid, domain=claim.domain, pool=claim.pool, mac=claim.mac,
-                                        vf=claim.vf, pf=claim.pf, link=claim.link, to_vf=vf, to_pf=pf,
-                                        to_link=population.host.pf_link[pf], repair=repair))
-                vacated[claim.pf].append(claim.vf)
-                vacated[claim.pf].sort(key=pci.sort_key)
-            progress = True
-    return moves, tuple(sorted(pending))

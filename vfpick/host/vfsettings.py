@@ -14,7 +14,7 @@ way (no rate: 0, no limit). A driver that refuses them (igb, ixgbe, i40e have no
 is one warning naming the VF and the driver, and the cap alone is tried; in a pool with
 ``guarantee = yes`` the start is refused instead, since the guarantee is part of its promise.
 
-On the hook path: imports only records; vfpick.netlink (stdlib rtnetlink) when a VF is touched.
+On the hook path: imports only records; vfpick.host.netlink (stdlib rtnetlink) when a VF is touched.
 """
 
 from vfpick.records import VfSettings
@@ -46,7 +46,7 @@ def claim_rates(claim):
 
 def locate(config, pf, vf):
     """(PF netdev, VF index), or None when sysfs no longer shows them."""
-    from vfpick import topology
+    from vfpick.host import topology
 
     record, _ = topology.read_pf(config.sysfs_root, pf, with_vfs=False)
     index = topology.vf_index(config.sysfs_root, pf, vf)
@@ -65,7 +65,7 @@ class Netlink:
     def __call__(self):
         if self._nl is None:
             if self._factory is None:
-                from vfpick.netlink import open_netlink as factory
+                from vfpick.host.netlink import open_netlink as factory
             else:
                 factory = self._factory
             self._nl = factory()
@@ -141,7 +141,7 @@ def apply(config, claim, pool, netlink, warnings=None):
 
 
 def _driver(config, pf):
-    from vfpick import topology
+    from vfpick.host import topology
 
     record, _ = topology.read_pf(config.sysfs_root, pf, with_vfs=False)
     return (record.driver if record is not None else None) or "unknown"
@@ -151,7 +151,7 @@ def _set_rates(config, claim, pool, nl, where, new, warnings):
     """Sets the claim's rates; returns the (max, min) set, or None when the driver took none.
     Raises NetlinkError when the driver refuses and the pool guarantees."""
     from vfpick.errors import VfpickError
-    from vfpick.netlink import NetlinkError
+    from vfpick.host.netlink import NetlinkError
 
     high, low = new["max_tx_rate"], new["min_tx_rate"]
     try:

@@ -238,7 +238,7 @@ def uninstall(hooks_dir):
 def restart_hint(root="/"):
     """What to run after install-hook: the daemon in use (or installed) must restart, because a
     daemon started without hooks ignores hooks added later. root: the host's / (tests: a tree)."""
-    from vfpick import daemon
+    from vfpick.host import libvirtdaemon
 
     return ("restart libvirt so it runs the hook: %s (a daemon started without hooks ignores "
-            "hooks added later)" % daemon.restart_command(root))
+            "hooks added later)" % libvirtdaemon.restart_command(root))

@@ -23,7 +23,7 @@ VF indexes bound to vfio-pci (no ``net/``); ``numa`` overrides the card's node (
 ``split`` makes the devlink port name ``p<port>s<split>``; ``ports`` lists more netdevs of the
 same function (mlx4-style multi-port: ``dev_port`` 1, 2, .., each its own phys_port_id).
 
-Per card, what the driver exposes (see docs/hardware.md and vfpick/simnics.py for the drivers):
+Per card, what the driver exposes (see docs/hardware.md and vfpick/host/simnics.py for the drivers):
 ``port_name``: ``"port"`` writes the devlink name ``p<port>`` (bnxt_en: the physical port),
 ``"function"`` writes ``p<function>`` (mlx5, ice: the port number is the PCI function), null
 writes none (default: ``"port"`` when ``switch_id`` is set, for older specs);
@@ -53,7 +53,7 @@ functions of a card, PFs and VFs, in one group (no ACS below the card's port).
 import json
 import os
 
-from vfpick import simnics
+from vfpick.host import simnics
 
 _DEFAULTS_CARD = {
     "numa": 0,

@@ -1,0 +1,2 @@
+"""The host: sysfs topology, PCI VFs, rtnetlink, VF settings, simulated hosts, host events,
+which libvirt daemon runs."""
