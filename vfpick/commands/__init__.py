@@ -1,7 +1,8 @@
-"""The commands that talk to libvirt, one module each: define/repick, release, reconcile,
-attach/detach (hotplug), watch, drain/undrain, rebalance.
+"""Every command, one module each: define/repick, release, reconcile, attach/detach (hotplug),
+watch, drain/undrain, rebalance (these talk to libvirt), and status/topology, check (with
+checkhook and findings), metrics, install-hook.
 
-Each returns a report; vfpick/cli.py renders it (stdout lines, `vfpick: warning: ...` lines,
+The libvirt ones return a report; vfpick/cli.py renders it (stdout lines, `vfpick: warning: ...` lines,
 the exit status). Nothing here prints: the long-running watcher logs through the callback
 the CLI hands it. libvirt is reached through vfpick/domain/virt.py only.
 """
