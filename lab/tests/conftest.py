@@ -157,12 +157,12 @@ def summary_lines():
 
 
 def pytest_terminal_summary(terminalreporter):
-    lines, record = summary_lines()
+    totals, record = summary_lines()
     os.makedirs(run_dir(), exist_ok=True)
     with open(os.path.join(run_dir(), "summary.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     if not _EVIDENCE:
-        terminalreporter.write("\n".join(lines) + "\n")
+        terminalreporter.write("\n".join(totals) + "\n")
         return
     text = []
     for nodeid, lines in _EVIDENCE.items():
@@ -175,4 +175,4 @@ def pytest_terminal_summary(terminalreporter):
         f.write("\n".join(text))
     # last, so that the per-scenario lines close the log
     terminalreporter.section("scenarios")
-    terminalreporter.write("\n".join(lines) + "\n")
+    terminalreporter.write("\n".join(totals) + "\n")
