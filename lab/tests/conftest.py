@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from lab import cluster, suites
+from lab import cluster, labhost, suites
 from lab.host import LabError, log, run_dir
 
 _EVIDENCE = {}
@@ -147,13 +147,16 @@ def summary_lines():
              f"{reruns} rerun{'s' * (reruns != 1)}" for nodeid, (outcome, seconds, reruns) in _SCENARIOS.items()]
     reruns = sum(row[2] for row in _SCENARIOS.values())
     lost = _L1_LOST + [f"{name} at boot" for name in cluster.BOOT_FAILURES]
+    restarts = labhost.L2_RESTARTS
     counts = {k: sum(row[0] == k for row in _SCENARIOS.values()) for k in ("passed", "failed", "error", "skipped")}
     lines.append(f"test-lab: scenarios: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, "
                  f"{counts['skipped']} skipped; reruns {reruns}; L1 lost {len(lost)}"
-                 + (f" ({'; '.join(lost)})" if lost else ""))
+                 + (f" ({'; '.join(lost)})" if lost else "")
+                 + f"; L2 restarted after a boot hang {len(restarts)}"
+                 + (f" ({'; '.join(restarts)})" if restarts else ""))
     return lines, {"scenarios": {k: {"outcome": o, "seconds": round(t, 1), "reruns": r}
                                  for k, (o, t, r) in _SCENARIOS.items()},
-                   "reruns": reruns, "l1_lost": len(lost), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                   "reruns": reruns, "l1_lost": len(lost), "l2_restarted": len(restarts), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def pytest_terminal_summary(terminalreporter):
