@@ -235,6 +235,14 @@ class LabHost:
             raise LabError(f"{self.vm.name}: claims left after cleaning: {claims}")
 
 
+def hostdev_xml(vf):
+    """A plain <hostdev> of VF (a PCI address), as a VM that is not vfpick's passes one through."""
+    dom, bus, rest = vf.split(":")
+    slot, fn = rest.split(".")
+    return (f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x{dom}' "
+            f"bus='0x{bus}' slot='0x{slot}' function='0x{fn}'/></source></hostdev>")
+
+
 def _h(name):
     return "%02x" % (sum(name.encode()) % 256)
 

@@ -19,7 +19,7 @@ import time
 
 from lab import image, qemu
 from lab.host import CACHE, LabError, LabUnavailable, locked, log, mirrors, run, run_dir
-from lab.labhost import L2_BOOT, LabHost
+from lab.labhost import L2_BOOT, LabHost, hostdev_xml
 from lab.vm import L1
 
 L2_BOOT_S = 300   # s for an L2 to print L2-DONE; 20-120 s measured, beyond it: hung
@@ -53,13 +53,6 @@ def legacy_qemu(cache=CACHE):
         return q
 
 
-def _hostdev(vf):
-    dom, bus, rest = vf.split(":")
-    slot, fn = rest.split(".")
-    return (f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x{dom}' "
-            f"bus='0x{bus}' slot='0x{slot}' function='0x{fn}'/></source></hostdev>")
-
-
 class Stress:
     def __init__(self, q, img, at_once, domain_type):
         self.q, self.img, self.at_once, self.domain_type = q, img, at_once, domain_type
@@ -79,9 +72,9 @@ class Stress:
         host.set_numvfs(3)
         vfs = [vf for addr, _, _ in host.pfs for vf in host.vfs(addr)]
         names = ["anchor"] + [f"s{i}" for i in range(self.at_once)]
-        devices = {"anchor": _hostdev(vfs[0]) + _hostdev(vfs[3])}
+        devices = {"anchor": hostdev_xml(vfs[0]) + hostdev_xml(vfs[3])}
         for i in range(self.at_once):
-            devices[f"s{i}"] = _hostdev(vfs[6 + i % 3] if i < 3 else vfs[1 + i])
+            devices[f"s{i}"] = hostdev_xml(vfs[6 + i % 3] if i < 3 else vfs[1 + i])
         for name in names:
             host.put(f"/root/{name}.xml", host.domain_xml(name, pool_nics=0, extra_devices=devices[name],
                                                          domain_type=self.domain_type))

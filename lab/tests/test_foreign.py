@@ -1,14 +1,9 @@
 """Scenario 8: VMs that are not vfpick's start beside vfpick's while vfpick's config is broken
 (fail open for what is not vfpick's, closed for what is)."""
 
+from lab.labhost import hostdev_xml
+
 BROKEN = "[pool lab\npfs = = =\nthis is not an ini file\n"
-
-
-def hostdev(vf):
-    dom, bus, rest = vf.split(":")
-    slot, fn = rest.split(".")
-    return (f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x{dom}' "
-            f"bus='0x{bus}' slot='0x{slot}' function='0x{fn}'/></source></hostdev>")
 
 
 def test_foreign_vms_start_with_config_broken(host, evidence):
@@ -27,7 +22,7 @@ def test_foreign_vms_start_with_config_broken(host, evidence):
     # type='qemu' L2s, TCG inside L1: two nested-KVM L2s booting at once under TCG's emulated
     # SVM crash L1's kernel (docs/lab.md, "Reruns, L1 losses": lab/stress.py measures it), and
     # nested KVM is not what this scenario proves.
-    host.put("/root/fhost.xml", host.domain_xml("fhost", pool_nics=0, extra_devices=hostdev(foreign_vf),
+    host.put("/root/fhost.xml", host.domain_xml("fhost", pool_nics=0, extra_devices=hostdev_xml(foreign_vf),
                                                 domain_type="qemu"))
     host.run("ip link add labbr0 type bridge && ip link set labbr0 up", check=True)
     host.put("/root/fbridge.xml", host.domain_xml(
